@@ -1,0 +1,177 @@
+"""All S3 access (boto3) and the artifact stores sweeps publish to.
+
+The endpoint comes from ``AWS_ENDPOINT_URL`` and credentials from the
+standard AWS chain; neither is ever written to params, logs or artifacts.
+Transient faults are retried with exponential back-off; an upload is one
+whole ``put_object`` whose SHA-256 is checked after it lands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from mobitune.errors import MobituneError
+
+T = TypeVar("T")
+
+S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.5
+
+
+class StorageError(MobituneError):
+    """S3 or the local artifact folder cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    match = S3_URI.match(uri)
+    if not match:
+        raise StorageError(
+            f"{uri!r} is not a valid S3 URI; write s3://bucket/key (bucket: 3-63 lowercase "
+            "letters, digits, dots or hyphens)"
+        )
+    return S3Location(match["bucket"], (match["key"] or "").strip("/"))
+
+
+def endpoint_name() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL") or "the default AWS S3 endpoint"
+
+
+def s3_client():  # noqa: ANN201 - boto3 clients are generated types
+    import boto3
+    from botocore.config import Config
+
+    # botocore's own retries are kept short: mobitune's retry loop adds back-off on top
+    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+    return boto3.client("s3", config=config)
+
+
+def _explain(exc: Exception, uri: str) -> StorageError:
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(exc, EndpointConnectionError | ConnectionError):
+        return StorageError(
+            f"S3 endpoint {endpoint_name()} is unreachable while accessing {uri}; check "
+            "AWS_ENDPOINT_URL and that the server is up"
+        )
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+        return StorageError(
+            f"no AWS credentials for {uri}; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or an AWS profile) in the environment"
+        )
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket",):
+            return StorageError(f"bucket of {uri} does not exist on {endpoint_name()}; create it first")
+        if code in ("NoSuchKey", "404", "NotFound"):
+            return StorageError(f"{uri} not found on {endpoint_name()}")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            return StorageError(
+                f"S3 refused the credentials for {uri} ({code}); check AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY or the AWS profile"
+            )
+        return StorageError(f"S3 error {code or exc} for {uri} on {endpoint_name()}")
+    return StorageError(f"S3 error for {uri} on {endpoint_name()}: {type(exc).__name__}")
+
+
+def _is_transient(exc: Exception) -> bool:
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "RequestTimeout")
+    return False
+
+
+def with_retries(action: Callable[[], T], uri: str, attempts: int = RETRY_ATTEMPTS) -> T:
+    """Run an S3 call, retrying transient faults with exponential back-off."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except (BotoCoreError, ClientError, ConnectionError) as exc:
+            if not _is_transient(exc) or attempt == attempts - 1:
+                raise _explain(exc, uri) from None
+            time.sleep(RETRY_BASE_SECONDS * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def download_file(uri: str, target: Path) -> None:
+    """Download one object with a progress bar; ``target`` appears only when complete."""
+    location = parse_s3_uri(uri)
+    if not location.key:
+        raise StorageError(f"{uri!r} names a bucket, not an object; write s3://bucket/key")
+    client = s3_client()
+    size = with_retries(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)[
+        "ContentLength"
+    ]
+    partial = target.with_name(target.name + ".part")
+    with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
+        with_retries(
+            lambda: client.download_file(location.bucket, location.key, str(partial), Callback=bar.update),
+            uri,
+        )
+    os.replace(partial, target)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file and rename: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` with any user:password stripped, safe to log."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password or parts.username:
+        return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname or ""))
+    return uri

@@ -1,0 +1,298 @@
+"""One training loop for warmup and finetune: per-epoch history, checkpoints, divergence.
+
+The two phases differ only in which blocks are trainable and in their
+hyperparameters (:class:`PhaseConfig`). Loss and accuracy are accumulated on
+the device and read once per epoch; the only other host sync is a NaN/inf
+test of the running loss every ``DIVERGENCE_CHECK_EVERY`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mobitune.data import Dataset
+from mobitune.errors import MobituneError
+from mobitune.loader import BatchTransform, DeviceSplit
+from mobitune.model import MobileNetClassifier, build_model, load_checkpoint, set_trainable_blocks
+from mobitune.params import Params
+
+DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
+EVAL_BATCH_SIZE = 1000
+HISTORY_COLUMNS = (
+    "step",
+    "phase",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "seconds",
+)
+OK, DIVERGED = "ok", "diverged"
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    name: str
+    epochs: int
+    lr: float
+    batch_size: int
+    trainable_blocks: int
+    unfreeze_from: str
+
+
+def warmup_phase(params: Params) -> PhaseConfig:
+    return PhaseConfig(
+        "warmup",
+        params.warmup.epochs,
+        params.warmup.lr,
+        params.warmup.batch_size,
+        0,
+        params.model.unfreeze_from,
+    )
+
+
+def finetune_phase(params: Params) -> PhaseConfig:
+    return PhaseConfig(
+        "finetune",
+        params.finetune.epochs,
+        params.lr,
+        params.batch_size,
+        params.trainable_layers,
+        params.model.unfreeze_from,
+    )
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    status: str
+
+
+@dataclass
+class Session:
+    """What every phase needs: data on the device, its transform, the device."""
+
+    dataset: Dataset
+    device: torch.device
+    train: DeviceSplit
+    test: DeviceSplit
+    train_transform: BatchTransform
+    test_transform: BatchTransform
+
+    @classmethod
+    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> Session:
+        size = params.model.image_size
+        return cls(
+            dataset=dataset,
+            device=device,
+            train=DeviceSplit.from_split(dataset.train, device),
+            test=DeviceSplit.from_split(dataset.test, device),
+            train_transform=BatchTransform(device, size, params.augment),
+            test_transform=BatchTransform(device, size),
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def train_one_epoch(
+    model: MobileNetClassifier,
+    optimizer: torch.optim.Optimizer,
+    session: Session,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str,
+) -> tuple[float, float]:
+    """Returns mean train loss and accuracy; the loss is NaN/inf if training diverged."""
+    model.train()
+    loss_sum = torch.zeros((), device=session.device)
+    correct = torch.zeros((), device=session.device, dtype=torch.int64)
+    seen = 0
+    steps = math.ceil(len(session.train) / batch_size)
+    with tqdm(total=steps, desc=desc, unit="batch", disable=None, leave=False) as bar:
+        for step, (images, labels) in enumerate(session.train.batches(batch_size, generator), start=1):
+            x = session.train_transform(images, generator)
+            with session.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            bar.update()
+            if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):  # host sync
+                break
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: MobileNetClassifier, session: Session, batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[float, float, torch.Tensor]:
+    """Mean test loss, accuracy and the predicted class of every test image."""
+    model.eval()
+    loss_sum = torch.zeros((), device=session.device)
+    predictions = []
+    for images, labels in session.test.batches(batch_size):
+        with session.autocast():
+            logits = model(session.test_transform(images))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        predictions.append(logits.argmax(1))
+    predicted = torch.cat(predictions)
+    accuracy = (predicted == session.test.labels).float().mean().item()
+    return loss_sum.item() / len(session.test), accuracy, predicted.cpu()
+
+
+def fit(
+    model: MobileNetClassifier,
+    phase: PhaseConfig,
+    session: Session,
+    *,
+    seed: int,
+    checkpoint_path: Path,
+    record: dict[str, Any],
+    step_offset: int = 0,
+    resume: dict[str, Any] | None = None,
+) -> FitResult:
+    """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
+
+    ``record`` (params, classes) is stored in every checkpoint so a resumed or
+    evaluated run cannot silently change its configuration.
+    """
+    set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
+    model.to(session.device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        history = list(resume["history"])
+    generator = torch.Generator(device=session.device)
+    status = OK
+
+    def checkpoint() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        save_checkpoint(
+            checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status}
+        )
+
+    checkpoint()  # the phase's output exists from the start, also when it has 0 epochs
+    for epoch in range(len(history) + 1, phase.epochs + 1):
+        started = time.perf_counter()
+        generator.manual_seed(seed * 100_003 + epoch)  # per-epoch seed: a resumed run sees the same batches
+        train_loss, train_accuracy = train_one_epoch(
+            model, optimizer, session, phase.batch_size, generator, f"{phase.name} {epoch}/{phase.epochs}"
+        )
+        row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
+        row.update(train_loss=train_loss, train_accuracy=train_accuracy)
+        if math.isfinite(train_loss):
+            test_loss, test_accuracy, _ = evaluate(model, session)
+        else:
+            status = DIVERGED
+            test_loss = test_accuracy = math.nan
+        row.update(test_loss=test_loss, test_accuracy=test_accuracy, seconds=time.perf_counter() - started)
+        history.append(row)
+        tqdm.write(
+            f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
+            f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s"
+        )
+        checkpoint()
+        if status == DIVERGED:
+            tqdm.write(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged")
+            break
+    return FitResult(history, status)
+
+
+def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
+    """``torch.save`` to a temp file, then rename: a checkpoint is whole or absent."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _record(params: Params, session: Session) -> dict[str, Any]:
+    return {"params": params.to_dict(), "classes": session.dataset.classes}
+
+
+def _resume_state(path: Path | None, phase: str) -> dict[str, Any] | None:
+    if path is None or not path.exists():
+        return None
+    state = load_checkpoint(path)
+    return state if state.get("phase") == phase and state.get("status") == OK else None
+
+
+def run_warmup(params: Params, session: Session, checkpoint_path: Path, resume: bool = False) -> FitResult:
+    """Phase 1: all features frozen, only the new head trains."""
+    torch.manual_seed(params.seed)
+    model = build_model(params.model, len(session.dataset.classes))
+    resume_state = _resume_state(checkpoint_path, "warmup") if resume else None
+    return fit(
+        model,
+        warmup_phase(params),
+        session,
+        seed=params.seed,
+        checkpoint_path=checkpoint_path,
+        record=_record(params, session),
+        resume=resume_state,
+    )
+
+
+def load_trained_model(
+    checkpoint_path: Path, params: Params, num_classes: int
+) -> tuple[MobileNetClassifier, dict]:
+    """A model with the weights of a mobitune checkpoint, and the checkpoint itself."""
+    state = load_checkpoint(checkpoint_path)
+    if not isinstance(state.get("model"), dict) or "history" not in state:
+        raise MobituneError(
+            f"{checkpoint_path}: not a mobitune checkpoint (no model/history); re-run its stage"
+        )
+    model = build_model(replace(params.model, pretrained="none"), num_classes)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise MobituneError(
+            f"{checkpoint_path}: does not fit model.hidden_units={params.model.hidden_units} "
+            f"and {num_classes} classes ({str(exc).splitlines()[0]}); re-run the stage that wrote it"
+        ) from None
+    return model, state
+
+
+def run_finetune(
+    params: Params, session: Session, warmup_checkpoint: Path, checkpoint_path: Path, resume: bool = False
+) -> FitResult:
+    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights."""
+    torch.manual_seed(params.seed)
+    model, warm = load_trained_model(warmup_checkpoint, params, len(session.dataset.classes))
+    resume_state = _resume_state(checkpoint_path, "finetune") if resume else None
+    return fit(
+        model,
+        finetune_phase(params),
+        session,
+        seed=params.seed + 1,
+        checkpoint_path=checkpoint_path,
+        record=_record(params, session),
+        step_offset=len(warm["history"]),
+        resume=resume_state,
+    )

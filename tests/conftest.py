@@ -1,0 +1,199 @@
+"""Shared fixtures: tiny data sets, a loopback HTTP server, a loopback S3 server (moto's
+standalone server over HTTP) and a throw-away DVC project. Nothing here leaves 127.0.0.1."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+# Before anything imports prefect, DVC or boto3: no telemetry, no cloud probes, private homes.
+_HOME = Path(tempfile.mkdtemp(prefix="mobitune-tests-"))
+os.environ.update(
+    {
+        "DVC_NO_ANALYTICS": "1",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_HOME": str(_HOME / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "AWS_ACCESS_KEY_ID": "testing-key-id",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret-key",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TORCH_HOME": str(_HOME / "torch"),
+        "GIT_AUTHOR_NAME": "mobitune tests",
+        "GIT_AUTHOR_EMAIL": "tests@example.invalid",
+        "GIT_COMMITTER_NAME": "mobitune tests",
+        "GIT_COMMITTER_EMAIL": "tests@example.invalid",
+    }
+)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_PROFILE", None)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import write_cifar_archive  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port_url(path: str = "/cifar-10-python.tar.gz") -> str:
+    """An http URL on loopback where nothing listens: an 'unreachable' source."""
+    return f"http://127.0.0.1:{free_port()}{path}"
+
+
+@pytest.fixture(scope="session")
+def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ``cifar-10-python.tar.gz`` in the official format (5x200 train, 500 test)."""
+    return write_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz", 200, 500)
+
+
+@pytest.fixture(scope="session")
+def calibrated_weights(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path) -> Path:
+    """A MobileNetV2 state dict whose BatchNorm statistics fit the tiny data.
+
+    ImageNet weights cannot be downloaded here; random weights with the default
+    BatchNorm statistics make frozen features collapse to ~0. Re-estimating the
+    statistics on the data gives frozen features with signal: a fair stand-in
+    for "pretrained" that the learning tests load through ``model.pretrained``.
+    """
+    import numpy as np
+    import torch
+    import torchvision
+
+    from mobitune.data import decode
+    from mobitune.loader import BatchTransform
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2()
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration pass
+    train, _, _, _ = decode(cifar_archive)
+    x = BatchTransform(torch.device("cpu"), 32)(torch.from_numpy(np.array(train.images[:500])))
+    net.train()
+    with torch.no_grad():
+        net.features(x)
+    path = tmp_path_factory.mktemp("weights") / "calibrated-mobilenet_v2.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A loopback HTTP server; returns its base URL and the folder it serves."""
+    root = tmp_path_factory.mktemp("http")
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+
+    def client(self):  # noqa: ANN201
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def reset(self) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST"))
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's standalone S3 server, over HTTP on 127.0.0.1, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield S3Server(f"http://127.0.0.1:{port}")
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server, emptied, with ``AWS_ENDPOINT_URL`` pointing at it."""
+    s3_server.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    return s3_server
+
+
+def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> dict:
+    """params.yaml for tests: the project's file with tiny epochs and batches on the CPU."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["data"].update(source=source, md5=None)
+    params["model"].update(pretrained=pretrained, hidden_units=32)
+    params["warmup"].update(epochs=1, batch_size=100)
+    params["finetune"]["epochs"] = 2
+    params["batch_size"] = 100
+    for key, value in overrides.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return params
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+@pytest.fixture
+def dvc_project(tmp_path: Path) -> Path:
+    """A fresh git + DVC repo holding the project's dvc.yaml, params.yaml and code."""
+    project = tmp_path / "project"
+    project.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, project / name)
+    shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    run(["git", "init", "-q", "-b", "main"], project)
+    run(["dvc", "init", "-q"], project)
+    run(["dvc", "config", "core.analytics", "false"], project)
+    return project
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

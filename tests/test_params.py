@@ -1,0 +1,101 @@
+"""The typed params loader: the project's params.yaml, overrides, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mobitune.params import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_load_with_the_report_protocol() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params == Params()  # the dataclass defaults are the file's values
+    assert (params.warmup.epochs, params.warmup.lr, params.finetune.epochs) == (5, 0.001, 5)
+    assert (params.lr, params.batch_size, params.trainable_layers) == (0.005, 192, 10)
+    assert params.sweep.axes == {
+        "lr": [0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001],
+        "batch_size": [32, 64, 128, 192],
+        "trainable_layers": [2, 5, 10],
+    }
+
+
+def test_overrides_use_dvc_exp_run_syntax() -> None:
+    params = Params().override(
+        ["lr=0.002", "warmup.epochs=1", "model.pretrained=none", "sweep.lr=[0.05,0.005]", "lr=1e-3"]
+    )
+    assert params.lr == 0.001 and params.warmup.epochs == 1 and params.model.pretrained == "none"
+    assert params.sweep.axes["lr"] == [0.05, 0.005]
+    assert Params().override(["sweep.model.dropout=[0.1,0.3]"]).sweep.axes["model.dropout"] == [0.1, 0.3]
+
+
+def test_round_trip_through_to_dict() -> None:
+    params = Params().override(["sweep.warmup.lr=[0.01]", "storage.uri=s3://bucket/prefix"])
+    assert Params().override([]) == Params()
+    assert parse_params(__import__("yaml").safe_dump(params.to_dict())) == params
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lrr: 0.1", "unknown key 'lrr'. Did you mean 'lr'?"),
+        ("warmup: {epoch: 3}", "unknown key 'warmup.epoch'. Did you mean 'epochs'?"),
+        ("lr: fast", "lr: expected a number, got 'fast'"),
+        ("lr: 0", "lr: must be greater than 0.0, got 0.0"),
+        ("lr: -1", "lr: must be greater than 0.0, got -1.0"),
+        ("lr: .nan", "lr: expected a finite number"),
+        ("warmup: {lr: 0}", "warmup.lr: must be greater than 0.0"),
+        ("batch_size: 0", "batch_size: must be at least 1, got 0"),
+        ("batch_size: 1.5", "batch_size: expected an integer, got 1.5"),
+        ("warmup: {epochs: -1}", "warmup.epochs: must be at least 0, got -1"),
+        ("finetune: {epochs: true}", "finetune.epochs: expected an integer, got True"),
+        ("trainable_layers: 18", "trainable_layers: must be between 0 and 17, got 18"),
+        ("trainable_layers: -1", "trainable_layers: must be between 0 and 17, got -1"),
+        ("device: tpu", "device: 'tpu' is not allowed; use one of: auto, cpu, cuda, cuda:N"),
+        (
+            "model: {unfreeze_from: middle}",
+            "model.unfreeze_from: 'middle' is not allowed; use one of: first, last",
+        ),
+        ("model: {dropout: 1.5}", "model.dropout: must be between 0.0 and 0.99, got 1.5"),
+        ("augment: {flip: 1}", "augment.flip: expected true or false, got 1"),
+        ("data: [1, 2]", "data: expected a mapping of keys to values"),
+        ("- 1", "expected a mapping of keys to values at the top level"),
+        ("lr: [0.1", "not valid YAML"),
+        ("sweep: {lr: []}", "sweep.lr: expected a non-empty list of values"),
+        ("sweep: {lr: 0.1}", "sweep.lr: expected a non-empty list of values"),
+        ("sweep: {lr: [0.1, fast]}", "sweep.lr[1]: expected a number, got 'fast'"),
+        ("sweep: {trainable_layers: [2, 40]}", "sweep.trainable_layers[1]: must be between 0 and 17, got 40"),
+        ("sweep: {mode: random}", "sweep.mode: 'random' is not allowed; use one of: one-at-a-time, grid"),
+        ("sweep: {warmup.lrr: [0.1]}", "unknown key 'sweep.warmup.lrr'. Did you mean 'warmup.lr'?"),
+        ("sweep: {seeds: [zero]}", "sweep.seeds[0]: expected an integer, got 'zero'"),
+    ],
+)
+def test_bad_params_name_the_key_and_the_allowed_values(text: str, message: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        parse_params(text)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lr", "override 'lr' is malformed; write key=value"),
+        ("=3", "override '=3' is malformed"),
+        ("warmup..lr=1", "override 'warmup..lr=1' is malformed"),
+        ("lr=[0.1", "override 'lr=[0.1': the value is not valid YAML"),
+        ("nope=1", "unknown key 'nope'"),
+        ("warmup=3", "warmup: expected a mapping of keys to values, got 3"),
+    ],
+)
+def test_malformed_overrides_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        Params().override([override])
+    assert message in str(caught.value)
+
+
+def test_missing_params_file_says_where_to_run(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="params.yaml: not found; run from the project root"):
+        load_params(tmp_path / "params.yaml")
