@@ -7,9 +7,6 @@ import functools
 import http.server
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import urllib.request
@@ -18,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 # Before anything imports prefect, DVC or boto3: no telemetry, no cloud probes, private homes.
 _HOME = Path(tempfile.mkdtemp(prefix="mobitune-tests-"))
@@ -43,22 +39,8 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 
-sys.path.insert(0, str(Path(__file__).parent))
 from datasets import write_cifar_archive  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def closed_port_url(path: str = "/cifar-10-python.tar.gz") -> str:
-    """An http URL on loopback where nothing listens: an 'unreachable' source."""
-    return f"http://127.0.0.1:{free_port()}{path}"
+from helpers import ROOT, free_port, run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -153,34 +135,6 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
     return s3_server
 
 
-def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> dict:
-    """params.yaml for tests: the project's file with tiny epochs and batches on the CPU."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["device"] = "cpu"
-    params["data"].update(source=source, md5=None)
-    params["model"].update(pretrained=pretrained, hidden_units=32)
-    params["warmup"].update(epochs=1, batch_size=100)
-    params["finetune"]["epochs"] = 2
-    params["batch_size"] = 100
-    for key, value in overrides.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
-    return params
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-        )
-    return result
-
-
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Path:
     """A fresh git + DVC repo holding the project's dvc.yaml, params.yaml and code."""
@@ -193,7 +147,3 @@ def dvc_project(tmp_path: Path) -> Path:
     run(["dvc", "init", "-q"], project)
     run(["dvc", "config", "core.analytics", "false"], project)
     return project
-
-
-def write_params(project: Path, params: dict) -> None:
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -195,7 +195,8 @@ def fit(
     checkpoint()  # the phase's output exists from the start, also when it has 0 epochs
     for epoch in range(len(history) + 1, phase.epochs + 1):
         started = time.perf_counter()
-        generator.manual_seed(seed * 100_003 + epoch)  # per-epoch seed: a resumed run sees the same batches
+        # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
+        torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
         train_loss, train_accuracy = train_one_epoch(
             model, optimizer, session, phase.batch_size, generator, f"{phase.name} {epoch}/{phase.epochs}"
         )

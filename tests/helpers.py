@@ -1,0 +1,57 @@
+"""Helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def closed_port_url(path: str = "/cifar-10-python.tar.gz") -> str:
+    """An http URL on loopback where nothing listens: an 'unreachable' source."""
+    return f"http://127.0.0.1:{free_port()}{path}"
+
+
+def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> dict:
+    """params.yaml for tests: the project's file with tiny epochs and batches on the CPU."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["device"] = "cpu"
+    params["data"].update(source=source, md5=None)
+    params["model"].update(pretrained=pretrained, hidden_units=32)
+    params["warmup"].update(epochs=1, batch_size=100)
+    params["finetune"]["epochs"] = 2
+    params["batch_size"] = 100
+    for key, value in overrides.items():
+        node = params
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return params
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+def write_params(project: Path, params: dict) -> None:
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

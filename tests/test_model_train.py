@@ -1,0 +1,184 @@
+"""Model head, freezing, weight loading, and the shared training loop on the CPU."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import closed_port_url
+
+from mobitune.data import load_dataset, prepare
+from mobitune.evaluate import evaluate_checkpoint
+from mobitune.loader import BatchTransform, DeviceSplit, augment_batch, resolve_device
+from mobitune.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
+from mobitune.params import AugmentParams, Params
+from mobitune.train import Session, run_finetune, run_warmup
+
+
+@pytest.fixture(scope="module")
+def prepared(cifar_archive: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "cifar10"
+    prepare(str(cifar_archive), None, out)
+    return out
+
+
+def small_params(weights: Path | str = "none", **changes: object) -> Params:
+    overrides = [
+        "device=cpu",
+        f"model.pretrained={weights}",
+        "model.hidden_units=64",
+        "warmup.epochs=2",
+        "warmup.batch_size=64",
+        "finetune.epochs=2",
+        "batch_size=64",
+        "lr=0.002",
+    ]
+    return Params().override(overrides + [f"{k}={v}" for k, v in changes.items()])
+
+
+def session_for(params: Params, prepared: Path, train_limit: int | None = None) -> Session:
+    dataset = load_dataset(prepared, train_limit, params.data.test_limit)
+    return Session.create(params, dataset, resolve_device(params.device))
+
+
+def test_head_matches_the_report() -> None:
+    model = MobileNetClassifier(num_classes=10, hidden_units=128, dropout=0.2)
+    layers = [type(m).__name__ for m in model.classifier]
+    assert layers == ["Flatten", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("blocks", "side", "expected"), [(10, "first", range(1, 11)), (3, "last", range(15, 18))]
+)
+def test_freezing_by_block_count(blocks: int, side: str, expected: range) -> None:
+    model = MobileNetClassifier(10, 32, 0.2)
+    set_trainable_blocks(model, blocks, side)
+    trainable = [
+        i for i, layer in enumerate(model.features) if any(p.requires_grad for p in layer.parameters())
+    ]
+    assert trainable == list(expected)
+    assert all(p.requires_grad for p in model.classifier.parameters())
+    model.train()
+    for index, layer in enumerate(model.features):
+        for bn in (m for m in layer.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            assert bn.training == (index in expected), "frozen BatchNorm layers must stay in eval mode"
+
+
+def test_frozen_features_keep_their_weights_and_statistics(prepared: Path) -> None:
+    params = small_params(**{"warmup.epochs": 1})
+    session = session_for(params, prepared, train_limit=128)
+    torch.manual_seed(0)
+    before = build_model(params.model, 10).state_dict()
+    run_warmup(params, session, prepared.parent / "warmup.pt")
+    after = load_checkpoint(prepared.parent / "warmup.pt")["model"]
+    for key, value in before.items():
+        if key.startswith("features."):
+            assert torch.equal(value, after[key]), key
+    assert not torch.equal(before["classifier.2.weight"], after["classifier.2.weight"])
+
+
+def test_state_dict_paths_load_with_weights_only(tmp_path: Path) -> None:
+    source = MobileNetClassifier(10, 32, 0.2)
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    model = build_model(replace(Params().model, pretrained=str(tmp_path / "weights.pt")), 10)
+    assert torch.equal(model.features[5].conv[0][0].weight, source.features[5].conv[0][0].weight)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "weights.pt").write_bytes(b"definitely not a checkpoint")
+    with pytest.raises(ModelError, match="weights.pt: not a PyTorch checkpoint or state dict"):
+        build_model(replace(Params().model, pretrained=str(tmp_path / "weights.pt")), 10)
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="not a MobileNetV2 state dict"):
+        build_model(replace(Params().model, pretrained=str(tmp_path / "other.pt")), 10)
+
+
+def test_imagenet_offline_says_how_to_seed_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("https_proxy", closed_port_url(""))  # nothing reachable, as on this machine
+    with pytest.raises(ModelError) as caught:
+        build_model(Params().model, 10)
+    message = str(caught.value)
+    assert "cannot fetch the ImageNet weights" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "mobilenet_v2-b0353104.pth") in message
+    assert "set model.pretrained to a local path" in message
+
+
+def test_cuda_requested_without_cuda() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(Exception, match="device: 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_augmentation_crops_and_flips_whole_batches() -> None:
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    flipped = augment_batch(images, AugmentParams(flip=True, crop_padding=0), generator)
+    for original, out in zip(images, flipped, strict=True):
+        assert torch.equal(out, original) or torch.equal(out, original.flip(2))
+    cropped = augment_batch(images, AugmentParams(flip=False, crop_padding=1), generator)
+    assert cropped.shape == images.shape and cropped.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (1, 1, 1, 1))
+    for i in range(2):
+        windows = [padded[i, :, y : y + 4, x : x + 4] for y in range(3) for x in range(3)]
+        assert any(torch.equal(cropped[i], w) for w in windows)
+
+
+def test_upsampling_and_channels_last() -> None:
+    x = BatchTransform(torch.device("cpu"), 64)(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
+    assert x.shape == (2, 3, 64, 64) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_batches_cover_the_split_once_per_epoch() -> None:
+    split = DeviceSplit(torch.zeros(10, 3, 2, 2, dtype=torch.uint8), torch.arange(10))
+    seen = torch.cat([y for _, y in split.batches(4, torch.Generator().manual_seed(1))])
+    assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
+
+
+def test_learning_is_real(prepared: Path, calibrated_weights: Path, tmp_path: Path) -> None:
+    """Warmup + finetune on a tiny set with learnable structure: far above the 10% of chance."""
+    params = small_params(calibrated_weights)
+    session = session_for(params, prepared)
+    warm = run_warmup(params, session, tmp_path / "warmup.pt")
+    fine = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    assert warm.status == fine.status == "ok"
+    assert [r["step"] for r in warm.history + fine.history] == [1, 2, 3, 4]
+    assert fine.history[-1]["train_loss"] < warm.history[0]["train_loss"]
+    evaluation = evaluate_checkpoint(params, session, tmp_path / "finetune.pt")
+    assert evaluation.test_accuracy >= 0.6
+    assert evaluation.test_accuracy == pytest.approx(fine.history[-1]["test_accuracy"], abs=1e-6)
+    assert np.mean(list(evaluation.per_class_accuracy.values())) == pytest.approx(
+        evaluation.test_accuracy, abs=0.02
+    )
+
+
+def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> None:
+    params = small_params(lr=1e30)
+    session = session_for(params, prepared, train_limit=256)
+    run_warmup(params, session, tmp_path / "warmup.pt")
+    result = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    assert result.status == "diverged"
+    assert len(result.history) == 1 and math.isnan(result.history[0]["train_loss"])
+    assert load_checkpoint(tmp_path / "finetune.pt")["status"] == "diverged"
+
+
+def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) -> None:
+    params = small_params(**{"warmup.epochs": 1})
+    session = session_for(params, prepared, train_limit=128)
+    run_warmup(params, session, tmp_path / "warmup.pt")
+    first = run_finetune(
+        replace(params, finetune=replace(params.finetune, epochs=1)),
+        session,
+        tmp_path / "warmup.pt",
+        tmp_path / "finetune.pt",
+    )
+    resumed = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
+    assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
+    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    assert resumed.history[1]["train_loss"] == pytest.approx(uninterrupted.history[1]["train_loss"], rel=1e-4)
