@@ -1,0 +1,102 @@
+"""The real DVC pipeline in a throw-away git repo: repro, exp run -S, exp show, plots, push/pull."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from helpers import ROOT, closed_port_url, run, tiny_params, write_params
+
+
+def stages_run(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
+
+
+def test_dvc_yaml_declares_the_paths_the_stages_write() -> None:
+    from mobitune import paths
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = set()
+    for stage in dvc.values():
+        for key in ("outs", "metrics"):
+            for entry in stage.get(key, []):
+                declared.add(next(iter(entry)) if isinstance(entry, dict) else entry)
+    written = {str(v) for k, v in vars(paths).items() if k.isupper() and k != "DATA"}
+    assert declared == written
+    for name, stage in dvc.items():
+        assert stage["cmd"] == f"python -m mobitune.stages.{name}"
+        for dep in stage["deps"]:
+            assert dep in written or (ROOT / dep).exists(), dep
+
+
+def test_pipeline_end_to_end(dvc_project: Path, cifar_archive: Path, calibrated_weights: Path, s3) -> None:
+    project = dvc_project
+    write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights)))
+
+    first = run(["dvc", "repro"], project)
+    assert stages_run(first.stdout) == ["download", "warmup", "finetune", "evaluate"]
+    metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
+    assert metrics["status"] == "ok" and metrics["test_accuracy"] > 0.15  # chance is 0.10
+    assert len((project / "data/plots/predictions.csv").read_text().splitlines()) == 501
+
+    again = run(["dvc", "repro"], project)
+    assert stages_run(again.stdout) == [] and "Data and pipelines are up to date" in again.stdout
+
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    exp = run(["dvc", "exp", "run", "-n", "low-lr", "-S", "lr=0.002"], project)
+    assert stages_run(exp.stdout) == ["finetune", "evaluate"]
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    results = {}
+    for commit in shown:
+        entries = [commit] + [rev for exp in commit.get("experiments") or [] for rev in exp["revs"]]
+        for entry in entries:
+            if entry["rev"] != "workspace":
+                data = entry["data"]
+                accuracy = data["metrics"]["data/metrics/evaluate.json"]["data"]["test_accuracy"]
+                results[entry["name"]] = (data["params"]["params.yaml"]["data"]["lr"], accuracy)
+    assert set(results) == {"main", "low-lr"}
+    assert results["main"][0] == 0.005 and results["low-lr"][0] == 0.002
+    assert results["main"][1] == metrics["test_accuracy"] and results["low-lr"][1] > 0
+
+    run(["dvc", "exp", "apply", "low-lr"], project)
+    plots = run(["dvc", "plots", "diff", "HEAD", "-o", "plots-out"], project)
+    html = (project / "plots-out" / "index.html").read_text()
+    for title in ("Train and test loss per epoch", "Train and test accuracy per epoch", "Confusion matrix"):
+        assert title in html, plots.stdout
+    assert "train_loss" in html and "test_accuracy" in html and "predicted" in html
+
+    bucket = s3.bucket("dvc-remote")
+    run(["dvc", "remote", "add", "-d", "storage", f"s3://{bucket}/store"], project)
+    run(["dvc", "remote", "modify", "storage", "endpointurl", s3.endpoint], project)
+    run(["dvc", "push"], project)
+    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0) > 0
+    checkpoint = (project / "data/models/finetune.pt").read_bytes()
+    shutil.rmtree(project / "data" / "models")
+    shutil.rmtree(project / ".dvc" / "cache")
+    run(["dvc", "pull"], project)
+    assert (project / "data/models/finetune.pt").read_bytes() == checkpoint
+    assert run(["dvc", "status"], project).stdout.strip().endswith("Data and pipelines are up to date.")
+
+
+def test_offline_download_fails_with_a_clear_message(dvc_project: Path) -> None:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["source"] = closed_port_url()  # what the official URL does on a machine without internet
+    write_params(dvc_project, params)
+    result = run(["dvc", "repro"], dvc_project, check=False)
+    assert result.returncode != 0
+    assert "is unreachable" in result.stderr and "dvc exp run -S data.source=" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (dvc_project / "data" / "cifar10").exists()
+
+
+def test_bad_params_stop_the_stage_with_the_key_named(dvc_project: Path, cifar_archive: Path) -> None:
+    params = tiny_params(str(cifar_archive))
+    params["lr"] = -1
+    write_params(dvc_project, params)
+    result = run(["dvc", "repro"], dvc_project, check=False)
+    assert "error: lr: must be greater than 0.0, got -1.0" in result.stderr
+    assert "Traceback" not in result.stderr
