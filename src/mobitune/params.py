@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import re
 import types
 import typing
@@ -308,6 +309,16 @@ def parse_override(assignment: str) -> tuple[str, Any]:
     except yaml.YAMLError as exc:
         raise ParamsError(f"override {assignment!r}: the value is not valid YAML ({exc})") from None
     return key, value
+
+
+def to_override(key: str, value: Any) -> str:
+    """The ``key=value`` text that :func:`parse_override` reads back as ``value``."""
+    return f"{key}={json.dumps(value)}"
+
+
+def params_from_dict(raw: Mapping[str, Any]) -> Params:
+    """Validate params passed as plain data (e.g. a Prefect flow parameter)."""
+    return _from_mapping(raw)
 
 
 def apply_overrides(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:

@@ -175,3 +175,93 @@ def public_uri(uri: str) -> str:
     if parts.password or parts.username:
         return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname or ""))
     return uri
+
+
+class ArtifactStore:
+    """Where sweep artifacts live: a local folder or an S3 prefix, same relative keys."""
+
+    uri: str
+
+    def put_file(self, key: str, path: Path) -> None:
+        raise NotImplementedError
+
+    def get_file(self, key: str, path: Path) -> bool:
+        """Copy ``key`` to ``path`` (atomically); False when the store has no such key."""
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` now if the store cannot be used at all."""
+
+
+class LocalStore(ArtifactStore):
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.uri = str(self.root)
+
+    def put_file(self, key: str, path: Path) -> None:
+        target = self.root / key
+        if Path(path).resolve() != target:
+            atomic_write_bytes(target, Path(path).read_bytes())
+
+    def get_file(self, key: str, path: Path) -> bool:
+        source = self.root / key
+        if not source.exists():
+            return False
+        if source != Path(path).resolve():
+            atomic_write_bytes(Path(path), source.read_bytes())
+        return True
+
+
+class S3Store(ArtifactStore):
+    """Whole-object uploads, each verified by reading back its SHA-256."""
+
+    def __init__(self, uri: str) -> None:
+        location = parse_s3_uri(uri)
+        self.bucket, self.prefix = location.bucket, location.key
+        self.uri = location.uri
+        self.client = s3_client()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def check(self) -> None:
+        with_retries(lambda: self.client.head_bucket(Bucket=self.bucket), self.uri)
+
+    def put_file(self, key: str, path: Path) -> None:
+        data = Path(path).read_bytes()
+        digest = sha256_bytes(data)
+        uri = f"s3://{self.bucket}/{self._key(key)}"
+
+        def upload_and_verify() -> None:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest}
+            )
+            stored = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            if sha256_bytes(stored) != digest:
+                raise StorageError(f"{uri}: stored object does not match the local file's SHA-256")
+
+        with_retries(upload_and_verify, uri)
+
+    def get_file(self, key: str, path: Path) -> bool:
+        from botocore.exceptions import ClientError
+
+        uri = f"s3://{self.bucket}/{self._key(key)}"
+
+        def download() -> bytes | None:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+
+        data = with_retries(download, uri)
+        if data is None:
+            return False
+        atomic_write_bytes(Path(path), data)
+        return True
+
+
+def open_store(uri: str | None, local_root: Path) -> ArtifactStore:
+    """``s3://bucket/prefix`` → :class:`S3Store`; None → :class:`LocalStore` at ``local_root``."""
+    return S3Store(uri) if uri else LocalStore(local_root)

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,7 @@ def fit(
     record: dict[str, Any],
     step_offset: int = 0,
     resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
 
@@ -214,6 +216,8 @@ def fit(
             f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s"
         )
         checkpoint()
+        if on_checkpoint is not None:
+            on_checkpoint()
         if status == DIVERGED:
             tqdm.write(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged")
             break
@@ -281,7 +285,12 @@ def load_trained_model(
 
 
 def run_finetune(
-    params: Params, session: Session, warmup_checkpoint: Path, checkpoint_path: Path, resume: bool = False
+    params: Params,
+    session: Session,
+    warmup_checkpoint: Path,
+    checkpoint_path: Path,
+    resume: bool = False,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights."""
     torch.manual_seed(params.seed)
@@ -296,4 +305,5 @@ def run_finetune(
         record=_record(params, session),
         step_offset=len(warm["history"]),
         resume=resume_state,
+        on_checkpoint=on_checkpoint,
     )

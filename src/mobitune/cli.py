@@ -1,0 +1,96 @@
+"""``mobitune``: the command line, thin over the flows.
+
+mobitune sweep [--set key=value ...] [--backend local|workers] [--parallel N]
+mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mobitune.errors import MobituneError
+
+EXIT_BAD_INPUT = 2
+EXIT_NOT_PUBLISHED = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobitune", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sweep = commands.add_parser(
+        "sweep", help="run the sweep of params.yaml's `sweep:` section as a Prefect flow"
+    )
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a param, as dvc exp run -S (repeatable): lr=0.002, sweep.lr=[0.05,0.005]")  # fmt: skip
+    sweep.add_argument("--backend", choices=["local", "workers"], default="local",
+                       help="local: trials in this process, one per device; workers: flow runs on pool `gpu`")  # fmt: skip
+    sweep.add_argument(
+        "--parallel", type=int, default=None, help="concurrent local trials (default: one per GPU, or 1)"
+    )
+    sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
+    sweep.add_argument("--deployment", default="trial/trial", help="trial deployment for --backend workers")
+    push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
+    push.add_argument("sweep_dir", type=Path)
+    push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "sweep":
+            print(_sweep(args))
+        else:
+            print(_push(args.sweep_dir, args.to))
+    except MobituneError as exc:
+        from mobitune.publish import PublishError
+
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_NOT_PUBLISHED if isinstance(exc, PublishError) else EXIT_BAD_INPUT)
+
+
+def _sweep(args: argparse.Namespace) -> str:
+    from mobitune.loader import resolve_device
+    from mobitune.params import load_params
+    from mobitune.sweep import expand
+
+    if args.parallel is not None and args.parallel < 1:
+        raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
+    params = load_params(args.params, args.overrides)  # bad params and specs fail before Prefect starts
+    expand(params)
+    resolve_device(params.device)
+    from mobitune.flows import sweep
+
+    return sweep(
+        overrides=args.overrides,
+        params_file=args.params,
+        backend=args.backend,
+        parallel=args.parallel,
+        local_root=args.local_root,
+        deployment=args.deployment,
+    )
+
+
+def _push(sweep_dir: Path, to: str | None) -> str:
+    from mobitune.publish import SWEEP_RECORD, publish, write_manifest
+
+    record_path = sweep_dir / SWEEP_RECORD
+    if not record_path.exists():
+        raise MobituneError(
+            f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give artifacts/sweeps/<sweep_id>"
+        )
+    uri = to or json.loads(record_path.read_text())["storage_uri"]
+    if not uri:
+        raise MobituneError(
+            f"{sweep_dir}: the sweep had no storage.uri; give one with --to s3://bucket/prefix"
+        )
+    write_manifest(sweep_dir)
+    return publish(sweep_dir, uri)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""One sweep trial, wherever it runs: shared warmup, finetune, results into the artifact store.
+
+The local backend calls :func:`run_trial` from a Prefect task; the workers
+backend runs it as the ``trial`` flow on a worker. Both read and write the
+same keys of the artifact store, so the sweep gathers results the same way.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobitune.data import load_dataset, prepare
+from mobitune.loader import resolve_device
+from mobitune.model import load_checkpoint
+from mobitune.params import DataParams, params_from_dict
+from mobitune.records import git_revision, write_csv, write_json
+from mobitune.storage import ArtifactStore, open_store
+from mobitune.sweep import warmup_key
+from mobitune.train import DIVERGED, HISTORY_COLUMNS, Session, run_finetune, run_warmup
+
+FAILED = "failed"
+TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """Everything a trial needs, as plain data (it travels as Prefect flow parameters)."""
+
+    sweep_id: str
+    trial_id: str
+    params: dict[str, Any]
+    varied: dict[str, Any] = field(default_factory=dict)
+    store_uri: str | None = None
+    local_root: str = "artifacts"
+    warmup_only: bool = False
+
+
+def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
+    return f"sweeps/{sweep_id}/trials/{trial_id}/{name}".rstrip("/")
+
+
+def warmup_cache_key(key: str) -> str:
+    return f"cache/warmup/{key}.pt"
+
+
+def checkpoint_key(sweep_id: str, trial_id: str) -> str:
+    return f"checkpoints/{sweep_id}/{trial_id}.pt"
+
+
+def ensure_data(data: DataParams, local_root: Path) -> Path:
+    """The prepared arrays of ``data.source``, decoded once per machine (file lock across workers)."""
+    digest = hashlib.sha256(f"{data.source}\n{data.md5}".encode()).hexdigest()[:16]
+    out = local_root / "cache" / "data" / digest
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f"{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "meta.json").exists():
+            prepare(data.source, data.md5, out)
+    return out
+
+
+def _ensure_warmup(params_key: str, store: ArtifactStore, local_root: Path, train: Any) -> Path:
+    local = local_root / warmup_cache_key(params_key)
+    if store.get_file(warmup_cache_key(params_key), local):
+        return local
+    scratch = local.with_name(f".{local.name}.training")
+    train(scratch)
+    scratch.replace(local)
+    store.put_file(warmup_cache_key(params_key), local)
+    return local
+
+
+def run_trial(request: TrialRequest) -> dict[str, Any]:
+    """Train one trial (or only its warmup) and store params.json, history.csv, metrics.json."""
+    started = time.perf_counter()
+    params = params_from_dict(request.params)
+    local_root = Path(request.local_root).resolve()
+    store = open_store(request.store_uri, local_root)
+    dataset = load_dataset(
+        ensure_data(params.data, local_root), params.data.train_limit, params.data.test_limit
+    )
+    session = Session.create(params, dataset, resolve_device(params.device))
+    key = warmup_key(params)
+    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, session, path))
+    if request.warmup_only:
+        return {"warmup_key": key}
+    warm = load_checkpoint(warm_path)
+    history = list(warm["history"])
+    status = warm["status"]
+    if status != DIVERGED:
+        local_checkpoint = local_root / checkpoint_key(request.sweep_id, request.trial_id)
+        resumed = store.get_file(checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint)
+        result = run_finetune(
+            params,
+            session,
+            warm_path,
+            local_checkpoint,
+            resume=resumed,
+            on_checkpoint=lambda: store.put_file(
+                checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint
+            ),
+        )
+        history += result.history
+        status = result.status
+    metrics = {**_final(history), "status": status, "seconds": time.perf_counter() - started}
+    _store_results(request, store, local_root, history, metrics)
+    return metrics
+
+
+def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
+    """:func:`run_trial`, with any failure recorded as the trial's result instead of raised.
+
+    The orchestration edge: one failed trial (a bad config, out of memory)
+    must not cost the sweep its other trials or its report.
+    """
+    started = time.perf_counter()
+    try:
+        return run_trial(request)
+    except Exception as exc:  # recorded, not swallowed: status "failed" with the reason
+        if request.warmup_only:
+            raise
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        traceback.print_exc()
+        local_root = Path(request.local_root).resolve()
+        metrics = {**_final([]), "status": FAILED, "seconds": time.perf_counter() - started, "error": reason}
+        _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
+        return metrics
+
+
+def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    return {**{k: last.get(k) for k in keys}, "epochs": len(history), "error": None}
+
+
+def _store_results(
+    request: TrialRequest,
+    store: ArtifactStore,
+    local_root: Path,
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+) -> None:
+    folder = local_root / trial_key(request.sweep_id, request.trial_id)
+    metrics = {"trial_id": request.trial_id, **request.varied, **metrics, "git_rev": git_revision()}
+    write_json(
+        folder / "params.json",
+        {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},
+    )
+    write_csv(folder / "history.csv", history, HISTORY_COLUMNS)
+    write_json(folder / "metrics.json", metrics)  # last: its presence marks the trial complete
+    for name in TRIAL_FILES:
+        store.put_file(trial_key(request.sweep_id, request.trial_id, name), folder / name)
