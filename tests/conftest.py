@@ -38,6 +38,7 @@ os.environ.update(
 )
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use a temporary server
 
 from datasets import write_cifar_archive  # noqa: E402
 from helpers import ROOT, free_port, run  # noqa: E402

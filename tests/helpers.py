@@ -43,8 +43,10 @@ def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> d
     return params
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, env_extra: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env_extra or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise AssertionError(
@@ -55,3 +57,17 @@ def run(cmd: list[str], cwd: Path, check: bool = True, **kwargs: object) -> subp
 
 def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def sweep_project(tmp_path: Path, archive: Path, sweep: dict, **overrides: object) -> Path:
+    """A project folder (params.yaml, prefect.yaml, flows/) for running sweeps from."""
+    import shutil
+
+    project = tmp_path / "project"
+    project.mkdir()
+    params = tiny_params(str(archive), **overrides)
+    params["sweep"] = {"mode": "one-at-a-time", "seeds": [0], **sweep}
+    write_params(project, params)
+    shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+    shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    return project

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from mobitune.errors import MobituneError
+from mobitune.storage import StorageError, parse_s3_uri
 
 PARAMS_FILE = Path("params.yaml")
 _YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -285,6 +286,11 @@ def _convert_leaf(dotted: str, value: Any, key: str) -> Any:
 def _from_mapping(raw: Any) -> Params:
     params = _build(Params, raw, "")
     _check_device(params.device)
+    if params.storage.uri is not None:
+        try:
+            parse_s3_uri(params.storage.uri)
+        except StorageError as exc:
+            raise ParamsError(f"storage.uri: {exc}, or null for a local folder") from None
     return params
 
 

@@ -1,0 +1,57 @@
+"""Dockerfile, docker-compose.yml and prefect.yaml cannot be built or started here (no Docker
+engine): check that what they reference exists and that they agree with each other."""
+
+from __future__ import annotations
+
+import re
+
+import yaml
+from helpers import ROOT
+
+
+def prefect_config() -> dict:
+    return yaml.safe_load((ROOT / "prefect.yaml").read_text())
+
+
+def test_prefect_yaml_entrypoints_load_the_named_flows() -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    deployments = {d["name"]: d for d in prefect_config()["deployments"]}
+    assert deployments["trial"]["work_pool"]["name"] == "gpu"
+    for deployment in deployments.values():
+        path, _, name = deployment["entrypoint"].partition(":")
+        assert (ROOT / path).exists()
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+        assert flow.name == name
+    sweep = deployments["nightly"]
+    assert sweep["parameters"]["deployment"] == "trial/trial" and sweep["parameters"]["backend"] == "workers"
+    assert sweep["schedules"][0]["cron"] and "active" in sweep["schedules"][0]
+
+
+def test_dockerfile_copies_what_exists_and_starts_a_gpu_worker() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM pytorch/pytorch:2\.14\.1-cuda[\d.]+-cudnn\d+-runtime$", text, re.M)
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _target = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), source
+    cmd = yaml.safe_load(re.search(r"^CMD (.+)$", text, re.M).group(1))
+    assert cmd[:3] == ["prefect", "worker", "start"]
+    assert cmd[cmd.index("--pool") + 1] == "gpu" and cmd[cmd.index("--limit") + 1] == "1"
+
+
+def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"prefect", "minio", "worker"} <= set(services)
+    pools = {d["work_pool"]["name"] for d in prefect_config()["deployments"]}
+    served = {"gpu"}  # the image's default command
+    for service in services.values():
+        command = service.get("command")
+        if isinstance(command, list) and command[:3] == ["prefect", "worker", "start"]:
+            served.add(command[command.index("--pool") + 1])
+    assert pools <= served
+    for service in services.values():
+        if service.get("build") == ".":
+            assert service["environment"]["PREFECT_API_URL"].endswith(":4200/api")
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))

@@ -1,0 +1,227 @@
+"""The sweep flow for real: `mobitune sweep` on Prefect's local server and on a real
+`prefect server` with two `prefect worker` processes, publishing to moto's S3 server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from helpers import VENV_BIN, free_port, run, sweep_project
+
+# 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
+FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
+METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+
+
+def objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
+    client = s3.client()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
+    return {k[len(prefix) :]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+
+
+def published_sweep(s3, bucket: str, prefix: str) -> tuple[str, dict[str, bytes]]:
+    found = objects(s3, bucket, f"{prefix}/sweeps/")
+    sweep_ids = {key.split("/")[0] for key in found}
+    assert len(sweep_ids) == 1, sweep_ids
+    sweep_id = sweep_ids.pop()
+    return sweep_id, {k[len(sweep_id) + 1 :]: v for k, v in found.items()}
+
+
+def check_published(tree: dict[str, bytes], trials: int) -> pd.DataFrame:
+    """The bucket holds a complete, consistent sweep; returns its results table."""
+    results = pd.read_csv(io.BytesIO(tree["results.csv"]))
+    assert len(results) == trials
+    for row in results.itertuples():
+        own = json.loads(tree[f"trials/{row.trial_id}/metrics.json"])
+        for metric in METRICS:
+            assert getattr(row, metric) == pytest.approx(own[metric]), (row.trial_id, metric)
+        assert {"params.json", "history.csv"} <= {k.split("/")[-1] for k in tree if row.trial_id in k}
+    assert {"figures/lr_curves.png", "figures/lr_summary.png", "figures/batch_size_curves.png"} <= set(tree)
+    assert all(tree[k].startswith(b"\x89PNG") for k in tree if k.endswith(".png"))
+    assert "Best config:" in tree["report.md"].decode() and "## lr" in tree["report.md"].decode()
+    manifest = json.loads(tree["manifest.json"])
+    assert {f["path"] for f in manifest["files"]} == set(tree) - {"manifest.json"}
+    for entry in manifest["files"]:
+        assert hashlib.sha256(tree[entry["path"]]).hexdigest() == entry["sha256"]
+        assert len(tree[entry["path"]]) == entry["size"]
+    return results
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s3_server) -> Iterator[dict]:
+    """One 4-trial sweep on the local backend, published to the S3 server."""
+    s3_server.reset()
+    bucket = s3_server.bucket("results")
+    project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
+    env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
+    result = run(["mobitune", "sweep", "--set", f"storage.uri=s3://{bucket}/team"], project, env_extra=env)
+    sweep_id, tree = published_sweep(s3_server, bucket, "team")
+    yield {"project": project, "stdout": result.stdout + result.stderr, "sweep_id": sweep_id, "tree": tree}
+
+
+def test_local_backend_publishes_a_complete_sweep(local_sweep: dict) -> None:
+    results = check_published(local_sweep["tree"], trials=4)
+    assert set(results["status"]) == {"ok"}
+    assert sorted(results["lr"]) == [0.0005, 0.001, 0.005, 0.005]
+    assert sorted(results["batch_size"]) == [50, 100, 100, 100]
+    assert local_sweep["stdout"].count("warmup 1/1") == 1, "the shared warmup ran once"
+    local_dir = local_sweep["project"] / "artifacts" / "sweeps" / local_sweep["sweep_id"]
+    assert (local_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
+
+
+def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: Path) -> None:
+    project = sweep_project(
+        tmp_path,
+        cifar_archive,
+        {"lr": [0.005, 1e30], "model.pretrained": ["none", str(tmp_path / "missing.pt")]},
+    )
+    result = run(["mobitune", "sweep"], project)
+    sweep_dir = Path(result.stdout.strip().splitlines()[-1])
+    results = pd.read_csv(sweep_dir / "results.csv").set_index("lr")
+    statuses = dict(zip(results["model.pretrained"], results["status"], strict=True))
+    assert sorted(results["status"]) == ["diverged", "failed", "ok"]
+    assert statuses[str(tmp_path / "missing.pt")] == "failed"
+    assert results.loc[1e30, "status"] == "diverged" and results.loc[1e30, "epochs"] == 2  # warmup + 1
+    failed_id = results.loc[results["status"] == "failed", "trial_id"].item()
+    failed = json.loads((sweep_dir / "trials" / failed_id / "metrics.json").read_text())
+    assert "model.pretrained" in failed["error"] and "no such file" in failed["error"]
+    report = (sweep_dir / "report.md").read_text()
+    assert "1 diverged, 1 failed, 1 ok" in report and "Failures:" in report
+
+
+def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archive: Path) -> None:
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.01]})
+    for args, message in (
+        (["--set", "sweep.lr=[0.1,fast]"], "error: sweep.lr[1]: expected a number, got 'fast'"),
+        (["--set", "sweep={}"], "error: sweep: nothing to sweep"),
+        (["--set", "lr"], "error: override 'lr' is malformed"),
+        (["--set", "storage.uri=s3://UPPER/x"], "is not a valid S3 URI"),
+    ):
+        result = run(["mobitune", "sweep", *args], project, check=False)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (project / "artifacts" / "sweeps").exists()
+
+
+# --------------------------------------------------------------- workers backend
+
+
+class PrefectServer:
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+                    "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
+                    "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}  # fmt: skip
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self, name: str, cmd: list[str], cwd: Path, env: dict | None = None) -> Path:
+        log = cwd / f"{name}.log"
+        process = subprocess.Popen(cmd, cwd=cwd, env={**self.env, **(env or {})}, stdout=log.open("w"),
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        self.processes.append(process)
+        return log
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.api}/health", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("prefect server did not become healthy")
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            for _ in range(2):  # a process worker needs two SIGINTs
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGINT)
+                    time.sleep(0.3)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    home = tmp_path_factory.mktemp("prefect-server")
+    server = PrefectServer(home)
+    server.start(
+        "server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home
+    )
+    server.wait_healthy()
+    for pool in ("gpu", "sweeps"):
+        run(
+            ["prefect", "work-pool", "create", pool, "--type", "process"],
+            home,
+            env_extra={"PREFECT_API_URL": server.api},
+        )
+    yield server
+    server.stop()
+
+
+def test_prefect_yaml_deploys_both_deployments_and_the_schedule(prefect_server: PrefectServer, tmp_path: Path,
+                                                                cifar_archive: Path) -> None:  # fmt: skip
+    project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
+    run(
+        ["prefect", "--no-prompt", "deploy", "--all"],
+        project,
+        env_extra={"PREFECT_API_URL": prefect_server.api},
+    )
+    listing = run(
+        ["prefect", "deployment", "ls"], project, env_extra={"PREFECT_API_URL": prefect_server.api}
+    ).stdout
+    assert "trial/trial" in listing and "sweep/nightly" in listing
+    inspect = run(["prefect", "deployment", "inspect", "sweep/nightly"], project,
+                  env_extra={"PREFECT_API_URL": prefect_server.api}).stdout  # fmt: skip
+    assert "'cron': '0 2 * * *'" in inspect and "'active': True" in inspect
+    assert "'work_pool_name': 'sweeps'" in inspect
+    trial = run(["prefect", "deployment", "inspect", "trial/trial"], project,
+                env_extra={"PREFECT_API_URL": prefect_server.api}).stdout  # fmt: skip
+    assert "'work_pool_name': 'gpu'" in trial
+
+
+def test_workers_backend_matches_the_local_backend(prefect_server: PrefectServer, tmp_path: Path,
+                                                   cifar_archive: Path, s3_server, local_sweep: dict) -> None:  # fmt: skip
+    bucket = s3_server.bucket("worker-results")
+    project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
+    env = {"PREFECT_API_URL": prefect_server.api, "AWS_ENDPOINT_URL": s3_server.endpoint}
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    logs = [
+        prefect_server.start(
+            f"worker-{i}",
+            ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1", "--name", f"worker-{i}"],
+            project,
+            {**env, "PREFECT_LOGGING_LEVEL": "INFO"},  # workers log each flow run they submit
+        )
+        for i in (1, 2)
+    ]
+    result = run(["mobitune", "sweep", "--backend", "workers", "--set", f"storage.uri=s3://{bucket}/p"], project,
+                 env_extra=env, timeout=540)  # fmt: skip
+    assert result.returncode == 0
+    _, tree = published_sweep(s3_server, bucket, "p")
+    results = check_published(tree, trials=4)
+    submitted = [log.read_text().count("submitting flow run") for log in logs]
+    assert all(count >= 1 for count in submitted), f"flow runs per worker: {submitted}"
+    local = pd.read_csv(io.BytesIO(local_sweep["tree"]["results.csv"]))
+    assert list(results.columns) == list(local.columns)
+    merged = results.merge(local, on="trial_id", suffixes=("_workers", "_local"))
+    assert len(merged) == 4
+    for metric in METRICS:
+        assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(
+            merged[f"{metric}_local"].to_numpy(), rel=1e-4
+        )

@@ -1,0 +1,67 @@
+"""Sweep expansion rules (pure functions, no Prefect)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobitune.params import Params, ParamsError
+from mobitune.sweep import expand, new_sweep_id, warmup_key
+
+
+def test_the_report_study_runs_the_base_config_once() -> None:
+    trials = expand(Params())
+    assert len(trials) == 6 + 4 + 3 - 2  # the base (lr 0.005, batch 192, 10 blocks) sits on all three axes
+    configs = [(t.params.lr, t.params.batch_size, t.params.trainable_layers) for t in trials]
+    assert len(set(configs)) == len(configs)
+    assert configs.count((0.005, 192, 10)) == 1
+    assert len({t.trial_id for t in trials}) == len(trials)
+    assert len({warmup_key(t.params) for t in trials}) == 1, "finetune-only axes share one warmup"
+
+
+def test_grid_seeds_and_epochs() -> None:
+    params = Params().override(
+        [
+            "sweep.mode=grid",
+            "sweep.lr=[0.01,0.001]",
+            "sweep.batch_size=[32,64,128]",
+            "sweep.trainable_layers=[10]",
+            "sweep.seeds=[0,1]",
+            "sweep.warmup_epochs=1",
+            "sweep.finetune_epochs=2",
+        ]  # fmt: skip
+    )
+    trials = expand(params)
+    assert len(trials) == 2 * 3 * 2
+    assert {(t.params.warmup.epochs, t.params.finetune.epochs) for t in trials} == {(1, 2)}
+    assert {t.params.seed for t in trials} == {0, 1}
+    assert len({warmup_key(t.params) for t in trials}) == 2, "one warmup per seed"
+
+
+def test_any_dotted_key_can_be_swept() -> None:
+    params = Params().override(
+        ["sweep.lr=[0.005]", "sweep.warmup.lr=[0.001,0.01]", "sweep.model.unfreeze_from=[first,last]"]
+    )
+    trials = expand(params)
+    assert {t.params.warmup.lr for t in trials} == {0.001, 0.01}
+    assert {t.params.model.unfreeze_from for t in trials} == {"first", "last"}
+    assert len({warmup_key(t.params) for t in trials}) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["sweep={}"], "sweep: nothing to sweep; give at least one axis"),
+        (["sweep.seeds=[]", "sweep.lr=[0.1]"], "sweep.seeds: expected at least one seed"),
+        (["sweep.lr=[]"], "sweep.lr: expected a non-empty list of values"),
+        (["sweep.batch_size=[32, -1]"], "sweep.batch_size[1]: must be at least 1, got -1"),
+        (["sweep.device=[cpu]"], "unknown key 'sweep.device'"),
+    ],
+)
+def test_invalid_specs_fail_before_anything_runs(overrides: list[str], message: str) -> None:
+    with pytest.raises(ParamsError) as caught:
+        expand(Params().override(overrides))
+    assert message in str(caught.value)
+
+
+def test_sweep_ids_are_unique() -> None:
+    assert len({new_sweep_id() for _ in range(200)}) == 200
