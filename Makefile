@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test lint bench sweep
+.PHONY: install run test lint bench
 
 install: $(STAMP)
 
@@ -21,6 +21,10 @@ run: install
 # pytest exits 5 when it collects no test: not a failure of the suite
 test: install
 	pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json
+bench: install
+	python benchmarks/bench.py
 
 lint: install
 	ruff check src flows tests benchmarks

@@ -10,6 +10,4 @@ from mobitune.sweep import new_sweep_id
 
 if __name__ == "__main__":
     params = load_params()
-    print(
-        trial(sweep_id=new_sweep_id(), trial_id="base", params=params.to_dict(), store_uri=params.storage.uri)
-    )
+    print(trial(sweep_id=new_sweep_id(), trial_id="base", params=params.to_dict(), store_uri=params.storage.uri))

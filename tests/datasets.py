@@ -62,9 +62,7 @@ def write_cifar_archive(path: Path, train_per_batch: int = 40, test: int = 100, 
     return path
 
 
-def write_image_folder(
-    root: Path, train_per_class: int = 8, test_per_class: int = 4, fmt: str = "png"
-) -> Path:
+def write_image_folder(root: Path, train_per_class: int = 8, test_per_class: int = 4, fmt: str = "png") -> Path:
     """``root/train/<class>/*.png`` and ``root/test/<class>/*`` with learnable images."""
     for split, per_class, seed in (("train", train_per_class, 10), ("test", test_per_class, 11)):
         images, labels = _split(per_class * len(CLASSES), seed)

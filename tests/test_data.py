@@ -75,9 +75,7 @@ def test_file_url_and_http_mirror(cifar_archive: Path, tmp_path: Path, http_root
 
 
 def test_s3_object(cifar_archive: Path, tmp_path: Path, s3) -> None:
-    s3.client().put_object(
-        Bucket=s3.bucket("datasets"), Key="cifar/c.tar.gz", Body=cifar_archive.read_bytes()
-    )
+    s3.client().put_object(Bucket=s3.bucket("datasets"), Key="cifar/c.tar.gz", Body=cifar_archive.read_bytes())
     meta = prepare("s3://datasets/cifar/c.tar.gz", md5(cifar_archive), tmp_path / "c")
     assert meta["source"] == "s3://datasets/cifar/c.tar.gz" and meta["train_count"] == 1000
 
@@ -183,9 +181,7 @@ def test_wrong_layout(tmp_path: Path) -> None:
 
 def test_incomplete_official_archive(cifar_archive: Path, tmp_path: Path) -> None:
     with tarfile.open(cifar_archive) as tar:
-        kept = [
-            (m, tar.extractfile(m).read() if m.isfile() else None) for m in tar if "test_batch" not in m.name
-        ]
+        kept = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar if "test_batch" not in m.name]
     archive = _tar_with(tmp_path / "partial.tar.gz", kept)
     with pytest.raises(DataError, match="cifar-10-batches-py/ lacks test_batch"):
         prepare(str(archive), None, tmp_path / "data" / "cifar10")

@@ -52,15 +52,11 @@ def test_head_matches_the_report() -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize(
-    ("blocks", "side", "expected"), [(10, "first", range(1, 11)), (3, "last", range(15, 18))]
-)
+@pytest.mark.parametrize(("blocks", "side", "expected"), [(10, "first", range(1, 11)), (3, "last", range(15, 18))])
 def test_freezing_by_block_count(blocks: int, side: str, expected: range) -> None:
     model = MobileNetClassifier(10, 32, 0.2)
     set_trainable_blocks(model, blocks, side)
-    trainable = [
-        i for i, layer in enumerate(model.features) if any(p.requires_grad for p in layer.parameters())
-    ]
+    trainable = [i for i, layer in enumerate(model.features) if any(p.requires_grad for p in layer.parameters())]
     assert trainable == list(expected)
     assert all(p.requires_grad for p in model.classifier.parameters())
     model.train()
@@ -153,9 +149,7 @@ def test_learning_is_real(prepared: Path, calibrated_weights: Path, tmp_path: Pa
     evaluation = evaluate_checkpoint(params, session, tmp_path / "finetune.pt")
     assert evaluation.test_accuracy >= 0.6
     assert evaluation.test_accuracy == pytest.approx(fine.history[-1]["test_accuracy"], abs=1e-6)
-    assert np.mean(list(evaluation.per_class_accuracy.values())) == pytest.approx(
-        evaluation.test_accuracy, abs=0.02
-    )
+    assert np.mean(list(evaluation.per_class_accuracy.values())) == pytest.approx(evaluation.test_accuracy, abs=0.02)
 
 
 def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> None:

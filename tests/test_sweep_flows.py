@@ -120,16 +120,27 @@ class PrefectServer:
     def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                    "PREFECT_HOME": str(home), "PREFECT_API_URL": self.api,
-                    "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}  # fmt: skip
+        self.env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        }
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []
 
     def start(self, name: str, cmd: list[str], cwd: Path, env: dict | None = None) -> Path:
         log = cwd / f"{name}.log"
-        process = subprocess.Popen(cmd, cwd=cwd, env={**self.env, **(env or {})}, stdout=log.open("w"),
-                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.processes.append(process)
         return log
 
@@ -160,9 +171,7 @@ class PrefectServer:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect-server")
     server = PrefectServer(home)
-    server.start(
-        "server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home
-    )
+    server.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home)
     server.wait_healthy()
     for pool in ("gpu", "sweeps"):
         run(
@@ -174,29 +183,33 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
     server.stop()
 
 
-def test_prefect_yaml_deploys_both_deployments_and_the_schedule(prefect_server: PrefectServer, tmp_path: Path,
-                                                                cifar_archive: Path) -> None:  # fmt: skip
+def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
     project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
     run(
         ["prefect", "--no-prompt", "deploy", "--all"],
         project,
         env_extra={"PREFECT_API_URL": prefect_server.api},
     )
-    listing = run(
-        ["prefect", "deployment", "ls"], project, env_extra={"PREFECT_API_URL": prefect_server.api}
-    ).stdout
+    listing = run(["prefect", "deployment", "ls"], project, env_extra={"PREFECT_API_URL": prefect_server.api}).stdout
     assert "trial/trial" in listing and "sweep/nightly" in listing
-    inspect = run(["prefect", "deployment", "inspect", "sweep/nightly"], project,
-                  env_extra={"PREFECT_API_URL": prefect_server.api}).stdout  # fmt: skip
+    inspect = run(
+        ["prefect", "deployment", "inspect", "sweep/nightly"],
+        project,
+        env_extra={"PREFECT_API_URL": prefect_server.api},
+    ).stdout
     assert "'cron': '0 2 * * *'" in inspect and "'active': True" in inspect
     assert "'work_pool_name': 'sweeps'" in inspect
-    trial = run(["prefect", "deployment", "inspect", "trial/trial"], project,
-                env_extra={"PREFECT_API_URL": prefect_server.api}).stdout  # fmt: skip
+    trial = run(
+        ["prefect", "deployment", "inspect", "trial/trial"], project, env_extra={"PREFECT_API_URL": prefect_server.api}
+    ).stdout
     assert "'work_pool_name': 'gpu'" in trial
 
 
-def test_workers_backend_matches_the_local_backend(prefect_server: PrefectServer, tmp_path: Path,
-                                                   cifar_archive: Path, s3_server, local_sweep: dict) -> None:  # fmt: skip
+def test_workers_backend_matches_the_local_backend(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path, s3_server, local_sweep: dict
+) -> None:
     bucket = s3_server.bucket("worker-results")
     project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
     env = {"PREFECT_API_URL": prefect_server.api, "AWS_ENDPOINT_URL": s3_server.endpoint}
@@ -210,8 +223,12 @@ def test_workers_backend_matches_the_local_backend(prefect_server: PrefectServer
         )
         for i in (1, 2)
     ]
-    result = run(["mobitune", "sweep", "--backend", "workers", "--set", f"storage.uri=s3://{bucket}/p"], project,
-                 env_extra=env, timeout=540)  # fmt: skip
+    result = run(
+        ["mobitune", "sweep", "--backend", "workers", "--set", f"storage.uri=s3://{bucket}/p"],
+        project,
+        env_extra=env,
+        timeout=540,
+    )
     assert result.returncode == 0
     _, tree = published_sweep(s3_server, bucket, "p")
     results = check_published(tree, trials=4)
@@ -222,6 +239,4 @@ def test_workers_backend_matches_the_local_backend(prefect_server: PrefectServer
     merged = results.merge(local, on="trial_id", suffixes=("_workers", "_local"))
     assert len(merged) == 4
     for metric in METRICS:
-        assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(
-            merged[f"{metric}_local"].to_numpy(), rel=1e-4
-        )
+        assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(merged[f"{metric}_local"].to_numpy(), rel=1e-4)

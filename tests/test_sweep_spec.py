@@ -28,7 +28,7 @@ def test_grid_seeds_and_epochs() -> None:
             "sweep.seeds=[0,1]",
             "sweep.warmup_epochs=1",
             "sweep.finetune_epochs=2",
-        ]  # fmt: skip
+        ]
     )
     trials = expand(params)
     assert len(trials) == 2 * 3 * 2

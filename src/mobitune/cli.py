@@ -20,13 +20,21 @@ EXIT_NOT_PUBLISHED = 3
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobitune", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    sweep = commands.add_parser(
-        "sweep", help="run the sweep of params.yaml's `sweep:` section as a Prefect flow"
+    sweep = commands.add_parser("sweep", help="run the sweep of params.yaml's `sweep:` section as a Prefect flow")
+    sweep.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param, as dvc exp run -S (repeatable): lr=0.002, sweep.lr=[0.05,0.005]",
     )
-    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a param, as dvc exp run -S (repeatable): lr=0.002, sweep.lr=[0.05,0.005]")  # fmt: skip
-    sweep.add_argument("--backend", choices=["local", "workers"], default="local",
-                       help="local: trials in this process, one per device; workers: flow runs on pool `gpu`")  # fmt: skip
+    sweep.add_argument(
+        "--backend",
+        choices=["local", "workers"],
+        default="local",
+        help="local: trials in this process, one per device; workers: flow runs on pool `gpu`",
+    )
     sweep.add_argument(
         "--parallel", type=int, default=None, help="concurrent local trials (default: one per GPU, or 1)"
     )
@@ -80,14 +88,10 @@ def _push(sweep_dir: Path, to: str | None) -> str:
 
     record_path = sweep_dir / SWEEP_RECORD
     if not record_path.exists():
-        raise MobituneError(
-            f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give artifacts/sweeps/<sweep_id>"
-        )
+        raise MobituneError(f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give artifacts/sweeps/<sweep_id>")
     uri = to or json.loads(record_path.read_text())["storage_uri"]
     if not uri:
-        raise MobituneError(
-            f"{sweep_dir}: the sweep had no storage.uri; give one with --to s3://bucket/prefix"
-        )
+        raise MobituneError(f"{sweep_dir}: the sweep had no storage.uri; give one with --to s3://bucket/prefix")
     write_manifest(sweep_dir)
     return publish(sweep_dir, uri)
 

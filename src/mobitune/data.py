@@ -118,8 +118,7 @@ def _safe_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarIn
         parts = PurePosixPath(member.name).parts
         if member.name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", member.name):
             raise DataError(
-                f"{archive.name}: member {member.name!r} would escape the target folder; "
-                "refusing this archive"
+                f"{archive.name}: member {member.name!r} would escape the target folder; refusing this archive"
             )
         if member.issym() or member.islnk():
             target = PurePosixPath(member.name).parent / member.linkname
@@ -221,9 +220,7 @@ def _decode_cifar_batches(batches: dict[str, bytes], path: Path) -> tuple[Split,
             except (KeyError, ValueError) as exc:
                 raise DataError(f"{path.name}:{CIFAR_DIR}/{name}: malformed batch ({exc})") from None
             if len(labels) != len(xs[-1]):
-                raise DataError(
-                    f"{path.name}:{CIFAR_DIR}/{name}: {len(labels)} labels for {len(xs[-1])} images"
-                )
+                raise DataError(f"{path.name}:{CIFAR_DIR}/{name}: {len(labels)} labels for {len(xs[-1])} images")
             ys.append(labels)
         return Split(np.concatenate(xs), np.concatenate(ys))
 
@@ -243,8 +240,7 @@ def _decode_folder_tree(root: Path) -> tuple[Split, Split, list[str]]:
     base = next((c for c in candidates if all((c / s).is_dir() for s in SPLITS)), None)
     if base is None:
         raise DataError(
-            f"{root}: wrong layout; expected train/<class>/*.png|jpg and test/<class>/* "
-            "(directly or one folder down)"
+            f"{root}: wrong layout; expected train/<class>/*.png|jpg and test/<class>/* (directly or one folder down)"
         )
     class_dirs: set[tuple[str, str]] = set()
     images: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
@@ -360,12 +356,8 @@ def load_dataset(data_dir: Path, train_limit: int | None = None, test_limit: int
         meta = json.loads((data_dir / "meta.json").read_text())
         arrays = {name: np.load(data_dir / f"{name}.npy", mmap_mode="r") for name in ARRAY_FILES}
     except (OSError, ValueError) as exc:
-        raise DataError(
-            f"{data_dir}: prepared data missing or unreadable ({exc}); run `dvc repro download`"
-        ) from None
+        raise DataError(f"{data_dir}: prepared data missing or unreadable ({exc}); run `dvc repro download`") from None
     # memory-mapped: only the kept images are read from disk
-    train = Split(
-        np.array(arrays["train_images"][:train_limit]), np.array(arrays["train_labels"][:train_limit])
-    )
+    train = Split(np.array(arrays["train_images"][:train_limit]), np.array(arrays["train_labels"][:train_limit]))
     test = Split(np.array(arrays["test_images"][:test_limit]), np.array(arrays["test_labels"][:test_limit]))
     return Dataset(train=train, test=test, classes=list(meta["classes"]), meta=meta)

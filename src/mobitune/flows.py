@@ -32,7 +32,7 @@ from mobitune.params import Params, load_params
 from mobitune.publish import SWEEP_RECORD, publish, write_manifest
 from mobitune.records import to_json, write_json
 from mobitune.report import load_results, write_report
-from mobitune.storage import LocalStore, StorageError, open_store
+from mobitune.storage import EndpointUnreachable, LocalStore, open_store
 from mobitune.sweep import TrialSpec, expand, lookup, new_sweep_id, warmup_key
 from mobitune.trial import FAILED, TRIAL_FILES, TrialRequest, run_trial_recorded, trial_key
 
@@ -118,14 +118,18 @@ def _gather(spec: TrialSpec, request: TrialRequest, sweep_dir: Path, local_root:
     folder = sweep_dir / "trials" / spec.trial_id
     if all(store.get_file(trial_key(request.sweep_id, spec.trial_id, n), folder / n) for n in TRIAL_FILES):
         return
+    write_json(folder / "params.json", {"trial_id": spec.trial_id, "varied": spec.varied, "params": request.params})
+    (folder / "history.csv").write_text("step,phase,epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds\n")
     write_json(
-        folder / "params.json", {"trial_id": spec.trial_id, "varied": spec.varied, "params": request.params}
+        folder / "metrics.json",
+        {
+            "trial_id": spec.trial_id,
+            **spec.varied,
+            "status": FAILED,
+            "epochs": 0,
+            "error": "the trial's flow run never completed",
+        },
     )
-    (folder / "history.csv").write_text(
-        "step,phase,epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds\n"
-    )
-    write_json(folder / "metrics.json", {"trial_id": spec.trial_id, **spec.varied, "status": FAILED, "epochs": 0,
-                                         "error": "the trial's flow run never completed"})  # fmt: skip
 
 
 def _check_storage(uri: str | None, backend: str) -> None:
@@ -138,8 +142,8 @@ def _check_storage(uri: str | None, backend: str) -> None:
         return
     try:
         open_store(uri, Path()).check()
-    except StorageError as exc:
-        if backend == "workers" or "unreachable" not in str(exc):
+    except EndpointUnreachable as exc:
+        if backend == "workers":
             raise
         get_run_logger().warning("%s; results stay local until published", exc)
 
@@ -164,24 +168,33 @@ def sweep(
     sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep
     axes = list(params.sweep.axes)
     base = {axis: lookup(params.to_dict(), axis) for axis in axes}
-    record = {"sweep_id": sweep_id, "storage_uri": params.storage.uri, "backend": backend,
-              "mode": params.sweep.mode, "axes": axes, "base": base,
-              "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in trials]}  # fmt: skip
+    record = {
+        "sweep_id": sweep_id,
+        "storage_uri": params.storage.uri,
+        "backend": backend,
+        "mode": params.sweep.mode,
+        "axes": axes,
+        "base": base,
+        "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in trials],
+    }
     write_json(sweep_dir / SWEEP_RECORD, record)
     logger.info("sweep %s: %d trials, %s backend -> %s", sweep_id, len(trials), backend, sweep_dir)
 
     # workers share the artifact store; local trials keep everything on this disk until publishing
     trial_store = params.storage.uri if backend == "workers" else None
-    requests = [TrialRequest(sweep_id, t.trial_id, t.params.to_dict(), t.varied, trial_store, str(root))
-                for t in trials]  # fmt: skip
-    warmups = list({warmup_key(t.params): dataclasses.replace(r, warmup_only=True, trial_id=f"warmup-{warmup_key(t.params)}")
-                    for t, r in zip(trials, requests, strict=True)}.values())  # fmt: skip
+    requests = [
+        TrialRequest(sweep_id, t.trial_id, t.params.to_dict(), t.varied, trial_store, str(root)) for t in trials
+    ]
+    warmups: dict[str, TrialRequest] = {}
+    for spec, request in zip(trials, requests, strict=True):
+        key = warmup_key(spec.params)
+        warmups.setdefault(key, dataclasses.replace(request, warmup_only=True, trial_id=f"warmup-{key}"))
     if backend == "local":
         devices = local_devices(params, parallel)
-        run_local(warmups, devices)
+        run_local(list(warmups.values()), devices)
         run_local(requests, devices)
     else:
-        run_on_workers(warmups, deployment)
+        run_on_workers(list(warmups.values()), deployment)
         run_on_workers(requests, deployment)
 
     for spec, request in zip(trials, requests, strict=True):
@@ -190,8 +203,9 @@ def sweep(
     write_report(results, sweep_dir, sweep_id)
     table = json.loads(to_json(results.table.to_dict(orient="records")))
     create_table_artifact(table, key="sweep-results", description=f"Sweep {sweep_id}: one row per trial")
-    create_markdown_artifact((sweep_dir / "report.md").read_text(), key="sweep-report",
-                             description=f"Sweep {sweep_id} report")  # fmt: skip
+    create_markdown_artifact(
+        (sweep_dir / "report.md").read_text(), key="sweep-report", description=f"Sweep {sweep_id} report"
+    )
     write_manifest(sweep_dir)
     if params.storage.uri:
         logger.info("published to %s", publish(sweep_dir, params.storage.uri))

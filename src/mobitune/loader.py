@@ -29,9 +29,7 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise MobituneError(
-            f"device: {spec!r} requested but CUDA is not available here; use device=auto or cpu"
-        )
+        raise MobituneError(f"device: {spec!r} requested but CUDA is not available here; use device=auto or cpu")
     device = torch.device(spec)
     if device.index is not None and device.index >= torch.cuda.device_count():
         raise MobituneError(
@@ -82,9 +80,7 @@ class BatchTransform:
             images = augment_batch(images, self.augment, generator)
         x = (images.float() - self.mean) * self.inv_std
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-            )
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

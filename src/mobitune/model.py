@@ -56,9 +56,7 @@ class MobileNetClassifier(nn.Module):
         super().train(mode)
         if mode:
             for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d) and not any(
-                    p.requires_grad for p in module.parameters()
-                ):
+                if isinstance(module, nn.BatchNorm2d) and not any(p.requires_grad for p in module.parameters()):
                     module.eval()
         return self
 
@@ -72,9 +70,7 @@ def set_trainable_blocks(model: MobileNetClassifier, blocks: int, unfreeze_from:
     if not 0 <= blocks <= NUM_BLOCKS:
         raise ValueError(f"blocks must be in 0..{NUM_BLOCKS}, got {blocks}")
     model.features.requires_grad_(False)
-    indices = (
-        range(1, blocks + 1) if unfreeze_from == "first" else range(NUM_BLOCKS + 1 - blocks, NUM_BLOCKS + 1)
-    )
+    indices = range(1, blocks + 1) if unfreeze_from == "first" else range(NUM_BLOCKS + 1 - blocks, NUM_BLOCKS + 1)
     for index in indices:
         model.features[index].requires_grad_(True)
     model.classifier.requires_grad_(True)

@@ -39,9 +39,7 @@ class ParamsError(MobituneError, ValueError):
     """A parameter is missing, unknown, of the wrong type or out of range."""
 
 
-def _range(
-    default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False
-) -> Any:
+def _range(default: Any, low: float | None = None, high: float | None = None, *, open_low: bool = False) -> Any:
     return field(default=default, metadata={"low": low, "high": high, "open_low": open_low})
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from mobitune.errors import MobituneError
 from mobitune.records import write_json
-from mobitune.storage import S3Store, StorageError
+from mobitune.storage import EndpointUnreachable, S3Store, StorageError
 
 MANIFEST = "manifest.json"
 SWEEP_RECORD = "sweep.json"
@@ -24,8 +24,13 @@ def build_manifest(sweep_dir: Path) -> dict[str, Any]:
     files = []
     for path in sorted(p for p in sweep_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
         data = path.read_bytes()
-        files.append({"path": path.relative_to(sweep_dir).as_posix(), "sha256": hashlib.sha256(data).hexdigest(),
-                      "size": len(data)})  # fmt: skip
+        files.append(
+            {
+                "path": path.relative_to(sweep_dir).as_posix(),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "size": len(data),
+            }
+        )
     return {"sweep_id": sweep_dir.name, "files": files}
 
 
@@ -49,21 +54,24 @@ def publish(sweep_dir: Path, storage_uri: str) -> str:
     manifest = json.loads((sweep_dir / MANIFEST).read_text())
     target = sweep_uri(storage_uri, sweep_dir.name)
     store = S3Store(target)
+    paths = [entry["path"] for entry in manifest["files"]] + [MANIFEST]
     unpublished: list[str] = []
     reason = ""
-    for entry in [*manifest["files"], {"path": MANIFEST}]:
-        if unpublished and entry["path"] == MANIFEST:
+    for index, path in enumerate(paths):
+        if unpublished and path == MANIFEST:
             unpublished.append(MANIFEST)  # a manifest is only published over a complete tree
             break
         try:
-            store.put_file(entry["path"], sweep_dir / entry["path"])
+            store.put_file(path, sweep_dir / path)
+        except EndpointUnreachable as exc:
+            unpublished += paths[index:]  # already retried with back-off: do not wait again per object
+            reason = str(exc)
+            break
         except StorageError as exc:
-            unpublished.append(entry["path"])
+            unpublished.append(path)
             reason = str(exc)
     if unpublished:
-        listed = ", ".join(unpublished[:8]) + (
-            f" and {len(unpublished) - 8} more" if len(unpublished) > 8 else ""
-        )
+        listed = ", ".join(unpublished[:8]) + (f" and {len(unpublished) - 8} more" if len(unpublished) > 8 else "")
         raise PublishError(
             f"{len(unpublished)} object(s) not published to {target} ({reason}). Unpublished: {listed}. "
             f"All results are kept in {sweep_dir}; publish them later with: mobitune push {sweep_dir}"

@@ -18,8 +18,12 @@ from matplotlib.figure import Figure
 from mobitune.sweep import lookup
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
-CURVES = [("train_loss", "train loss"), ("test_loss", "test loss"), ("train_accuracy", "train accuracy"),
-          ("test_accuracy", "test accuracy")]  # fmt: skip
+CURVES = [
+    ("train_loss", "train loss"),
+    ("test_loss", "test loss"),
+    ("train_accuracy", "train accuracy"),
+    ("test_accuracy", "test accuracy"),
+]
 
 
 @dataclass
@@ -41,9 +45,7 @@ def load_results(
         params = json.loads((folder / "params.json").read_text())["params"]
         metrics = json.loads((folder / "metrics.json").read_text())
         row = {"trial_id": trial_id, **{axis: lookup(params, axis) for axis in axes}, "seed": params["seed"]}
-        row.update(
-            {key: metrics.get(key) for key in [*METRIC_COLUMNS, "epochs", "seconds", "status", "error"]}
-        )
+        row.update({key: metrics.get(key) for key in [*METRIC_COLUMNS, "epochs", "seconds", "status", "error"]})
         rows.append(row)
         history = pd.read_csv(folder / "history.csv")
         histories[trial_id] = history
@@ -113,8 +115,12 @@ def summary_figure(results: SweepResults, axis: str) -> Figure:
     acc_ax, loss_ax = figure.subplots(1, 2)
     numeric = pd.api.types.is_numeric_dtype(table[axis])
     x = table[axis] if numeric else range(len(table))
-    for column, ax in (("train_accuracy", acc_ax), ("test_accuracy", acc_ax), ("train_loss", loss_ax),
-                       ("test_loss", loss_ax)):  # fmt: skip
+    for column, ax in (
+        ("train_accuracy", acc_ax),
+        ("test_accuracy", acc_ax),
+        ("train_loss", loss_ax),
+        ("test_loss", loss_ax),
+    ):
         ax.plot(x, table[column], marker="o", label=column.replace("_", " "))
     for ax, label in ((acc_ax, "final accuracy (%)"), (loss_ax, "final loss")):
         ax.set_xlabel(axis)

@@ -34,6 +34,10 @@ class StorageError(MobituneError):
     """S3 or the local artifact folder cannot be used; the message says what to do."""
 
 
+class EndpointUnreachable(StorageError):
+    """The S3 endpoint did not answer, even after retries with back-off."""
+
+
 @dataclass(frozen=True)
 class S3Location:
     bucket: str
@@ -76,7 +80,7 @@ def _explain(exc: Exception, uri: str) -> StorageError:
     )
 
     if isinstance(exc, EndpointConnectionError | ConnectionError):
-        return StorageError(
+        return EndpointUnreachable(
             f"S3 endpoint {endpoint_name()} is unreachable while accessing {uri}; check "
             "AWS_ENDPOINT_URL and that the server is up"
         )
@@ -136,9 +140,7 @@ def download_file(uri: str, target: Path) -> None:
     if not location.key:
         raise StorageError(f"{uri!r} names a bucket, not an object; write s3://bucket/key")
     client = s3_client()
-    size = with_retries(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)[
-        "ContentLength"
-    ]
+    size = with_retries(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)["ContentLength"]
     partial = target.with_name(target.name + ".part")
     with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
         with_retries(
@@ -233,9 +235,7 @@ class S3Store(ArtifactStore):
         uri = f"s3://{self.bucket}/{self._key(key)}"
 
         def upload_and_verify() -> None:
-            self.client.put_object(
-                Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest}
-            )
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, Metadata={"sha256": digest})
             stored = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
             if sha256_bytes(stored) != digest:
                 raise StorageError(f"{uri}: stored object does not match the local file's SHA-256")

@@ -190,9 +190,7 @@ def fit(
 
     def checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        save_checkpoint(
-            checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status}
-        )
+        save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
 
     checkpoint()  # the phase's output exists from the start, also when it has 0 epochs
     for epoch in range(len(history) + 1, phase.epochs + 1):
@@ -264,15 +262,11 @@ def run_warmup(params: Params, session: Session, checkpoint_path: Path, resume: 
     )
 
 
-def load_trained_model(
-    checkpoint_path: Path, params: Params, num_classes: int
-) -> tuple[MobileNetClassifier, dict]:
+def load_trained_model(checkpoint_path: Path, params: Params, num_classes: int) -> tuple[MobileNetClassifier, dict]:
     """A model with the weights of a mobitune checkpoint, and the checkpoint itself."""
     state = load_checkpoint(checkpoint_path)
     if not isinstance(state.get("model"), dict) or "history" not in state:
-        raise MobituneError(
-            f"{checkpoint_path}: not a mobitune checkpoint (no model/history); re-run its stage"
-        )
+        raise MobituneError(f"{checkpoint_path}: not a mobitune checkpoint (no model/history); re-run its stage")
     model = build_model(replace(params.model, pretrained="none"), num_classes)
     try:
         model.load_state_dict(state["model"])

@@ -82,9 +82,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     params = params_from_dict(request.params)
     local_root = Path(request.local_root).resolve()
     store = open_store(request.store_uri, local_root)
-    dataset = load_dataset(
-        ensure_data(params.data, local_root), params.data.train_limit, params.data.test_limit
-    )
+    dataset = load_dataset(ensure_data(params.data, local_root), params.data.train_limit, params.data.test_limit)
     session = Session.create(params, dataset, resolve_device(params.device))
     key = warmup_key(params)
     warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, session, path))
@@ -102,9 +100,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
             warm_path,
             local_checkpoint,
             resume=resumed,
-            on_checkpoint=lambda: store.put_file(
-                checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint
-            ),
+            on_checkpoint=lambda: store.put_file(checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint),
         )
         history += result.history
         status = result.status

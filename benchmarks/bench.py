@@ -1,0 +1,382 @@
+"""Throughput and overhead benchmarks: mobitune against a plain PyTorch loop, same process.
+
+Run: ``make bench`` (or ``python benchmarks/bench.py [--quick] [--out benchmarks/latest.json]``).
+
+Each pair is measured alternating (mobitune, plain, mobitune, ...) after a
+warm-up round, and reported as the median images/s and the ratio
+mobitune/plain. The plain loop is what a careful hand-written loop does: the
+same model, optimizer, batch and data, pre-normalised float tensors in
+channels_last memory, frozen features under ``no_grad``. The machine's load
+average is recorded with every figure: a loaded machine makes them worthless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mobitune.data import Dataset, Split, load_dataset, prepare
+from mobitune.loader import BatchTransform, DeviceSplit, resolve_device
+from mobitune.model import MobileNetClassifier, set_trainable_blocks
+from mobitune.params import Params
+from mobitune.train import Session, evaluate, train_one_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+MODES = {"warmup": 0, "finetune": 10, "full": None}  # trainable blocks; None = every layer
+
+
+def median_rate(images: int, seconds: list[float]) -> float:
+    return images / statistics.median(seconds)
+
+
+def load_benchmark_data(cache: Path) -> tuple[Dataset, str, float]:
+    """The real images when present (decoded once by the download stage's code), else synthetic."""
+    if REAL_IMAGES.exists():
+        out = cache / "cifar10-jpeg"
+        if not (out / "meta.json").exists():
+            prepare(str(REAL_IMAGES), None, out)
+        started = time.perf_counter()
+        dataset = load_dataset(out)
+        return dataset, "real CIFAR-10 images (shared/data)", time.perf_counter() - started
+    rng = np.random.default_rng(0)
+    split = lambda n: Split(rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8), rng.integers(0, 10, n))  # noqa: E731
+    meta = {"classes": [str(i) for i in range(10)]}
+    return Dataset(split(50_000), split(10_000), meta["classes"], meta), "synthetic (shape of CIFAR-10)", 0.0
+
+
+def make_model(mode: str, device: torch.device) -> MobileNetClassifier:
+    torch.manual_seed(0)
+    model = MobileNetClassifier(10, 128, 0.2)
+    if MODES[mode] is None:
+        model.requires_grad_(True)
+        model.frozen_prefix = 0
+    else:
+        set_trainable_blocks(model, MODES[mode], "first")
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def plain_train(model: MobileNetClassifier, x: torch.Tensor, y: torch.Tensor, batch: int, autocast: Any) -> None:
+    """A hand-written epoch: shuffled slices of pre-normalised data, Adam, cross-entropy."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    frozen = model.frozen_prefix
+    model.train()
+    order = torch.randperm(len(y), device=x.device)
+    for start in range(0, len(y), batch):
+        index = order[start : start + batch]
+        inputs, labels = x[index], y[index]
+        with autocast():
+            if frozen:
+                with torch.no_grad():
+                    inputs = model.features[:frozen](inputs)
+            logits = model.classifier(model.pool(model.features[frozen:](inputs)))
+            loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+@torch.inference_mode()
+def plain_eval(model: MobileNetClassifier, x: torch.Tensor, batch: int, autocast: Any) -> None:
+    model.eval()
+    for start in range(0, len(x), batch):
+        with autocast():
+            model(x[start : start + batch]).argmax(1)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternate(runs: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, list[float]]:
+    """Time each callable ``repeats`` times, interleaved, after one untimed warm-up round."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_index in range(repeats + 1):
+        for name, run in runs.items():
+            synchronize(device)
+            started = time.perf_counter()
+            run()
+            synchronize(device)
+            if round_index:
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def bench_training(session: Session, images: int, batch: int, repeats: int, log: Callable) -> dict[str, Any]:
+    device = session.device
+    subset = DeviceSplit(session.train.images[:images], session.train.labels[:images])
+    sub_session = Session(
+        session.dataset, device, subset, session.test, session.train_transform, session.test_transform
+    )
+    x_plain = session.test_transform(subset.images)  # pre-normalised float, channels_last
+    results: dict[str, Any] = {}
+    for mode in MODES:
+        rates = _train_pair(mode, sub_session, x_plain, images, batch, repeats)
+        results[mode] = {
+            **{f"{k}_images_per_s": v for k, v in rates.items()},
+            "ratio": rates["mobitune"] / rates["plain"],
+            "load": os.getloadavg()[0],
+        }
+        log(
+            f"train {mode:9s} mobitune {rates['mobitune']:9.0f} img/s   plain {rates['plain']:9.0f} img/s   "
+            f"ratio {results[mode]['ratio']:.3f}   load {results[mode]['load']:.2f}"
+        )
+    return results
+
+
+def _train_pair(
+    mode: str, session: Session, x_plain: torch.Tensor, images: int, batch: int, repeats: int
+) -> dict[str, float]:
+    ours, plain = make_model(mode, session.device), make_model(mode, session.device)
+    optimizer = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-3)
+    generator = torch.Generator(device=session.device).manual_seed(0)
+    times = alternate(
+        {
+            "mobitune": lambda: train_one_epoch(ours, optimizer, session, batch, generator, mode),
+            "plain": lambda: plain_train(plain, x_plain, session.train.labels, batch, session.autocast),
+        },
+        repeats,
+        session.device,
+    )
+    return {name: median_rate(images, t) for name, t in times.items()}
+
+
+def bench_eval(session: Session, repeats: int, log: Callable) -> dict[str, Any]:
+    model = make_model("warmup", session.device)
+    x_plain = session.test_transform(session.test.images)
+    times = alternate(
+        {
+            "mobitune": lambda: evaluate(model, session),
+            "plain": lambda: plain_eval(model, x_plain, 1000, session.autocast),
+        },
+        repeats,
+        session.device,
+    )
+    rates = {name: median_rate(len(session.test), t) for name, t in times.items()}
+    result = {**{f"{k}_images_per_s": v for k, v in rates.items()}, "ratio": rates["mobitune"] / rates["plain"]}
+    log(
+        f"eval           mobitune {rates['mobitune']:9.0f} img/s   plain {rates['plain']:9.0f} img/s   "
+        f"ratio {result['ratio']:.3f}"
+    )
+    return result
+
+
+def bench_data_path(dataset: Dataset, device: torch.device, decode_seconds: float, log: Callable) -> dict[str, Any]:
+    started = time.perf_counter()
+    train = DeviceSplit.from_split(dataset.train, device)
+    DeviceSplit.from_split(dataset.test, device)
+    synchronize(device)
+    to_device = time.perf_counter() - started
+    params = Params().override(["augment.flip=true", "augment.crop_padding=4"])
+    transform = BatchTransform(device, 32, params.augment)
+    generator = torch.Generator(device=device).manual_seed(0)
+    started = time.perf_counter()
+    for images, _ in train.batches(192, generator):
+        transform(images, generator)
+    synchronize(device)
+    epoch = time.perf_counter() - started
+    log(
+        f"data: load arrays {decode_seconds:.2f}s, to device {to_device:.2f}s, "
+        f"one epoch of batching+crop+flip+normalise {epoch:.2f}s"
+    )
+    return {"load_arrays_s": decode_seconds, "to_device_s": to_device, "epoch_batching_augment_s": epoch}
+
+
+def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any]:
+    """A sweep of ``trials`` tiny trials on the local backend vs calling run_trial directly."""
+    from PIL import Image
+
+    tree = work / "tiny-images"
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("test", 4)):
+        for cls in ("a", "b"):
+            (tree / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tree / split / cls / f"{i}.png")
+    overrides = [
+        f"data.source={tree}",
+        "data.md5=null",
+        "model.pretrained=none",
+        "device=cpu",
+        "warmup.epochs=1",
+        "finetune.epochs=1",
+        "batch_size=8",
+        "warmup.batch_size=8",
+        "model.hidden_units=8",
+        f"sweep={{lr: {[0.001 * (i + 1) for i in range(trials)]}}}",
+    ]
+    params_file = work / "params.yaml"
+    params_file.write_text(json.dumps(Params().override(overrides).to_dict()))
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(work / "prefect"),
+        "DO_NOT_TRACK": "1",
+        "DVC_NO_ANALYTICS": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    script = f"""
+import json, time, sys
+from pathlib import Path
+from mobitune.params import load_params
+from mobitune.sweep import expand, new_sweep_id
+from mobitune.trial import TrialRequest, run_trial
+from mobitune.flows import sweep, trial
+from prefect import flow
+params = load_params({str(params_file)!r})
+@flow
+def start_server(): pass
+started = time.perf_counter(); start_server(); server = time.perf_counter() - started
+started = time.perf_counter()
+sweep(params_file={str(params_file)!r}, local_root={str(work / "flow")!r})
+flow_seconds = time.perf_counter() - started
+sweep_id = new_sweep_id()
+started = time.perf_counter()
+for spec in expand(params):
+    run_trial(TrialRequest(sweep_id, spec.trial_id, spec.params.to_dict(), spec.varied, None, {str(work / "direct")!r}))
+direct = time.perf_counter() - started
+print(json.dumps({{"server_start_s": server, "sweep_s": flow_seconds, "direct_s": direct}}))
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    timing = json.loads(out.stdout.strip().splitlines()[-1])
+    timing["trials"] = trials
+    timing["overhead_per_trial_s"] = (timing["sweep_s"] - timing["direct_s"]) / trials
+    timing["ratio"] = timing["sweep_s"] / timing["direct_s"]
+    log(
+        f"sweep of {trials} tiny trials: flow {timing['sweep_s']:.2f}s vs direct {timing['direct_s']:.2f}s "
+        f"-> {timing['overhead_per_trial_s']:.2f}s overhead per trial (report+figures included); "
+        f"Prefect temporary server start {timing['server_start_s']:.1f}s once"
+    )
+
+    project = work / "dvc"
+    project.mkdir()
+    for name in ("dvc.yaml", ".gitignore"):
+        (project / name).write_text((ROOT / name).read_text())
+    (project / "params.yaml").write_text(json.dumps(Params().override(overrides).to_dict()))
+    subprocess.run(["cp", "-r", str(ROOT / "src"), str(project / "src")], check=True)
+    path_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
+        subprocess.run(cmd, cwd=project, env=path_env, check=True, capture_output=True)
+    noop = []
+    for _ in range(3):
+        started = time.perf_counter()
+        subprocess.run(["dvc", "repro"], cwd=project, env=path_env, check=True, capture_output=True)
+        noop.append(time.perf_counter() - started)
+    timing["dvc_repro_noop_s"] = statistics.median(noop)
+    log(f"dvc repro with nothing to do: {timing['dvc_repro_noop_s']:.2f}s (median of 3)")
+    return timing
+
+
+def bench_cuda(session: Session, images: int, repeats: int, log: Callable) -> dict[str, Any]:
+    """On CUDA: image size, bf16 autocast, channels_last and torch.compile, finetune mode."""
+    device = session.device
+    results: dict[str, Any] = {}
+    subset = session.train.images[:images]
+    labels = session.train.labels[:images]
+    variants = [
+        ("32px bf16 cl", 32, True, True, False),
+        ("32px fp32 cl", 32, False, True, False),
+        ("32px bf16 nchw", 32, True, False, False),
+        ("32px bf16 cl compile", 32, True, True, True),
+        ("64px bf16 cl", 64, True, True, False),
+        ("96px bf16 cl", 96, True, True, False),
+        ("128px bf16 cl", 128, True, True, False),
+        ("224px bf16 cl", 224, True, True, False),
+    ]
+    for name, size, bf16, channels_last, compiled in variants:
+        transform = BatchTransform(device, size)
+        transform.channels_last = channels_last
+        x = transform(subset)
+        model = make_model("finetune", device)
+        if not channels_last:
+            model = model.to(memory_format=torch.contiguous_format)
+        runner = torch.compile(model) if compiled else model
+        autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+        def step(
+            runner: Any = runner, x: torch.Tensor = x, optimizer: Any = optimizer, autocast: Any = autocast
+        ) -> None:
+            runner.train()
+            for start in range(0, len(labels), 192):
+                with autocast():
+                    loss = F.cross_entropy(runner(x[start : start + 192]), labels[start : start + 192])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+        times = alternate({name: step}, repeats, device)
+        results[name] = median_rate(images, times[name])
+        log(f"cuda {name:22s} {results[name]:10.0f} img/s (finetune mode)")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats (a smoke run)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "latest.json")
+    parser.add_argument("--skip-orchestration", action="store_true")
+    args = parser.parse_args()
+    repeats, images = (1, 384) if args.quick else (5, 1920)
+    lines: list[str] = []
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    device = resolve_device(args.device)
+    cache = ROOT / "benchmarks" / "out"
+    dataset, data_name, load_seconds = load_benchmark_data(cache)
+    params = Params().override([f"device={device}"])
+    session = Session.create(params, dataset, device)
+    chip = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    log(
+        f"mobitune benchmarks on {device} ({chip}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"data: {data_name}, load {os.getloadavg()[0]:.2f}"
+    )
+    report: dict[str, Any] = {
+        "device": str(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "data": data_name,
+        "batch_size": 192,
+        "images_per_run": images,
+        "repeats": repeats,
+        "load_before": os.getloadavg()[0],
+    }
+    report["train"] = bench_training(session, images, 192, repeats, log)
+    for mode in MODES:
+        report[f"ratio_{mode}"] = report["train"][mode]["ratio"]
+    report["eval"] = bench_eval(session, repeats, log)
+    report["data_path"] = bench_data_path(dataset, device, load_seconds, log)
+    if not args.skip_orchestration:
+        with tempfile.TemporaryDirectory() as work:
+            report["orchestration"] = bench_orchestration(Path(work), 4, log)
+    if device.type == "cuda":
+        report["cuda"] = bench_cuda(session, images * 10, repeats, log)
+    report["load_after"] = os.getloadavg()[0]
+    report["log"] = lines
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

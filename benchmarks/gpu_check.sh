@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# GPU check, sized for well under 10 minutes on one H100, using only what travels with the
+# working tree (the 19 MB image tarball in shared/data included). Writes everything to $OUT.
+#   run (device tool): bash benchmarks/gpu_check.sh
+# 1. the benchmark (training/eval ratios, data path, CUDA variants), 2. a short real-data
+# training through the DVC stages' code (pretrained=none: no weights can be fetched there).
+set -euo pipefail
+OUT=${OUT:-benchmarks/out/gpu}
+mkdir -p "$OUT"
+export DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+
+# the device machine has no package index: use its Python if it has torch, else stop with a clear line
+PY=${PYTHON:-python3}
+if ! "$PY" -c "import torch, torchvision; assert torch.cuda.is_available()" 2>/dev/null; then
+  echo "no CUDA-enabled torch for $PY on this machine; nothing measured" | tee "$OUT/error.txt"
+  exit 1
+fi
+"$PY" -m pip install --no-deps -q -e . 2>/dev/null || export PYTHONPATH=$PWD/src
+
+timeout 300 "$PY" benchmarks/bench.py --skip-orchestration --out "$OUT/latest.json" 2>&1 | tee "$OUT/bench.txt"
+
+# the report's protocol (5 + 5 epochs, test set every epoch) on the real images, timed
+work=$(mktemp -d)
+cat > "$work/params.yaml" <<YAML
+device: cuda
+data: {source: $PWD/../shared/data/cifar10-jpeg.tar.gz, md5: null}
+model: {pretrained: none}
+YAML
+(cd "$work" && timeout 240 "$PY" - <<'PY' 2>&1 | tee "$OUT/protocol.txt"
+import time
+from pathlib import Path
+from mobitune import paths
+from mobitune.data import load_dataset, prepare
+from mobitune.loader import resolve_device
+from mobitune.params import load_params
+from mobitune.train import Session, run_finetune, run_warmup
+
+params = load_params()
+started = time.perf_counter()
+prepare(params.data.source, None, paths.PREPARED)
+print(f"decode 60k JPEGs: {time.perf_counter() - started:.1f}s")
+session = Session.create(params, load_dataset(paths.PREPARED), resolve_device(params.device))
+started = time.perf_counter()
+run_warmup(params, session, Path("warmup.pt"))
+fine = run_finetune(params, session, Path("warmup.pt"), Path("finetune.pt"))
+print(f"report protocol (5 warmup + 5 finetune epochs, test every epoch): {time.perf_counter() - started:.1f}s, "
+      f"final test accuracy {fine.history[-1]['test_accuracy']:.4f}")
+PY
+)
