@@ -69,3 +69,39 @@ def sweep_project(tmp_path: Path, archive: Path, sweep: dict, **overrides: objec
     shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     return project
+
+
+class MotoProcess:
+    """moto's standalone S3 server as its own process, so a test can stop and restart it."""
+
+    def __init__(self, workdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.workdir = workdir
+        self.env = {**os.environ, **env}
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MotoProcess:
+        import time
+        import urllib.request
+
+        log = (self.workdir / "moto.log").open("a")
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("moto_server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None

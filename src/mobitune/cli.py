@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
 def _sweep(args: argparse.Namespace) -> str:
     from mobitune.loader import resolve_device
     from mobitune.params import load_params
+    from mobitune.storage import check_storage
     from mobitune.sweep import expand
 
     if args.parallel is not None and args.parallel < 1:
@@ -71,6 +72,9 @@ def _sweep(args: argparse.Namespace) -> str:
     params = load_params(args.params, args.overrides)  # bad params and specs fail before Prefect starts
     expand(params)
     resolve_device(params.device)
+    warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     from mobitune.flows import sweep
 
     return sweep(

@@ -32,7 +32,7 @@ from mobitune.params import Params, load_params
 from mobitune.publish import SWEEP_RECORD, publish, write_manifest
 from mobitune.records import to_json, write_json
 from mobitune.report import load_results, write_report
-from mobitune.storage import EndpointUnreachable, LocalStore, open_store
+from mobitune.storage import LocalStore, check_storage, open_store
 from mobitune.sweep import TrialSpec, expand, lookup, new_sweep_id, warmup_key
 from mobitune.trial import FAILED, TRIAL_FILES, TrialRequest, run_trial_recorded, trial_key
 
@@ -132,22 +132,6 @@ def _gather(spec: TrialSpec, request: TrialRequest, sweep_dir: Path, local_root:
     )
 
 
-def _check_storage(uri: str | None, backend: str) -> None:
-    """Configuration errors (bad bucket, refused credentials) stop the sweep before it runs.
-
-    An unreachable endpoint does not, on the local backend: trials run and keep
-    their results on local disk, and publishing is retried at the end.
-    """
-    if uri is None:
-        return
-    try:
-        open_store(uri, Path()).check()
-    except EndpointUnreachable as exc:
-        if backend == "workers":
-            raise
-        get_run_logger().warning("%s; results stay local until published", exc)
-
-
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
 def sweep(
     overrides: list[str] | None = None,
@@ -162,7 +146,9 @@ def sweep(
     params = load_params(params_file, overrides or [])
     trials = expand(params)
     root = Path(local_root).resolve()
-    _check_storage(params.storage.uri, backend)
+    warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
+    if warning:
+        logger.warning(warning)
     sweep_id = new_sweep_id()
     sweep_dir = root / "sweeps" / sweep_id
     sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep

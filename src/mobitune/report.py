@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mobitune.sweep import lookup
 
@@ -88,11 +89,13 @@ def curves_figure(results: SweepResults, axis: str) -> Figure:
             name = f"{axis}={row[axis]}" + (f" (seed {row['seed']})" if rows["seed"].nunique() > 1 else "")
             if row["status"] != "ok":
                 name += f" [{row['status']}]"
-            ax.plot(history["step"], history[column], marker="o", markersize=3, label=name)
+            scale = 100 if column.endswith("accuracy") else 1
+            ax.plot(history["step"], history[column] * scale, marker="o", markersize=3, label=name)
         warmup_epochs = _warmup_epochs(results, rows)
         if warmup_epochs:
             ax.axvline(warmup_epochs + 0.5, color="grey", linestyle=":", linewidth=1)
-        ax.set_title(label)
+        ax.set_title(label + (" (%)" if column.endswith("accuracy") else ""))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch (warmup, then finetune)")
         ax.grid(alpha=0.3)
     panels.flat[0].legend(fontsize=8)
@@ -173,7 +176,9 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         ]
     else:
         lines += ["**No trial finished successfully.**", ""]
-    lines += ["## All trials", "", markdown_table(table.drop(columns=["error"])), ""]
+    shown = table.drop(columns=["error"])
+    shown[["train_accuracy", "test_accuracy"]] *= 100
+    lines += ["## All trials", "", "Accuracies in %; final epoch.", "", markdown_table(shown), ""]
     failed = table[table["error"].notna()]
     if len(failed):
         lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]

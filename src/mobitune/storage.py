@@ -227,7 +227,8 @@ class S3Store(ArtifactStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def check(self) -> None:
-        with_retries(lambda: self.client.head_bucket(Bucket=self.bucket), self.uri)
+        # a listing (not head_bucket) so errors come with their S3 code: NoSuchBucket, InvalidAccessKeyId
+        with_retries(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), self.uri)
 
     def put_file(self, key: str, path: Path) -> None:
         data = Path(path).read_bytes()
@@ -260,6 +261,24 @@ class S3Store(ArtifactStore):
             return False
         atomic_write_bytes(Path(path), data)
         return True
+
+
+def check_storage(uri: str | None, allow_unreachable: bool) -> str | None:
+    """Fail now on a store that cannot work (missing bucket, refused credentials).
+
+    An unreachable endpoint is tolerated when ``allow_unreachable`` (trials
+    keep results on local disk; publishing retries at the end): the warning
+    to show is returned instead.
+    """
+    if uri is None:
+        return None
+    try:
+        S3Store(uri).check()
+    except EndpointUnreachable as exc:
+        if not allow_unreachable:
+            raise
+        return f"{exc}; results stay on local disk until published"
+    return None
 
 
 def open_store(uri: str | None, local_root: Path) -> ArtifactStore:

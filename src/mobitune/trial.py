@@ -94,6 +94,9 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     if status != DIVERGED:
         local_checkpoint = local_root / checkpoint_key(request.sweep_id, request.trial_id)
         resumed = store.get_file(checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint)
+        if resumed:
+            done = len(load_checkpoint(local_checkpoint)["history"])
+            print(f"{request.trial_id}: resuming from its checkpoint after finetune epoch {done}")
         result = run_finetune(
             params,
             session,

@@ -1,0 +1,106 @@
+"""Faults injected for real: S3 down and back, refused credentials, a missing bucket,
+a stage interrupted by a signal. Each asserts that nothing finished is lost."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+import yaml
+from helpers import VENV_BIN, MotoProcess, run, sweep_project, tiny_params, write_params
+
+SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
+TWO_TRIALS = {"lr": [0.005, 0.001]}
+
+
+def test_s3_down_during_the_sweep_then_pushed_later(tmp_path: Path, cifar_archive: Path) -> None:
+    server = MotoProcess(tmp_path)  # not started: the endpoint is down before and during publishing
+    project = sweep_project(tmp_path, cifar_archive, TWO_TRIALS)
+    env = {"AWS_ENDPOINT_URL": server.endpoint}
+    result = run(["mobitune", "sweep", "--set", "storage.uri=s3://results/team"], project, check=False, env_extra=env)
+    assert result.returncode == 3, result.stderr
+    message = result.stderr.splitlines()[-1]
+    sweep_dir = next((project / "artifacts" / "sweeps").iterdir())
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    assert len(manifest["files"]) > 8 and (sweep_dir / "report.md").exists()
+    assert f"{len(manifest['files']) + 1} object(s) not published to s3://results/team/sweeps/" in message
+    assert f"S3 endpoint {server.endpoint} is unreachable" in message
+    assert "Unpublished: figures/" in message and f"mobitune push {sweep_dir}" in message
+
+    server.start()
+    try:
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="results")
+        pushed = run(["mobitune", "push", str(sweep_dir)], project, env_extra=env)
+        assert pushed.stdout.strip() == f"s3://results/team/sweeps/{sweep_dir.name}"
+        client = boto3.client("s3", endpoint_url=server.endpoint)
+        prefix = f"team/sweeps/{sweep_dir.name}/"
+        keys = {o["Key"][len(prefix) :] for o in client.list_objects_v2(Bucket="results", Prefix=prefix)["Contents"]}
+        assert keys == {f["path"] for f in manifest["files"]} | {"manifest.json"}
+        for entry in manifest["files"]:
+            body = client.get_object(Bucket="results", Key=prefix + entry["path"])["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+    finally:
+        server.stop()
+
+
+def test_missing_bucket_and_refused_credentials_stop_before_running(tmp_path: Path, cifar_archive: Path) -> None:
+    server = MotoProcess(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT="1").start()  # 1 unauthenticated call, then IAM
+    try:
+        boto3.client("s3", endpoint_url=server.endpoint).create_bucket(Bucket="results")
+        project = sweep_project(tmp_path, cifar_archive, TWO_TRIALS)
+        env = {"AWS_ENDPOINT_URL": server.endpoint}
+        refused = run(["mobitune", "sweep", "--set", "storage.uri=s3://results/x"], project, check=False, env_extra=env)
+        assert refused.returncode == 2
+        assert "S3 refused the credentials for s3://results/x (InvalidAccessKeyId)" in refused.stderr
+        assert SECRET not in refused.stderr + refused.stdout
+    finally:
+        server.stop()
+    server = MotoProcess(tmp_path).start()
+    try:
+        env = {"AWS_ENDPOINT_URL": server.endpoint}
+        missing = run(
+            ["mobitune", "sweep", "--set", "storage.uri=s3://nobucket/x"], project, check=False, env_extra=env
+        )
+        assert missing.returncode == 2
+        assert "bucket of s3://nobucket/x does not exist" in missing.stderr and "create it first" in missing.stderr
+        assert not (project / "artifacts" / "sweeps").exists()
+    finally:
+        server.stop()
+
+
+def test_push_refuses_what_is_not_a_sweep(tmp_path: Path) -> None:
+    result = run(["mobitune", "push", str(tmp_path)], tmp_path, check=False)
+    assert result.returncode == 2 and "not a sweep folder (no sweep.json)" in result.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, cifar_archive: Path, sig) -> None:
+    write_params(dvc_project, tiny_params(str(cifar_archive), **{"warmup.epochs": 3, "warmup.batch_size": 20}))
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    log_path = dvc_project / "repro.log"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            ["dvc", "repro"], cwd=dvc_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + 120
+        while "warmup 1/3" not in log_path.read_text():
+            assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        os.killpg(process.pid, sig)
+        assert process.wait(timeout=60) != 0
+    assert "warmup 3/3" not in log_path.read_text(), "the stage was interrupted mid-run"
+    assert not list((dvc_project / "data").rglob(".*.pt.*")), "temporary files left behind"
+    lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())["stages"]
+    assert "download" in lock and "warmup" not in lock, "finished stages are kept, the interrupted one is not recorded"
+    status = json.loads(run(["dvc", "status", "--json"], dvc_project).stdout)
+    assert "warmup" in status and "download" not in status
+    again = run(["dvc", "repro"], dvc_project)
+    assert "Running stage 'warmup'" in again.stdout and "Running stage 'download'" not in again.stdout
+    assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 3
