@@ -34,7 +34,7 @@ from mobitune.data import Dataset, Split, load_dataset, prepare
 from mobitune.loader import BatchTransform, DeviceSplit, resolve_device
 from mobitune.model import MobileNetClassifier, set_trainable_blocks
 from mobitune.params import Params
-from mobitune.train import Session, evaluate, train_one_epoch
+from mobitune.train import Session, evaluate, fit, train_one_epoch, warmup_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -155,6 +155,51 @@ def _train_pair(
         session.device,
     )
     return {name: median_rate(images, t) for name, t in times.items()}
+
+
+def bench_warmup_phase(session: Session, images: int, epochs: int, repeats: int, log: Callable) -> dict[str, Any]:
+    """A whole warmup phase (train + test evaluation each epoch): mobitune's ``fit``, which
+    computes the frozen features once, against the plain loop doing every epoch in full."""
+    train = DeviceSplit(session.train.images[:images], session.train.labels[:images])
+    test = DeviceSplit(session.test.images[:1000], session.test.labels[:1000])
+    sub_session = Session(session.dataset, session.device, train, test, session.train_transform, session.test_transform)
+    x_train, x_test = session.test_transform(train.images), session.test_transform(test.images)
+    phase = warmup_phase(Params().override([f"warmup.epochs={epochs}"]))
+
+    def plain() -> None:
+        model = make_model("warmup", session.device)
+        for _ in range(epochs):
+            plain_train(model, x_train, train.labels, 192, session.autocast)
+            plain_eval(model, x_test, 1000, session.autocast)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        times = alternate(
+            {
+                "mobitune": lambda: fit(
+                    make_model("warmup", session.device),
+                    phase,
+                    sub_session,
+                    seed=0,
+                    checkpoint_path=Path(tmp) / "w.pt",
+                    record={},
+                ),
+                "plain": plain,
+            },
+            repeats,
+            session.device,
+        )
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        **{f"{k}_s": v for k, v in seconds.items()},
+        "epochs": epochs,
+        "images": images,
+        "ratio": seconds["plain"] / seconds["mobitune"],
+    }
+    log(
+        f"warmup phase ({epochs} epochs, {images} images, test each epoch): mobitune {seconds['mobitune']:.2f}s, "
+        f"plain {seconds['plain']:.2f}s -> {result['ratio']:.2f}x (frozen features computed once)"
+    )
+    return result
 
 
 def bench_eval(session: Session, repeats: int, log: Callable) -> dict[str, Any]:
@@ -364,6 +409,7 @@ def main() -> None:
     report["train"] = bench_training(session, images, 192, repeats, log)
     for mode in MODES:
         report[f"ratio_{mode}"] = report["train"][mode]["ratio"]
+    report["warmup_phase"] = bench_warmup_phase(session, images * 2, 5, max(1, repeats // 2), log)
     report["eval"] = bench_eval(session, repeats, log)
     report["data_path"] = bench_data_path(dataset, device, load_seconds, log)
     if not args.skip_orchestration:

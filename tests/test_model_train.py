@@ -176,3 +176,29 @@ def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) ->
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
     uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
     assert resumed.history[1]["train_loss"] == pytest.approx(uninterrupted.history[1]["train_loss"], rel=1e-4)
+
+
+def test_cached_features_train_the_head_exactly_like_the_full_forward(
+    prepared: Path, calibrated_weights: Path, tmp_path: Path
+) -> None:
+    from mobitune.train import fit, warmup_phase
+
+    params = small_params(calibrated_weights)
+    session = session_for(params, prepared, train_limit=256)
+    histories = []
+    for cache in (True, False):
+        torch.manual_seed(0)
+        model = build_model(params.model, 10)
+        result = fit(
+            model,
+            warmup_phase(params),
+            session,
+            seed=0,
+            checkpoint_path=tmp_path / f"{cache}.pt",
+            record={},
+            cache_features=cache,
+        )
+        histories.append(result.history)
+    for cached, full in zip(*histories, strict=True):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+            assert cached[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key

@@ -79,6 +79,14 @@ def test_local_backend_publishes_a_complete_sweep(local_sweep: dict) -> None:
     assert (local_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
 
 
+def test_no_secret_in_logs_artifacts_or_reports(local_sweep: dict) -> None:
+    secret = os.environ["AWS_SECRET_ACCESS_KEY"].encode()
+    assert secret.decode() not in local_sweep["stdout"]
+    assert not [key for key, body in local_sweep["tree"].items() if secret in body]
+    local = [p for p in (local_sweep["project"] / "artifacts").rglob("*") if p.is_file()]
+    assert len(local) > 10 and not [p for p in local if secret in p.read_bytes()]
+
+
 def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: Path) -> None:
     project = sweep_project(
         tmp_path,
@@ -234,9 +242,53 @@ def test_workers_backend_matches_the_local_backend(
     results = check_published(tree, trials=4)
     submitted = [log.read_text().count("submitting flow run") for log in logs]
     assert all(count >= 1 for count in submitted), f"flow runs per worker: {submitted}"
+    artifact = run(["prefect", "artifact", "inspect", "sweep-report"], project, env_extra=env).stdout
+    assert "Best config" in artifact and os.environ["AWS_SECRET_ACCESS_KEY"] not in artifact
+    assert not [log for log in logs if os.environ["AWS_SECRET_ACCESS_KEY"] in log.read_text()]
     local = pd.read_csv(io.BytesIO(local_sweep["tree"]["results.csv"]))
     assert list(results.columns) == list(local.columns)
     merged = results.merge(local, on="trial_id", suffixes=("_workers", "_local"))
     assert len(merged) == 4
     for metric in METRICS:
         assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(merged[f"{metric}_local"].to_numpy(), rel=1e-4)
+
+
+def test_killed_trial_is_resubmitted_and_resumes(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """SIGKILL a trial's flow-run process mid-finetune: the sweep submits it again and it
+    resumes from its last per-epoch checkpoint in the artifact store; every trial once in results."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
+    env = {"PREFECT_API_URL": prefect_server.api}
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    log = prefect_server.start(
+        "worker",
+        ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
+        project,
+        {**env, "PREFECT_LOGGING_LEVEL": "INFO"},
+    )
+    with (project / "sweep.log").open("w") as out:
+        sweep = subprocess.Popen(
+            ["mobitune", "sweep", "--backend", "workers"],
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**prefect_server.env, **env},
+        )
+    checkpoints = project / "artifacts" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.rglob("*.pt")):
+        assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
+        time.sleep(0.2)
+    engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
+    assert engines, "no flow-run process to kill"
+    for pid in engines:
+        os.kill(int(pid), signal.SIGKILL)
+    assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
+    assert "resuming from its checkpoint after finetune epoch" in log.read_text()
+    sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert sorted(results["lr"]) == [0.002, 0.005] and set(results["status"]) == {"ok"}
+    for trial_id in results["trial_id"]:
+        history = pd.read_csv(sweep_dir / "trials" / trial_id / "history.csv")
+        assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"

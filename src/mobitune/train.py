@@ -89,8 +89,8 @@ class Session:
     device: torch.device
     train: DeviceSplit
     test: DeviceSplit
-    train_transform: BatchTransform
-    test_transform: BatchTransform
+    train_transform: Callable[..., torch.Tensor]  # (uint8 batch, generator) -> model input
+    test_transform: Callable[..., torch.Tensor]
 
     @classmethod
     def create(cls, params: Params, dataset: Dataset, device: torch.device) -> Session:
@@ -110,8 +110,38 @@ class Session:
         return contextlib.nullcontext()
 
 
+def _unchanged(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    return batch
+
+
+@torch.no_grad()
+def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Session | None:
+    """For a phase with every feature layer frozen and no augmentation: features once.
+
+    Such a model maps each image to the same pooled 1280-d feature every
+    epoch, so one inference pass replaces ``epochs`` passes through the
+    backbone and each epoch trains only the head. Returns the session of
+    features (for ``model.classifier``), or None when the phase does not qualify.
+    """
+    augment = getattr(session.train_transform, "augment", None)
+    if model.frozen_prefix < len(model.features) or (augment and (augment.flip or augment.crop_padding)):
+        return None
+    model.eval()
+
+    def features(split: DeviceSplit) -> DeviceSplit:
+        chunks = []
+        for images, _ in split.batches(EVAL_BATCH_SIZE):
+            with session.autocast():
+                chunks.append(model.pool(model.features(session.test_transform(images))).flatten(1).float())
+        return DeviceSplit(torch.cat(chunks), split.labels)
+
+    return Session(
+        session.dataset, session.device, features(session.train), features(session.test), _unchanged, _unchanged
+    )
+
+
 def train_one_epoch(
-    model: MobileNetClassifier,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     session: Session,
     batch_size: int,
@@ -144,7 +174,7 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: MobileNetClassifier, session: Session, batch_size: int = EVAL_BATCH_SIZE
+    model: torch.nn.Module, session: Session, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[float, float, torch.Tensor]:
     """Mean test loss, accuracy and the predicted class of every test image."""
     model.eval()
@@ -171,6 +201,7 @@ def fit(
     step_offset: int = 0,
     resume: dict[str, Any] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
+    cache_features: bool = True,
 ) -> FitResult:
     """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
 
@@ -179,6 +210,10 @@ def fit(
     """
     set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
     model.to(session.device, memory_format=torch.channels_last)
+    runner: torch.nn.Module = model
+    cached = frozen_feature_session(model, session) if cache_features and phase.epochs else None
+    if cached is not None:
+        runner, session = model.classifier, cached
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
     history: list[dict[str, Any]] = []
     if resume is not None:
@@ -198,12 +233,12 @@ def fit(
         # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
         torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
         train_loss, train_accuracy = train_one_epoch(
-            model, optimizer, session, phase.batch_size, generator, f"{phase.name} {epoch}/{phase.epochs}"
+            runner, optimizer, session, phase.batch_size, generator, f"{phase.name} {epoch}/{phase.epochs}"
         )
         row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
         if math.isfinite(train_loss):
-            test_loss, test_accuracy, _ = evaluate(model, session)
+            test_loss, test_accuracy, _ = evaluate(runner, session)
         else:
             status = DIVERGED
             test_loss = test_accuracy = math.nan

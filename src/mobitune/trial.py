@@ -7,10 +7,12 @@ same keys of the artifact store, so the sweep gathers results the same way.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,26 +55,35 @@ def checkpoint_key(sweep_id: str, trial_id: str) -> str:
     return f"checkpoints/{sweep_id}/{trial_id}.pt"
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """A file lock: concurrent trials and sweeps on this machine build a shared input once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def ensure_data(data: DataParams, local_root: Path) -> Path:
-    """The prepared arrays of ``data.source``, decoded once per machine (file lock across workers)."""
+    """The prepared arrays of ``data.source``, decoded once per machine."""
     digest = hashlib.sha256(f"{data.source}\n{data.md5}".encode()).hexdigest()[:16]
     out = local_root / "cache" / "data" / digest
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f"{digest}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with _exclusive(out):
         if not (out / "meta.json").exists():
             prepare(data.source, data.md5, out)
     return out
 
 
 def _ensure_warmup(params_key: str, store: ArtifactStore, local_root: Path, train: Any) -> Path:
+    """The shared warmup checkpoint: from the store if any trial made it, else trained now."""
     local = local_root / warmup_cache_key(params_key)
-    if store.get_file(warmup_cache_key(params_key), local):
-        return local
-    scratch = local.with_name(f".{local.name}.training")
-    train(scratch)
-    scratch.replace(local)
-    store.put_file(warmup_cache_key(params_key), local)
+    with _exclusive(local):
+        if store.get_file(warmup_cache_key(params_key), local):
+            return local
+        scratch = local.with_name(f".{local.name}.training")
+        train(scratch)
+        scratch.replace(local)
+        store.put_file(warmup_cache_key(params_key), local)
     return local
 
 
