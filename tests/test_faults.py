@@ -128,3 +128,39 @@ def test_two_sweeps_at_once_never_overwrite_each_other(tmp_path: Path, cifar_arc
             body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
             assert hashlib.sha256(body).hexdigest() == entry["sha256"]
             assert (sweep_dir / entry["path"]).read_bytes() == body
+
+
+OOM_SCRIPT = """
+import json, resource, sys
+from mobitune.flows import local_devices  # import torch and everything else before the cap
+from mobitune.params import load_params
+from mobitune.sweep import expand
+from mobitune.trial import TrialRequest, run_trial_recorded
+
+def vm_bytes():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmSize:"))
+
+# a 'device' with ~3 GB to spare: the 224px batch of 500 needs far more, the 32px trials far less
+cap = vm_bytes() + 3 * 1024**3
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+params = load_params()
+results = [run_trial_recorded(TrialRequest("oom", t.trial_id, t.params.to_dict(), t.varied, None, "artifacts"))
+           for t in expand(params)]
+print(json.dumps([{k: r.get(k) for k in ("trial_id", "status", "error")} for r in results]))
+"""
+
+
+def test_out_of_memory_fails_that_trial_only(tmp_path: Path, cifar_archive: Path) -> None:
+    project = sweep_project(
+        tmp_path,
+        cifar_archive,
+        {"batch_size": [100, 500], "model.image_size": [32, 224]},
+        **{"finetune.epochs": 1, "data.test_limit": 100},
+    )
+    result = run(["python", "-c", OOM_SCRIPT], project, timeout=600)
+    outcomes = {r["trial_id"]: r for r in json.loads(result.stdout.strip().splitlines()[-1])}
+    failed = [r for r in outcomes.values() if r["status"] == "failed"]
+    assert len(failed) == 1 and "image_size" in failed[0]["trial_id"], outcomes
+    assert "out of memory with batch_size=100, model.image_size=224: lower them" in failed[0]["error"]
+    assert sorted(r["status"] for r in outcomes.values()) == ["failed", "ok", "ok"]

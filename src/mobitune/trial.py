@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from mobitune.data import load_dataset, prepare
 from mobitune.loader import resolve_device
 from mobitune.model import load_checkpoint
@@ -119,8 +121,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
         history += result.history
         status = result.status
     metrics = {**_final(history), "status": status, "seconds": time.perf_counter() - started}
-    _store_results(request, store, local_root, history, metrics)
-    return metrics
+    return _store_results(request, store, local_root, history, metrics)
 
 
 def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
@@ -135,12 +136,23 @@ def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
     except Exception as exc:  # recorded, not swallowed: status "failed" with the reason
         if request.warmup_only:
             raise
-        reason = f"{type(exc).__name__}: {exc}".strip()
+        reason = _failure_reason(exc, request)
         traceback.print_exc()
         local_root = Path(request.local_root).resolve()
         metrics = {**_final([]), "status": FAILED, "seconds": time.perf_counter() - started, "error": reason}
-        _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
-        return metrics
+        return _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
+
+
+def _failure_reason(exc: Exception, request: TrialRequest) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
+        torch.cuda.empty_cache()  # the next trial on this device starts with its memory back
+        params = request.params
+        return (
+            f"out of memory with batch_size={params['batch_size']}, "
+            f"model.image_size={params['model']['image_size']}: lower them for this device ({text})"
+        )
+    return f"{type(exc).__name__}: {text}"
 
 
 def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -155,7 +167,8 @@ def _store_results(
     local_root: Path,
     history: list[dict[str, Any]],
     metrics: dict[str, Any],
-) -> None:
+) -> dict[str, Any]:
+    """Write and store the trial's three files; returns the metrics as stored."""
     folder = local_root / trial_key(request.sweep_id, request.trial_id)
     metrics = {"trial_id": request.trial_id, **request.varied, **metrics, "git_rev": git_revision()}
     write_json(
@@ -166,3 +179,4 @@ def _store_results(
     write_json(folder / "metrics.json", metrics)  # last: its presence marks the trial complete
     for name in TRIAL_FILES:
         store.put_file(trial_key(request.sweep_id, request.trial_id, name), folder / name)
+    return metrics
