@@ -146,9 +146,8 @@ def _open_tar(path: Path) -> tarfile.TarFile:
         ) from None
 
 
-def decode(path: Path, label: str | None = None) -> tuple[Split, Split, list[str], str]:
+def decode(path: Path) -> tuple[Split, Split, list[str], str]:
     """Decode a fetched source into train/test splits; returns them, classes, format."""
-    label = label or path.name
     if path.is_dir():
         train, test, classes = _decode_folder_tree(path)
         return train, test, classes, "image-folder"
@@ -156,7 +155,7 @@ def decode(path: Path, label: str | None = None) -> tuple[Split, Split, list[str
         try:
             return _decode_tar(tar, path)
         except _TAR_ERRORS as exc:
-            raise DataError(f"{label}: archive is truncated or corrupt ({exc}); download it again") from None
+            raise DataError(f"{path.name}: archive is truncated or corrupt ({exc}); download it again") from None
 
 
 def _decode_tar(tar: tarfile.TarFile, path: Path) -> tuple[Split, Split, list[str], str]:

@@ -32,9 +32,9 @@ from mobitune.params import Params, load_params
 from mobitune.publish import SWEEP_RECORD, publish, write_manifest
 from mobitune.records import to_json, write_json
 from mobitune.report import load_results, write_report
-from mobitune.storage import LocalStore, check_storage, open_store
-from mobitune.sweep import TrialSpec, expand, lookup, new_sweep_id, warmup_key
-from mobitune.trial import FAILED, TRIAL_FILES, TrialRequest, run_trial_recorded, trial_key
+from mobitune.storage import check_storage, open_store
+from mobitune.sweep import expand, lookup, new_sweep_id, warmup_key
+from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, run_trial_recorded, trial_key
 
 WORKER_POLL_SECONDS = 2.0
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
@@ -112,24 +112,17 @@ def run_on_workers(requests: list[TrialRequest], deployment: str) -> None:
                     pending[trial_id] = (request, submit(request), attempt + 1)
 
 
-def _gather(spec: TrialSpec, request: TrialRequest, sweep_dir: Path, local_root: Path) -> None:
+def _gather(request: TrialRequest, sweep_dir: Path, local_root: Path) -> None:
     """Bring a trial's files into the sweep folder; a trial that never finished becomes ``failed``."""
     store = open_store(request.store_uri, local_root)
-    folder = sweep_dir / "trials" / spec.trial_id
-    if all(store.get_file(trial_key(request.sweep_id, spec.trial_id, n), folder / n) for n in TRIAL_FILES):
-        return
-    write_json(folder / "params.json", {"trial_id": spec.trial_id, "varied": spec.varied, "params": request.params})
-    (folder / "history.csv").write_text("step,phase,epoch,train_loss,train_accuracy,test_loss,test_accuracy,seconds\n")
-    write_json(
-        folder / "metrics.json",
-        {
-            "trial_id": spec.trial_id,
-            **spec.varied,
-            "status": FAILED,
-            "epochs": 0,
-            "error": "the trial's flow run never completed",
-        },
-    )
+    folder = sweep_dir / "trials" / request.trial_id
+
+    def fetch() -> bool:
+        return all(store.get_file(trial_key(request.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
+
+    if not fetch():
+        record_failure(request, "the trial's flow run never completed")
+        fetch()
 
 
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
@@ -183,8 +176,8 @@ def sweep(
         run_on_workers(list(warmups.values()), deployment)
         run_on_workers(requests, deployment)
 
-    for spec, request in zip(trials, requests, strict=True):
-        _gather(spec, request, sweep_dir, root)
+    for request in requests:
+        _gather(request, sweep_dir, root)
     results = load_results(sweep_dir, [t.trial_id for t in trials], axes, base, params.sweep.mode)
     write_report(results, sweep_dir, sweep_id)
     table = json.loads(to_json(results.table.to_dict(orient="records")))
@@ -196,5 +189,5 @@ def sweep(
     if params.storage.uri:
         logger.info("published to %s", publish(sweep_dir, params.storage.uri))
     else:
-        logger.info("results in %s", LocalStore(sweep_dir).uri)
+        logger.info("results in %s", sweep_dir)
     return str(sweep_dir)

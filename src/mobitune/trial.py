@@ -136,11 +136,15 @@ def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
     except Exception as exc:  # recorded, not swallowed: status "failed" with the reason
         if request.warmup_only:
             raise
-        reason = _failure_reason(exc, request)
         traceback.print_exc()
-        local_root = Path(request.local_root).resolve()
-        metrics = {**_final([]), "status": FAILED, "seconds": time.perf_counter() - started, "error": reason}
-        return _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
+        return record_failure(request, _failure_reason(exc, request), time.perf_counter() - started)
+
+
+def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> dict[str, Any]:
+    """Store a ``failed`` result for the trial: its reason, no history."""
+    local_root = Path(request.local_root).resolve()
+    metrics = {**_final([]), "status": FAILED, "seconds": seconds, "error": reason}
+    return _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
 
 
 def _failure_reason(exc: Exception, request: TrialRequest) -> str:
