@@ -65,3 +65,17 @@ def test_invalid_specs_fail_before_anything_runs(overrides: list[str], message: 
 
 def test_sweep_ids_are_unique() -> None:
     assert len({new_sweep_id() for _ in range(200)}) == 200
+
+
+def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from mobitune.flows import local_devices
+
+    assert local_devices(Params().override(["device=cpu"]), None) == ["cpu"]
+    assert local_devices(Params().override(["device=cpu"]), 3) == ["cpu"] * 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert local_devices(Params(), None) == ["cuda:0", "cuda:1"]
+    assert local_devices(Params(), 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert local_devices(Params().override(["device=cuda:1"]), None) == ["cuda:1"]
