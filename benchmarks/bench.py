@@ -45,12 +45,12 @@ def median_rate(images: int, seconds: list[float]) -> float:
     return images / statistics.median(seconds)
 
 
-def load_benchmark_data(cache: Path) -> tuple[Dataset, str, float]:
+def load_benchmark_data(cache: Path, images: Path) -> tuple[Dataset, str, float]:
     """The real images when present (decoded once by the download stage's code), else synthetic."""
-    if REAL_IMAGES.exists():
+    if images.exists():
         out = cache / "cifar10-jpeg"
         if not (out / "meta.json").exists():
-            prepare(str(REAL_IMAGES), None, out)
+            prepare(str(images), None, out)
         started = time.perf_counter()
         dataset = load_dataset(out)
         return dataset, "real CIFAR-10 images (shared/data)", time.perf_counter() - started
@@ -378,6 +378,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "latest.json")
     parser.add_argument("--skip-orchestration", action="store_true")
+    parser.add_argument("--images", type=Path, default=REAL_IMAGES, help="image-folder tarball (default: shared/data)")
     args = parser.parse_args()
     repeats, images = (1, 384) if args.quick else (5, 1920)
     lines: list[str] = []
@@ -388,7 +389,7 @@ def main() -> None:
 
     device = resolve_device(args.device)
     cache = ROOT / "benchmarks" / "out"
-    dataset, data_name, load_seconds = load_benchmark_data(cache)
+    dataset, data_name, load_seconds = load_benchmark_data(cache, args.images)
     params = Params().override([f"device={device}"])
     session = Session.create(params, dataset, device)
     chip = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
