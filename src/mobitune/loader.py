@@ -75,8 +75,12 @@ class BatchTransform:
         self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
         self.inv_std = (1.0 / torch.tensor(IMAGENET_STD, device=device)).view(1, 3, 1, 1)
 
+    @property
+    def augments(self) -> bool:
+        return self.augment is not None and bool(self.augment.flip or self.augment.crop_padding)
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if self.augment is not None and generator is not None:
+        if self.augments and generator is not None:
             images = augment_batch(images, self.augment, generator)
         x = (images.float() - self.mean) * self.inv_std
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:

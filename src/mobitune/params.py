@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import re
 import types
@@ -255,6 +256,7 @@ def _split_sweep_axes(raw: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def sweepable_keys() -> dict[str, tuple[Any, Mapping[str, Any]]]:
     """Dotted keys of every scalar param a sweep may vary, with type and range."""
     keys: dict[str, tuple[Any, Mapping[str, Any]]] = {}

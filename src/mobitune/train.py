@@ -123,8 +123,7 @@ def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Sess
     backbone and each epoch trains only the head. Returns the session of
     features (for ``model.classifier``), or None when the phase does not qualify.
     """
-    augment = getattr(session.train_transform, "augment", None)
-    if model.frozen_prefix < len(model.features) or (augment and (augment.flip or augment.crop_padding)):
+    if model.frozen_prefix < len(model.features) or getattr(session.train_transform, "augments", False):
         return None
     model.eval()
 

@@ -105,8 +105,9 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     history = list(warm["history"])
     status = warm["status"]
     if status != DIVERGED:
-        local_checkpoint = local_root / checkpoint_key(request.sweep_id, request.trial_id)
-        resumed = store.get_file(checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint)
+        stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
+        local_checkpoint = local_root / stored_checkpoint
+        resumed = store.get_file(stored_checkpoint, local_checkpoint)
         if resumed:
             done = len(load_checkpoint(local_checkpoint)["history"])
             print(f"{request.trial_id}: resuming from its checkpoint after finetune epoch {done}")
@@ -116,7 +117,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
             warm_path,
             local_checkpoint,
             resume=resumed,
-            on_checkpoint=lambda: store.put_file(checkpoint_key(request.sweep_id, request.trial_id), local_checkpoint),
+            on_checkpoint=lambda: store.put_file(stored_checkpoint, local_checkpoint),
         )
         history += result.history
         status = result.status
