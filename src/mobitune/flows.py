@@ -15,7 +15,6 @@ out and gathers, aggregates and publishes. Two backends, same results:
 from __future__ import annotations
 
 import dataclasses
-import json
 import queue
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params
 from mobitune.publish import SWEEP_RECORD, publish, write_manifest
-from mobitune.records import to_json, write_json
+from mobitune.records import json_safe, write_json
 from mobitune.report import load_results, write_report
 from mobitune.storage import check_storage, open_store
 from mobitune.sweep import expand, lookup, new_sweep_id, warmup_key
@@ -146,7 +145,8 @@ def sweep(
     sweep_dir = root / "sweeps" / sweep_id
     sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep
     axes = list(params.sweep.axes)
-    base = {axis: lookup(params.to_dict(), axis) for axis in axes}
+    raw = params.to_dict()
+    base = {axis: lookup(raw, axis) for axis in axes}
     record = {
         "sweep_id": sweep_id,
         "storage_uri": params.storage.uri,
@@ -180,7 +180,7 @@ def sweep(
         _gather(request, sweep_dir, root)
     results = load_results(sweep_dir, [t.trial_id for t in trials], axes, base, params.sweep.mode)
     write_report(results, sweep_dir, sweep_id)
-    table = json.loads(to_json(results.table.to_dict(orient="records")))
+    table = json_safe(results.table.to_dict(orient="records"))
     create_table_artifact(table, key="sweep-results", description=f"Sweep {sweep_id}: one row per trial")
     create_markdown_artifact(
         (sweep_dir / "report.md").read_text(), key="sweep-report", description=f"Sweep {sweep_id} report"

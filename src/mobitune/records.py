@@ -14,19 +14,19 @@ from typing import Any
 from mobitune.storage import atomic_write_text
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN: a diverged run's non-finite numbers are written as null."""
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN: a diverged run's non-finite numbers become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -182,8 +182,6 @@ def public_uri(uri: str) -> str:
 class ArtifactStore:
     """Where sweep artifacts live: a local folder or an S3 prefix, same relative keys."""
 
-    uri: str
-
     def put_file(self, key: str, path: Path) -> None:
         raise NotImplementedError
 
@@ -198,7 +196,6 @@ class ArtifactStore:
 class LocalStore(ArtifactStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        self.uri = str(self.root)
 
     def put_file(self, key: str, path: Path) -> None:
         target = self.root / key

@@ -226,8 +226,8 @@ def fit(
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
 
-    checkpoint()  # the phase's output exists from the start, also when it has 0 epochs
-    for epoch in range(len(history) + 1, phase.epochs + 1):
+    first_epoch = len(history) + 1
+    for epoch in range(first_epoch, phase.epochs + 1):
         started = time.perf_counter()
         # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
         torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
@@ -253,6 +253,8 @@ def fit(
         if status == DIVERGED:
             tqdm.write(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged")
             break
+    if first_epoch > phase.epochs:
+        checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
     return FitResult(history, status)
 
 
