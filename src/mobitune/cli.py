@@ -1,7 +1,8 @@
 """``mobitune``: the command line, thin over the flows.
 
-mobitune sweep [--set key=value ...] [--backend local|workers] [--parallel N]
+mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N]
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
+mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--parallel", type=int, default=None, help="concurrent local trials (default: one per GPU, or 1)"
     )
+    sweep.add_argument(
+        "--recipe", default=None, help="a recipe (flat YAML of dotted keys), applied before --set: recipes/tuned.yaml"
+    )
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
     sweep.add_argument("--deployment", default="trial/trial", help="trial deployment for --backend workers")
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
+    recipe = commands.add_parser("recipe", help="print a recipe as `-S key=value` arguments for dvc exp run")
+    recipe.add_argument("file", type=Path)
     return parser
 
 
@@ -52,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "sweep":
             print(_sweep(args))
+        elif args.command == "recipe":
+            print(_recipe_arguments(args.file))
         else:
             print(_push(args.sweep_dir, args.to))
     except MobituneError as exc:
@@ -69,7 +77,7 @@ def _sweep(args: argparse.Namespace) -> str:
 
     if args.parallel is not None and args.parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
-    params = load_params(args.params, args.overrides)  # bad params and specs fail before Prefect starts
+    params = load_params(args.params, args.overrides, args.recipe)  # bad params and specs fail before Prefect starts
     expand(params)
     resolve_device(params.device)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
@@ -79,12 +87,22 @@ def _sweep(args: argparse.Namespace) -> str:
 
     return sweep(
         overrides=args.overrides,
+        recipe=args.recipe,
         params_file=args.params,
         backend=args.backend,
         parallel=args.parallel,
         local_root=args.local_root,
         deployment=args.deployment,
     )
+
+
+def _recipe_arguments(path: Path) -> str:
+    """One ``-S key=value`` per line, shell-quoted: ``mobitune recipe FILE | xargs dvc exp run``."""
+    import shlex
+
+    from mobitune.params import recipe_overrides
+
+    return "\n".join(f"-S {shlex.quote(override)}" for override in recipe_overrides(path))
 
 
 def _push(sweep_dir: Path, to: str | None) -> str:

@@ -127,15 +127,16 @@ def _gather(request: TrialRequest, sweep_dir: Path, local_root: Path) -> None:
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
 def sweep(
     overrides: list[str] | None = None,
+    recipe: str | None = None,
     params_file: str = "params.yaml",
     backend: Literal["local", "workers"] = "local",
     parallel: int | None = None,
     local_root: str = "artifacts",
     deployment: str = "trial/trial",
 ) -> str:
-    """The whole study of ``params.sweep``; returns the local sweep folder."""
+    """The whole study of ``params.sweep`` (``recipe``, then ``overrides``, on ``params_file``); returns its folder."""
     logger = get_run_logger()
-    params = load_params(params_file, overrides or [])
+    params = load_params(params_file, overrides or [], recipe)
     trials = expand(params)
     root = Path(local_root).resolve()
     warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
@@ -150,6 +151,8 @@ def sweep(
     record = {
         "sweep_id": sweep_id,
         "storage_uri": params.storage.uri,
+        "recipe": recipe,
+        "overrides": overrides or [],
         "backend": backend,
         "mode": params.sweep.mode,
         "axes": axes,

@@ -62,14 +62,32 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
-class WarmupParams:
+class PhaseOptions:
+    """How one phase optimises; the defaults are the report's plain Adam at a constant rate.
+
+    ``schedule`` shapes the learning rate over the phase's steps: ``constant``,
+    ``cosine`` (to zero) or ``onecycle`` (up to the peak at 30%, then down);
+    ``warmup_steps`` ramps it linearly from zero first (constant and cosine).
+    ``weight_decay`` is decoupled (AdamW; 0 is exactly Adam).
+    """
+
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_steps: int = _range(0, 0)
+    weight_decay: float = _range(0.0, 0.0, 1.0)
+    label_smoothing: float = _range(0.0, 0.0, 0.5)
+
+
+@dataclass(frozen=True)
+class WarmupParams(PhaseOptions):
     epochs: int = _range(5, 0)
     lr: float = _range(0.001, 0.0, open_low=True)
     batch_size: int = _range(192, 1)
 
 
 @dataclass(frozen=True)
-class FinetuneParams:
+class FinetuneParams(PhaseOptions):
+    """The finetune's learning rate and batch size are the top-level ``lr`` and ``batch_size``."""
+
     epochs: int = _range(5, 0)
 
 
@@ -355,16 +373,49 @@ def _deep_copy(raw: Any) -> Any:
     return raw
 
 
-def load_params(path: str | Path = PARAMS_FILE, overrides: Iterable[str] = ()) -> Params:
-    """Read, override and validate params; raise :class:`ParamsError` naming the bad key."""
-    path = Path(path)
+def _read_yaml(path: Path, missing: str) -> Any:
+    """The YAML in ``path``; ``missing`` is what to say if there is no such file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ParamsError(f"{path}: not found; run from the project root") from None
+        raise ParamsError(f"{path}: {missing}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ParamsError(f"{path}: cannot be read ({exc})") from None
-    return parse_params(text, overrides, origin=str(path))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
+
+
+def recipe_overrides(path: str | Path) -> list[str]:
+    """A recipe file as ``key=value`` overrides: a flat mapping of dotted keys, as ``dvc exp run -S`` takes.
+
+    Each key is checked against the params, so a typo fails naming the recipe.
+    """
+    path = Path(path)
+    raw = _read_yaml(path, "recipe not found (the project's are in recipes/)")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ParamsError(f"{path}: a recipe is a mapping of dotted param keys to values, e.g. 'finetune.epochs: 5'")
+    overrides = []
+    for key, value in raw.items():
+        if isinstance(value, Mapping):
+            raise ParamsError(
+                f"{path}: {key}: recipes are flat; write each nested key dotted, e.g. '{key}.<name>: ...'"
+            )
+        overrides.append(to_override(str(key), value))
+    try:
+        Params().override(overrides)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    return overrides
+
+
+def load_params(
+    path: str | Path = PARAMS_FILE, overrides: Iterable[str] = (), recipe: str | Path | None = None
+) -> Params:
+    """Read params, apply ``recipe`` then ``overrides``, validate; raise :class:`ParamsError` naming the bad key."""
+    path = Path(path)
+    raw = _read_yaml(path, "not found; run from the project root")
+    first = recipe_overrides(recipe) if recipe is not None else []
+    return _from_mapping(_params_mapping(raw, [*first, *overrides], str(path)))
 
 
 def parse_params(text: str, overrides: Iterable[str] = (), origin: str = "params") -> Params:
@@ -372,8 +423,12 @@ def parse_params(text: str, overrides: Iterable[str] = (), origin: str = "params
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{origin}: not valid YAML ({exc})") from None
+    return _from_mapping(_params_mapping(raw, overrides, origin))
+
+
+def _params_mapping(raw: Any, overrides: Iterable[str], origin: str) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ParamsError(f"{origin}: expected a mapping of keys to values at the top level")
-    return _from_mapping(apply_overrides(raw, overrides))
+    return apply_overrides(raw, overrides)

@@ -26,7 +26,7 @@ from mobitune.data import Dataset
 from mobitune.errors import MobituneError
 from mobitune.loader import BatchTransform, DeviceSplit
 from mobitune.model import MobileNetClassifier, build_model, load_checkpoint, set_trainable_blocks
-from mobitune.params import Params
+from mobitune.params import Params, PhaseOptions
 
 DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
 EVAL_BATCH_SIZE = 1000
@@ -51,6 +51,7 @@ class PhaseConfig:
     batch_size: int
     trainable_blocks: int
     unfreeze_from: str
+    options: PhaseOptions = PhaseOptions()
 
 
 def warmup_phase(params: Params) -> PhaseConfig:
@@ -61,6 +62,7 @@ def warmup_phase(params: Params) -> PhaseConfig:
         params.warmup.batch_size,
         0,
         params.model.unfreeze_from,
+        params.warmup,
     )
 
 
@@ -72,7 +74,49 @@ def finetune_phase(params: Params) -> PhaseConfig:
         params.batch_size,
         params.trainable_layers,
         params.model.unfreeze_from,
+        params.finetune,
     )
+
+
+def lr_multiplier(options: PhaseOptions, step: int, total_steps: int) -> float:
+    """The factor on the phase's peak learning rate before optimiser step ``step`` (0-based).
+
+    ``constant`` and ``cosine`` first ramp linearly over ``warmup_steps``;
+    ``onecycle`` rises from 1/25 of the peak along a half cosine over
+    ``warmup_steps`` (default: 30% of the phase), then falls to ~0 the same way,
+    as ``torch.optim.lr_scheduler.OneCycleLR`` does, without cycling momentum.
+    """
+    if options.schedule == "onecycle":
+        rise = options.warmup_steps or max(1, round(0.3 * total_steps))
+        start, end = 1 / 25, 1 / 25 / 1e4
+        if step < rise:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / rise)) / 2
+        fall = max(1, total_steps - rise)
+        return end + (1 - end) * (1 + math.cos(math.pi * min(step - rise, fall) / fall)) / 2
+    if step < options.warmup_steps:
+        return (step + 1) / options.warmup_steps
+    if options.schedule == "cosine":
+        span = max(1, total_steps - options.warmup_steps)
+        return (1 + math.cos(math.pi * min(step - options.warmup_steps, span) / span)) / 2
+    return 1.0
+
+
+def make_optimizer(
+    model: torch.nn.Module, phase: PhaseConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (decay on weights, never on biases or norms) and its schedule.
+
+    With ``weight_decay`` 0 and a constant schedule this is the report's Adam.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": phase.options.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr)
+    total = phase.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(phase.options, step, total))
+    return optimizer, scheduler
 
 
 @dataclass
@@ -146,8 +190,14 @@ def train_one_epoch(
     batch_size: int,
     generator: torch.Generator,
     desc: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[float, float]:
-    """Returns mean train loss and accuracy; the loss is NaN/inf if training diverged."""
+    """Returns mean train loss and accuracy; the loss is NaN/inf if training diverged.
+
+    The loss reported is plain cross-entropy, comparable across runs and with
+    the test loss, even when the loss optimised is label-smoothed.
+    """
     model.train()
     loss_sum = torch.zeros((), device=session.device)
     correct = torch.zeros((), device=session.device, dtype=torch.int64)
@@ -158,10 +208,14 @@ def train_one_epoch(
             x = session.train_transform(images, generator)
             with session.autocast():
                 logits = model(x)
-                loss = F.cross_entropy(logits, labels)
+                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if label_smoothing:
+                loss = F.cross_entropy(logits.detach().float(), labels)
             loss_sum += loss.detach() * len(labels)
             correct += (logits.argmax(1) == labels).sum()
             seen += len(labels)
@@ -213,17 +267,18 @@ def fit(
     cached = frozen_feature_session(model, session) if cache_features and phase.epochs else None
     if cached is not None:
         runner, session = model.classifier, cached
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=phase.lr)
+    optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(session.train) / phase.batch_size))
     history: list[dict[str, Any]] = []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
     generator = torch.Generator(device=session.device)
     status = OK
 
     def checkpoint() -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
 
     first_epoch = len(history) + 1
@@ -232,7 +287,14 @@ def fit(
         # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
         torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
         train_loss, train_accuracy = train_one_epoch(
-            runner, optimizer, session, phase.batch_size, generator, f"{phase.name} {epoch}/{phase.epochs}"
+            runner,
+            optimizer,
+            session,
+            phase.batch_size,
+            generator,
+            f"{phase.name} {epoch}/{phase.epochs}",
+            scheduler,
+            phase.options.label_smoothing,
         )
         row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
