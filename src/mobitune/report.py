@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mobitune import reference
 from mobitune.sweep import lookup
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
@@ -73,6 +74,8 @@ def axis_table(results: SweepResults, axis: str) -> pd.DataFrame:
     table = grouped[METRIC_COLUMNS].mean()
     table["train_accuracy"] *= 100
     table["test_accuracy"] *= 100
+    if grouped.size().max() > 1:
+        table["test_accuracy_std"] = grouped["test_accuracy"].std() * 100
     table["status"] = grouped["status"].agg(lambda s: ", ".join(sorted(set(s))))
     table["trials"] = grouped.size()
     return table.reset_index()
@@ -139,13 +142,27 @@ def summary_figure(results: SweepResults, axis: str) -> Figure:
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
+    """Losses to 4 decimals, accuracies (%) to 2, differences signed; other numbers to 4 digits."""
+
+    def cell(value: Any, column: str) -> str:
         if isinstance(value, float):
-            return "" if math.isnan(value) else f"{value:.4g}"
+            if math.isnan(value):
+                return ""
+            if column.startswith("Δ"):
+                return f"{value:+.2f}"
+            if "loss" in column:
+                return f"{value:.4f}"
+            if "acc" in column:
+                return f"{value:.2f}"
+            return f"{value:.4g}"
         return "" if value is None else str(value)
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    columns = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
     return "\n".join(lines)
 
 
@@ -183,14 +200,18 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     if len(failed):
         lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
     for axis in results.axes:
-        lines += [
-            f"## {axis}",
-            "",
-            "Accuracies in %; final epoch.",
-            "",
-            markdown_table(axis_table(results, axis)),
-            "",
-        ]
+        ours = axis_table(results, axis)
+        lines += [f"## {axis}", "", "Accuracies in %; final epoch; mean over seeds (std: their spread).", ""]
+        lines += [markdown_table(ours), ""]
+        beside = reference.comparison_table(axis, ours)
+        if beside is not None:
+            lines += [
+                f"Beside the report's {reference.TABLE_NAMES[axis]} (Δ: ours minus the report's, in points; "
+                "the report does not say how long its sweep trials trained or on what resolution):",
+                "",
+                markdown_table(beside),
+                "",
+            ]
         lines += [f"![{axis}]({path})" for path in figures.get(axis, [])] + [""]
     return "\n".join(lines)
 
