@@ -46,7 +46,8 @@ def test_pipeline_end_to_end(dvc_project: Path, cifar_archive: Path, calibrated_
 
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
-    exp = run(["dvc", "exp", "run", "-n", "low-lr", "-S", "lr=0.002"], project)
+    (project / "low-lr.yaml").write_text("lr: 0.002\nfinetune.schedule: cosine\nfinetune.weight_decay: 0.01\n")
+    exp = run(["bash", "-c", "mobitune recipe low-lr.yaml | xargs dvc exp run -n low-lr"], project)
     assert stages_run(exp.stdout) == ["finetune", "evaluate"]
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -57,9 +58,10 @@ def test_pipeline_end_to_end(dvc_project: Path, cifar_archive: Path, calibrated_
             if entry["rev"] != "workspace":
                 data = entry["data"]
                 accuracy = data["metrics"]["data/metrics/evaluate.json"]["data"]["test_accuracy"]
-                results[entry["name"]] = (data["params"]["params.yaml"]["data"]["lr"], accuracy)
+                params = data["params"]["params.yaml"]["data"]
+                results[entry["name"]] = (params["lr"], accuracy, params["finetune"]["schedule"])
     assert set(results) == {"main", "low-lr"}
-    assert results["main"][0] == 0.005 and results["low-lr"][0] == 0.002
+    assert results["main"][::2] == (0.005, "constant") and results["low-lr"][::2] == (0.002, "cosine")
     assert results["main"][1] == metrics["test_accuracy"] and results["low-lr"][1] > 0
 
     run(["dvc", "exp", "apply", "low-lr"], project)

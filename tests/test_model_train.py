@@ -202,3 +202,83 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
     for cached, full in zip(*histories, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert cached[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+def test_learning_rate_schedules_on_fixed_steps() -> None:
+    from mobitune.params import PhaseOptions
+    from mobitune.train import lr_multiplier
+
+    def curve(total: int = 10, **options: object) -> list[float]:
+        return [lr_multiplier(PhaseOptions(**options), step, total) for step in range(total)]
+
+    assert curve() == [1.0] * 10
+    assert curve(warmup_steps=4)[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = curve(schedule="cosine")
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and 0 < cosine[-1] < 0.03
+    assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
+    warm_cosine = curve(schedule="cosine", warmup_steps=2)
+    assert warm_cosine[:3] == [0.5, 1.0, 1.0] and warm_cosine[-1] < 0.1
+    onecycle = curve(100, schedule="onecycle")
+    assert onecycle[0] == pytest.approx(1 / 25) and max(onecycle) == onecycle[30] == 1.0
+    assert onecycle[-1] < 0.001
+    assert curve(100, schedule="onecycle", warmup_steps=10).index(1.0) == 10
+
+
+def test_weight_decay_spares_biases_and_norms_and_the_schedule_drives_the_rate() -> None:
+    from mobitune.train import finetune_phase, make_optimizer
+
+    params = small_params(**{"finetune.weight_decay": 0.05, "finetune.schedule": "cosine", "trainable_layers": 2})
+    model = build_model(params.model, 10)
+    set_trainable_blocks(model, 2, "first")
+    optimizer, scheduler = make_optimizer(model, finetune_phase(params), steps_per_epoch=4)
+    decayed, spared = optimizer.param_groups
+    assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in spared["params"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == trainable
+    rates = []
+    for _ in range(8):  # 2 epochs x 4 steps
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == params.lr and rates[4] == pytest.approx(params.lr / 2) and rates[-1] < params.lr * 0.05
+
+
+def test_label_smoothing_trains_but_reports_plain_cross_entropy() -> None:
+    """With a learning rate of 0 the weights stay put: the loss reported is their plain cross-entropy."""
+    import torch.nn.functional as F
+
+    from mobitune.train import train_one_epoch
+
+    torch.manual_seed(0)
+    features = torch.randn(300, 8)
+    model = torch.nn.Linear(8, 10)
+    with torch.no_grad():
+        model.weight.mul_(5)
+        logits = model(features)
+    labels = logits.argmax(1)  # confident and right: plain loss near 0, smoothed far above it
+    session = Session(None, torch.device("cpu"), DeviceSplit(features, labels), None, lambda x, g: x, None)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    reported, _ = train_one_epoch(model, optimizer, session, 64, torch.Generator(), "test", label_smoothing=0.3)
+    plain = F.cross_entropy(logits, labels).item()
+    assert reported == pytest.approx(plain, rel=1e-5)
+    assert F.cross_entropy(logits, labels, label_smoothing=0.3).item() > plain + 1
+
+
+def test_resume_with_a_schedule_continues_exactly(prepared: Path, tmp_path: Path) -> None:
+    """Stopped after epoch 1 of 2 and resumed: the same curve as a run that never stopped."""
+    options = {"finetune.schedule": "cosine", "finetune.weight_decay": 0.1, "finetune.label_smoothing": 0.1}
+    params = small_params(**{"warmup.epochs": 1, **options})
+    session = session_for(params, prepared, train_limit=128)
+    run_warmup(params, session, tmp_path / "warmup.pt")
+
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", on_checkpoint=stop)
+    assert len(load_checkpoint(tmp_path / "finetune.pt")["history"]) == 1
+    resumed = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
+    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    for key in ("train_loss", "test_loss", "test_accuracy"):
+        assert resumed.history[1][key] == pytest.approx(uninterrupted.history[1][key], rel=1e-4), key

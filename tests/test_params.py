@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mobitune.params import Params, ParamsError, load_params, parse_params
+from mobitune.params import Params, ParamsError, load_params, parse_params, sweepable_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,3 +99,59 @@ def test_malformed_overrides_are_refused(override: str, message: str) -> None:
 def test_missing_params_file_says_where_to_run(tmp_path: Path) -> None:
     with pytest.raises(ParamsError, match="params.yaml: not found; run from the project root"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_phase_options_default_to_the_report_and_are_validated() -> None:
+    for phase in (Params().warmup, Params().finetune):
+        assert (phase.schedule, phase.warmup_steps, phase.weight_decay, phase.label_smoothing) == (
+            "constant",
+            0,
+            0.0,
+            0.0,
+        )
+    tuned = Params().override(["finetune.schedule=onecycle", "finetune.warmup_steps=50", "warmup.weight_decay=0.05"])
+    assert (tuned.finetune.schedule, tuned.finetune.warmup_steps, tuned.warmup.weight_decay) == ("onecycle", 50, 0.05)
+    for override, message in (
+        (
+            "finetune.schedule=linear",
+            "finetune.schedule: 'linear' is not allowed; use one of: constant, cosine, onecycle",
+        ),
+        ("finetune.label_smoothing=0.7", "finetune.label_smoothing: must be between 0.0 and 0.5, got 0.7"),
+        ("warmup.weight_decay=-1", "warmup.weight_decay: must be between 0.0 and 1.0, got -1.0"),
+        ("finetune.warmup_steps=-3", "finetune.warmup_steps: must be at least 0, got -3"),
+    ):
+        with pytest.raises(ParamsError) as caught:
+            Params().override([override])
+        assert message in str(caught.value)
+    assert "finetune.schedule" in sweepable_keys()
+
+
+def test_project_recipes() -> None:
+    from mobitune.params import recipe_overrides
+
+    assert load_params(ROOT / "params.yaml", recipe=ROOT / "recipes" / "report.yaml") == Params()
+    tuned = load_params(ROOT / "params.yaml", ["lr=0.0005"], recipe=ROOT / "recipes" / "tuned.yaml")
+    assert tuned.lr == 0.0005, "--set comes after the recipe"
+    assert tuned.trainable_layers == 17 and tuned.finetune.schedule == "cosine"
+    assert all("=" in o for o in recipe_overrides(ROOT / "recipes" / "tuned.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lrr: 0.1", "unknown key 'lrr'. Did you mean 'lr'?"),
+        ("finetune: {epochs: 3}", "finetune: recipes are flat; write each nested key dotted"),
+        ("- lr: 0.1", "a recipe is a mapping of dotted param keys to values"),
+        ("", "a recipe is a mapping of dotted param keys to values"),
+        ("finetune.schedule: linear", "finetune.schedule: 'linear' is not allowed"),
+        ("lr: [0.1", "not valid YAML"),
+    ],
+)
+def test_bad_recipes_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(ParamsError) as caught:
+        load_params(ROOT / "params.yaml", recipe=recipe)
+    assert str(recipe) in str(caught.value) and message in str(caught.value)
+    with pytest.raises(ParamsError, match="recipe not found"):
+        load_params(ROOT / "params.yaml", recipe=tmp_path / "missing.yaml")

@@ -59,12 +59,14 @@ def check_published(tree: dict[str, bytes], trials: int) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s3_server) -> Iterator[dict]:
-    """One 4-trial sweep on the local backend, published to the S3 server."""
+    """One 4-trial sweep on the local backend with a recipe, published to the S3 server."""
     s3_server.reset()
     bucket = s3_server.bucket("results")
     project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
+    (project / "recipe.yaml").write_text("finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\n")
     env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
-    result = run(["mobitune", "sweep", "--set", f"storage.uri=s3://{bucket}/team"], project, env_extra=env)
+    command = ["mobitune", "sweep", "--recipe", "recipe.yaml", "--set", f"storage.uri=s3://{bucket}/team"]
+    result = run(command, project, env_extra=env)
     sweep_id, tree = published_sweep(s3_server, bucket, "team")
     yield {"project": project, "stdout": result.stdout + result.stderr, "sweep_id": sweep_id, "tree": tree}
 
@@ -77,6 +79,21 @@ def test_local_backend_publishes_a_complete_sweep(local_sweep: dict) -> None:
     assert local_sweep["stdout"].count("warmup 1/1") == 1, "the shared warmup ran once"
     local_dir = local_sweep["project"] / "artifacts" / "sweeps" / local_sweep["sweep_id"]
     assert (local_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
+
+
+def test_the_recipe_reaches_every_trial_and_the_report_sits_beside_the_seed_report(local_sweep: dict) -> None:
+    tree = local_sweep["tree"]
+    assert json.loads(tree["sweep.json"])["recipe"] == "recipe.yaml"
+    for key in [k for k in tree if k.endswith("params.json")]:
+        finetune = json.loads(tree[key])["params"]["finetune"]
+        assert (finetune["schedule"], finetune["label_smoothing"]) == ("cosine", 0.1), key
+    report = tree["report.md"].decode()
+    assert "Beside the report's Table 1" in report and "Beside the report's Table 2" in report
+    ours = pd.read_csv(io.BytesIO(tree["results.csv"])).query("lr == 0.005 and batch_size == 100")
+    row = next(
+        line for line in report.split("Beside the report's Table 1")[1].splitlines() if line.startswith("| 0.005 |")
+    )
+    assert row.startswith(f"| 0.005 | {ours['test_accuracy'].item() * 100:.2f} | 66.41 |")
 
 
 def test_no_secret_in_logs_artifacts_or_reports(local_sweep: dict) -> None:
@@ -114,6 +131,7 @@ def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archi
         (["--set", "sweep={}"], "error: sweep: nothing to sweep"),
         (["--set", "lr"], "error: override 'lr' is malformed"),
         (["--set", "storage.uri=s3://UPPER/x"], "is not a valid S3 URI"),
+        (["--recipe", "missing.yaml"], "error: missing.yaml: recipe not found"),
     ):
         result = run(["mobitune", "sweep", *args], project, check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr

@@ -1,0 +1,80 @@
+"""The report's numbers as data, and every sweep report setting ours beside them."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from mobitune import reference
+from mobitune.report import SweepResults, report_markdown
+
+# SEED-REPORT.md, Tables 1-3, as printed there (accuracies in %)
+PRINTED = {
+    "lr": "0.05 2.3041 2.3048 10 9.86 | 0.01 1.0341 1.0529 64.58 62.96 | 0.005 0.9189 0.9567 67.54 66.41 | "
+    "0.0001 1.1441 1.2545 58.51 54.95",
+    "batch_size": "32 1.5724 1.6524 57.07 52.202 | 64 1.5841 1.5994 57.06 57.748 | 128 1.572 1.6137 59.93 57.782 | "
+    "192 0.9705 1.1226 66.62 60.964",
+    "trainable_layers": "2 1.2052 1.222 74.09 72.308 | 5 1.0561 1.0866 76.45 75.996 | 10 1.1096 1.067 74.67 77.21",
+}
+
+
+@pytest.mark.parametrize("axis", sorted(PRINTED))
+def test_tables_hold_the_reports_numbers(axis: str) -> None:
+    for printed in PRINTED[axis].split(" | "):
+        value, train_loss, test_loss, train_acc, test_acc = map(float, printed.split())
+        row = reference.report_row(axis, value)
+        expected = (train_loss, test_loss, train_acc / 100, test_acc / 100)
+        assert row is not None and tuple(vars(row).values()) == pytest.approx(expected, abs=1e-9), printed
+    assert len(reference.TABLES[axis]) == len(PRINTED[axis].split(" | "))
+
+
+def _results(rows: list[dict]) -> SweepResults:
+    table = pd.DataFrame(rows)
+    table["trial_id"] = [f"t{i:03d}" for i in range(len(table))]
+    table["error"] = None
+    table["epochs"], table["seconds"] = 10, 1.0
+    histories = {t: pd.DataFrame(columns=["step", "phase"]) for t in table["trial_id"]}
+    base = {"lr": 0.005, "batch_size": 192}
+    return SweepResults(table, histories, ["lr", "batch_size"], base, "one-at-a-time")
+
+
+def test_sweep_report_sets_each_value_beside_the_report() -> None:
+    ok = {"train_loss": 0.5, "test_loss": 0.6, "train_accuracy": 0.8, "test_accuracy": 0.75, "status": "ok"}
+    diverged = {**ok, "train_loss": math.nan, "test_loss": math.nan, "test_accuracy": math.nan, "status": "diverged"}
+    results = _results(
+        [
+            {"lr": 0.005, "batch_size": 192, "seed": 0, **ok},
+            {"lr": 0.005, "batch_size": 192, "seed": 1, **ok, "test_accuracy": 0.77},
+            {"lr": 0.05, "batch_size": 192, "seed": 0, **diverged},
+            {"lr": 0.001, "batch_size": 192, "seed": 0, **ok},
+            {"lr": 0.02, "batch_size": 192, "seed": 0, **ok},
+            {"lr": 0.005, "batch_size": 48, "seed": 0, **ok},
+        ]
+    )
+    report = report_markdown(results, "sweep-x", {})
+    lr_section = report[report.index("## lr") : report.index("## batch_size")]
+    lines = {line.split(" | ")[0].strip("| "): line for line in lr_section.splitlines() if line.startswith("| 0.")}
+    # lr 0.005: ours is the mean of two seeds (76%), the report's Table 1 row beside it, the difference
+    assert re.search(
+        r"\| 0.005 \| 76.00 \| 66.41 \| \+9.59 \| 0.6000 \| 0.9567 \| 80.00 \| 67.54 \| 0.5000 \| 0.9189 \|",
+        lines["0.005"],
+    )
+    assert "report: diverged (at chance)" in lines["0.05"] and "ours: diverged" in lines["0.05"]
+    assert "| 9.86 |" in lines["0.05"]
+    assert "report: named in the text, no numbers" in lines["0.001"]
+    assert "not in the report" in lines["0.02"]
+    assert "not swept here" in lines["0.01"] and "| 62.96 |" in lines["0.01"]
+    assert "| 54.95 |" in lines["0.0001"]
+    assert "std" in lr_section and "| 1.41 |" in lr_section  # two seeds, 75% and 77%
+    batch_section = report[report.index("## batch_size") :]
+    assert "Beside the report's Table 2" in batch_section
+    assert "| 192 | 76.00 | 60.96 | +15.04 |" in batch_section
+    for value in ("32", "64", "128"):
+        assert f"| {value} |  |" in batch_section  # the report's rows we did not sweep: theirs only
+
+
+def test_axes_the_report_lacks_get_no_comparison() -> None:
+    assert reference.comparison_table("model.dropout", pd.DataFrame({"model.dropout": [0.1]})) is None
