@@ -55,6 +55,8 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
         ]
     )
     report = report_markdown(results, "sweep-x", {})
+    assert "reached **87.9%** test accuracy" in report and "0.3202/0.3602 after finetune" in report
+    assert "Here: **76.00%** (mean of 2 trial(s), test loss 0.6000, 10 epochs in all)" in report
     lr_section = report[report.index("## lr") : report.index("## batch_size")]
     lines = {line.split(" | ")[0].strip("| "): line for line in lr_section.splitlines() if line.startswith("| 0.")}
     # lr 0.005: ours is the mean of two seeds (76%), the report's Table 1 row beside it, the difference
@@ -77,4 +79,8 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
 
 
 def test_axes_the_report_lacks_get_no_comparison() -> None:
-    assert reference.comparison_table("model.dropout", pd.DataFrame({"model.dropout": [0.1]})) is None
+    dropout = pd.DataFrame({"model.dropout": [0.1], "status": ["ok"]})
+    assert reference.comparison_table("model.dropout", dropout) is None
+    assert reference.headline(dropout) is None
+    other_lr = pd.DataFrame({"lr": [0.01], "status": ["ok"], "test_accuracy": [0.5]})
+    assert reference.headline(other_lr).endswith("This sweep has no finished trial of that config.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -101,8 +102,6 @@ def _sweep(args: argparse.Namespace) -> str:
 
 def _recipe_arguments(path: Path) -> str:
     """One ``-S key=value`` per line, shell-quoted: ``mobitune recipe FILE | xargs dvc exp run``."""
-    import shlex
-
     from mobitune.params import recipe_overrides
 
     return "\n".join(f"-S {shlex.quote(override)}" for override in recipe_overrides(path))

@@ -107,3 +107,31 @@ def comparison_table(axis: str, ours: pd.DataFrame) -> pd.DataFrame | None:
         row["note"] = _note(axis, value, str(own["status"])) if own is not None else "not swept here"
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def headline(table: pd.DataFrame) -> str | None:
+    """A line setting the report's headline run beside the trials of the same config, if the sweep has them.
+
+    ``table`` is a sweep's results (accuracies as fractions); the config is
+    matched on the swept keys of :data:`FINAL_CHOICE`.
+    """
+    keys = [key for key in FINAL_CHOICE if key in table.columns]
+    if not keys:
+        return None
+    same = table
+    for key in keys:
+        same = same[same[key] == FINAL_CHOICE[key]]
+    warmup, finetune = PHASE_END_LOSSES["warmup"], PHASE_END_LOSSES["finetune"]
+    line = (
+        f"The report's final choice ({', '.join(f'{k} {v}' for k, v in FINAL_CHOICE.items())}) reached "
+        f"**{HEADLINE_TEST_ACCURACY * 100:.1f}%** test accuracy after 5 warmup + 5 finetune epochs (train/test "
+        f"loss {warmup[0]}/{warmup[1]} after warmup, {finetune[0]}/{finetune[1]} after finetune)."
+    )
+    ok = same[same["status"] == "ok"]
+    if ok.empty:
+        return line + " This sweep has no finished trial of that config."
+    epochs = ", ".join(str(e) for e in sorted(set(ok["epochs"])))
+    return line + (
+        f" Here: **{ok['test_accuracy'].mean() * 100:.2f}%** (mean of {len(ok)} trial(s), test loss "
+        f"{ok['test_loss'].mean():.4f}, {epochs} epochs in all)."
+    )

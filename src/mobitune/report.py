@@ -193,6 +193,9 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         ]
     else:
         lines += ["**No trial finished successfully.**", ""]
+    seed_report = reference.headline(table)
+    if seed_report:
+        lines += [seed_report, ""]
     shown = table.drop(columns=["error"])
     shown[["train_accuracy", "test_accuracy"]] *= 100
     lines += ["## All trials", "", "Accuracies in %; final epoch.", "", markdown_table(shown), ""]
