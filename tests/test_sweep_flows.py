@@ -316,3 +316,15 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
     for trial_id in results["trial_id"]:
         history = pd.read_csv(sweep_dir / "trials" / trial_id / "history.csv")
         assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"
+
+
+def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
+    sweep_dir = local_sweep["project"] / "artifacts" / "sweeps" / local_sweep["sweep_id"]
+    (sweep_dir / "report.md").unlink()
+    (sweep_dir / "results.csv").unlink()
+    result = run(["mobitune", "report", str(sweep_dir)], local_sweep["project"])
+    assert result.stdout.strip() == str(sweep_dir / "report.md")
+    assert (sweep_dir / "report.md").read_bytes() == local_sweep["tree"]["report.md"]
+    assert (sweep_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
+    manifest = json.loads((sweep_dir / "manifest.json").read_text())
+    assert {"report.md", "results.csv"} <= {entry["path"] for entry in manifest["files"]}

@@ -2,6 +2,7 @@
 
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N]
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
+mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
 """
 
@@ -50,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
+    report = commands.add_parser("report", help="rebuild a sweep folder's results.csv, figures and report.md")
+    report.add_argument("sweep_dir", type=Path)
     recipe = commands.add_parser("recipe", help="print a recipe as `-S key=value` arguments for dvc exp run")
     recipe.add_argument("file", type=Path)
     return parser
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
             print(_sweep(args))
         elif args.command == "recipe":
             print(_recipe_arguments(args.file))
+        elif args.command == "report":
+            print(_report(args.sweep_dir))
         else:
             print(_push(args.sweep_dir, args.to))
     except MobituneError as exc:
@@ -107,13 +112,30 @@ def _recipe_arguments(path: Path) -> str:
     return "\n".join(f"-S {shlex.quote(override)}" for override in recipe_overrides(path))
 
 
-def _push(sweep_dir: Path, to: str | None) -> str:
-    from mobitune.publish import SWEEP_RECORD, publish, write_manifest
+def _sweep_record(sweep_dir: Path) -> dict:
+    from mobitune.publish import SWEEP_RECORD
 
     record_path = sweep_dir / SWEEP_RECORD
     if not record_path.exists():
         raise MobituneError(f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give artifacts/sweeps/<sweep_id>")
-    uri = to or json.loads(record_path.read_text())["storage_uri"]
+    return json.loads(record_path.read_text())
+
+
+def _report(sweep_dir: Path) -> Path:
+    """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune)."""
+    from mobitune.publish import write_manifest
+    from mobitune.report import load_results, write_report
+
+    record = _sweep_record(sweep_dir)
+    write_report(load_results(sweep_dir, record), sweep_dir, record["sweep_id"])
+    write_manifest(sweep_dir)
+    return sweep_dir / "report.md"
+
+
+def _push(sweep_dir: Path, to: str | None) -> str:
+    from mobitune.publish import publish, write_manifest
+
+    uri = to or _sweep_record(sweep_dir)["storage_uri"]
     if not uri:
         raise MobituneError(f"{sweep_dir}: the sweep had no storage.uri; give one with --to s3://bucket/prefix")
     write_manifest(sweep_dir)

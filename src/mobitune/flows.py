@@ -181,7 +181,7 @@ def sweep(
 
     for request in requests:
         _gather(request, sweep_dir, root)
-    results = load_results(sweep_dir, [t.trial_id for t in trials], axes, base, params.sweep.mode)
+    results = load_results(sweep_dir, record)
     write_report(results, sweep_dir, sweep_id)
     table = json_safe(results.table.to_dict(orient="records"))
     create_table_artifact(table, key="sweep-results", description=f"Sweep {sweep_id}: one row per trial")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,14 @@ class SweepResults:
     mode: str
 
 
-def load_results(
-    sweep_dir: Path, trial_ids: list[str], axes: list[str], base: dict[str, Any], mode: str
-) -> SweepResults:
-    """Read every trial's params.json, metrics.json and history.csv from a sweep folder."""
+def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
+    """Read every trial's params.json, metrics.json and history.csv from a sweep folder.
+
+    ``record`` is the sweep's ``sweep.json``: its trials, axes, base values and mode.
+    """
+    axes, base, mode = record["axes"], record["base"], record["mode"]
     rows, histories = [], {}
-    for trial_id in trial_ids:
+    for trial_id in [trial["trial_id"] for trial in record["trials"]]:
         folder = sweep_dir / "trials" / trial_id
         params = json.loads((folder / "params.json").read_text())["params"]
         metrics = json.loads((folder / "metrics.json").read_text())
