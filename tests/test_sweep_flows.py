@@ -21,6 +21,7 @@ from helpers import VENV_BIN, free_port, run, sweep_project
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
 FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
 METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+RECIPE = "finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\n"  # both backends' sweeps apply it
 
 
 def objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
@@ -63,7 +64,7 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s
     s3_server.reset()
     bucket = s3_server.bucket("results")
     project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
-    (project / "recipe.yaml").write_text("finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\n")
+    (project / "recipe.yaml").write_text(RECIPE)
     env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
     command = ["mobitune", "sweep", "--recipe", "recipe.yaml", "--set", f"storage.uri=s3://{bucket}/team"]
     result = run(command, project, env_extra=env)
@@ -247,6 +248,7 @@ def test_workers_backend_matches_the_local_backend(
 ) -> None:
     bucket = s3_server.bucket("worker-results")
     project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
+    (project / "recipe.yaml").write_text(RECIPE)
     env = {"PREFECT_API_URL": workers.api, "AWS_ENDPOINT_URL": s3_server.endpoint}
     run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
     logs = [
@@ -259,7 +261,16 @@ def test_workers_backend_matches_the_local_backend(
         for i in (1, 2)
     ]
     result = run(
-        ["mobitune", "sweep", "--backend", "workers", "--set", f"storage.uri=s3://{bucket}/p"],
+        [
+            "mobitune",
+            "sweep",
+            "--backend",
+            "workers",
+            "--recipe",
+            "recipe.yaml",
+            "--set",
+            f"storage.uri=s3://{bucket}/p",
+        ],
         project,
         env_extra=env,
         timeout=540,
