@@ -282,3 +282,21 @@ def test_resume_with_a_schedule_continues_exactly(prepared: Path, tmp_path: Path
     uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert resumed.history[1][key] == pytest.approx(uninterrupted.history[1][key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("batchnorm", ["train", "frozen"])
+def test_finetune_batchnorm_statistics_train_or_stay(prepared: Path, tmp_path: Path, batchnorm: str) -> None:
+    """``frozen``: the unfrozen blocks' weights (BatchNorm's scale included) train, their statistics stay."""
+    params = small_params(**{"warmup.epochs": 1, "finetune.epochs": 1, "trainable_layers": 2})
+    params = params.override([f"finetune.batchnorm={batchnorm}"])
+    session = session_for(params, prepared, train_limit=128)
+    run_warmup(params, session, tmp_path / "warmup.pt")
+    run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    before = load_checkpoint(tmp_path / "warmup.pt")["model"]
+    after = load_checkpoint(tmp_path / "finetune.pt")["model"]
+    block = "features.1.conv.0"  # the first trainable block's first conv + BatchNorm
+    assert not torch.equal(before[f"{block}.0.weight"], after[f"{block}.0.weight"])
+    assert not torch.equal(before[f"{block}.1.weight"], after[f"{block}.1.weight"])
+    kept = torch.equal(before[f"{block}.1.running_mean"], after[f"{block}.1.running_mean"])
+    assert kept == (batchnorm == "frozen")
+    assert torch.equal(before["features.5.conv.0.1.running_mean"], after["features.5.conv.0.1.running_mean"])

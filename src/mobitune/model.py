@@ -28,7 +28,8 @@ class MobileNetClassifier(nn.Module):
     Leading feature layers that are frozen run under ``no_grad``: they need no
     autograd graph, which makes warmup (all features frozen) several times
     cheaper. Frozen BatchNorm layers stay in eval mode whenever the model trains,
-    so their ImageNet running statistics are not overwritten.
+    so their ImageNet running statistics are not overwritten; with
+    ``frozen_batchnorm`` the trainable ones do too.
     """
 
     def __init__(self, num_classes: int, hidden_units: int, dropout: float) -> None:
@@ -44,6 +45,7 @@ class MobileNetClassifier(nn.Module):
             nn.Linear(hidden_units, num_classes),
         )
         self.frozen_prefix = 0
+        self.frozen_batchnorm = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen_prefix:
@@ -56,7 +58,9 @@ class MobileNetClassifier(nn.Module):
         super().train(mode)
         if mode:
             for module in self.modules():
-                if isinstance(module, nn.BatchNorm2d) and not any(p.requires_grad for p in module.parameters()):
+                if isinstance(module, nn.BatchNorm2d) and (
+                    self.frozen_batchnorm or not any(p.requires_grad for p in module.parameters())
+                ):
                     module.eval()
         return self
 

@@ -86,9 +86,15 @@ class WarmupParams(PhaseOptions):
 
 @dataclass(frozen=True)
 class FinetuneParams(PhaseOptions):
-    """The finetune's learning rate and batch size are the top-level ``lr`` and ``batch_size``."""
+    """The finetune's learning rate and batch size are the top-level ``lr`` and ``batch_size``.
+
+    ``batchnorm``: ``train`` (PyTorch's default: the unfrozen blocks' BatchNorm
+    normalises with batch statistics and updates its running ones) or ``frozen``
+    (it keeps the pretrained statistics; its scale and shift still train).
+    """
 
     epochs: int = _range(5, 0)
+    batchnorm: Literal["train", "frozen"] = "train"
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class PhaseConfig:
     trainable_blocks: int
     unfreeze_from: str
     options: PhaseOptions = PhaseOptions()
+    frozen_batchnorm: bool = False
 
 
 def warmup_phase(params: Params) -> PhaseConfig:
@@ -75,6 +76,7 @@ def finetune_phase(params: Params) -> PhaseConfig:
         params.trainable_layers,
         params.model.unfreeze_from,
         params.finetune,
+        params.finetune.batchnorm == "frozen",
     )
 
 
@@ -262,6 +264,7 @@ def fit(
     evaluated run cannot silently change its configuration.
     """
     set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
+    model.frozen_batchnorm = phase.frozen_batchnorm
     model.to(session.device, memory_format=torch.channels_last)
     runner: torch.nn.Module = model
     cached = frozen_feature_session(model, session) if cache_features and phase.epochs else None
