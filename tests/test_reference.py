@@ -81,6 +81,6 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
 def test_axes_the_report_lacks_get_no_comparison() -> None:
     dropout = pd.DataFrame({"model.dropout": [0.1], "status": ["ok"]})
     assert reference.comparison_table("model.dropout", dropout) is None
-    assert reference.headline(dropout) is None
+    assert reference.headline(dropout, {"model.dropout": 0.2}) is None
     other_lr = pd.DataFrame({"lr": [0.01], "status": ["ok"], "test_accuracy": [0.5]})
-    assert reference.headline(other_lr).endswith("This sweep has no finished trial of that config.")
+    assert reference.headline(other_lr, {"lr": 0.01}).endswith("This sweep has no finished trial of that config.")

@@ -109,18 +109,19 @@ def comparison_table(axis: str, ours: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def headline(table: pd.DataFrame) -> str | None:
+def headline(table: pd.DataFrame, base: dict[str, Any]) -> str | None:
     """A line setting the report's headline run beside the trials of the same config, if the sweep has them.
 
     ``table`` is a sweep's results (accuracies as fractions); the config is
-    matched on the swept keys of :data:`FINAL_CHOICE`.
+    matched on the swept keys of :data:`FINAL_CHOICE`, every other swept key
+    at its ``base`` value.
     """
     keys = [key for key in FINAL_CHOICE if key in table.columns]
     if not keys:
         return None
     same = table
-    for key in keys:
-        same = same[same[key] == FINAL_CHOICE[key]]
+    for key in table.columns.intersection(list(base)):
+        same = same[same[key] == FINAL_CHOICE.get(key, base[key])]
     warmup, finetune = PHASE_END_LOSSES["warmup"], PHASE_END_LOSSES["finetune"]
     line = (
         f"The report's final choice ({', '.join(f'{k} {v}' for k, v in FINAL_CHOICE.items())}) reached "

@@ -196,7 +196,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         ]
     else:
         lines += ["**No trial finished successfully.**", ""]
-    seed_report = reference.headline(table)
+    seed_report = reference.headline(table, results.base)
     if seed_report:
         lines += [seed_report, ""]
     shown = table.drop(columns=["error"])
