@@ -35,7 +35,7 @@ def _results(rows: list[dict]) -> SweepResults:
     table = pd.DataFrame(rows)
     table["trial_id"] = [f"t{i:03d}" for i in range(len(table))]
     table["error"] = None
-    table["epochs"], table["seconds"] = 10, 1.0
+    table["warmup_epochs"], table["finetune_epochs"], table["seconds"] = 5, 5, 1.0
     histories = {t: pd.DataFrame(columns=["step", "phase"]) for t in table["trial_id"]}
     base = {"lr": 0.005, "batch_size": 192}
     return SweepResults(table, histories, ["lr", "batch_size"], base, "one-at-a-time")
@@ -56,7 +56,7 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
     )
     report = report_markdown(results, "sweep-x", {})
     assert "reached **87.9%** test accuracy" in report and "0.3202/0.3602 after finetune" in report
-    assert "Here: **76.00%** (mean of 2 trial(s), test loss 0.6000, 10 epochs in all)" in report
+    assert "Here: **76.00%** (mean of 2 trial(s), test loss 0.6000, 5 warmup + 5 finetune epochs)" in report
     lr_section = report[report.index("## lr") : report.index("## batch_size")]
     lines = {line.split(" | ")[0].strip("| "): line for line in lr_section.splitlines() if line.startswith("| 0.")}
     # lr 0.005: ours is the mean of two seeds (76%), the report's Table 1 row beside it, the difference

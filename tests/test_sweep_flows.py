@@ -117,12 +117,66 @@ def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: P
     statuses = dict(zip(results["model.pretrained"], results["status"], strict=True))
     assert sorted(results["status"]) == ["diverged", "failed", "ok"]
     assert statuses[str(tmp_path / "missing.pt")] == "failed"
-    assert results.loc[1e30, "status"] == "diverged" and results.loc[1e30, "epochs"] == 2  # warmup + 1
+    assert results.loc[1e30, "status"] == "diverged" and results.loc[1e30, "finetune_epochs"] == 1
     failed_id = results.loc[results["status"] == "failed", "trial_id"].item()
     failed = json.loads((sweep_dir / "trials" / failed_id / "metrics.json").read_text())
     assert "model.pretrained" in failed["error"] and "no such file" in failed["error"]
     report = (sweep_dir / "report.md").read_text()
     assert "1 diverged, 1 failed, 1 ok" in report and "Failures:" in report
+
+
+SEARCH = [  # the issue's example: 6 sampled lrs, ASHA from finetune epoch 1 of 3
+    "--set",
+    "sweep.mode=random",
+    "--set",
+    "sweep.trials=6",
+    "--set",
+    "sweep.lr={low: 0.0001, high: 0.05, log: true}",
+    "--set",
+    "sweep.early_stop.method=asha",
+    "--set",
+    "sweep.finetune_epochs=3",
+]
+
+
+def check_searched(sweep_dir: Path, trials: int, epochs: int) -> pd.DataFrame:
+    """A searched ASHA sweep's folder: distinct samples, some stopped, no epoch trained twice, the search report."""
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert len(results) == trials and results["lr"].nunique() == trials
+    assert results["lr"].between(0.0001, 0.05).all()
+    assert set(results["status"]) <= {"ok", "stopped"} and (results["status"] == "stopped").any()
+    assert results["finetune_epochs"].sum() < trials * epochs
+    for row in results.itertuples():
+        assert row.finetune_epochs == epochs if row.status == "ok" else row.finetune_epochs < epochs
+        history = pd.read_csv(sweep_dir / "trials" / row.trial_id / "history.csv")
+        assert history["step"].tolist() == list(range(1, 2 + row.finetune_epochs)), "each epoch once"
+    search = json.loads((sweep_dir / "search.json").read_text())
+    assert search["finetune_epochs_spent"] == results["finetune_epochs"].sum()
+    assert {d["trial_id"] for d in search["decisions"] if not d["promoted"]} == set(
+        results.loc[results["status"] == "stopped", "trial_id"]
+    )
+    report = (sweep_dir / "report.md").read_text()
+    spent = results["finetune_epochs"].sum()
+    assert f"Finetune epochs spent: **{spent}** of the {trials * epochs}" in report
+    assert "| rung (finetune epochs) | reached | continued | stopped |" in report
+    assert (sweep_dir / "figures" / "search.png").read_bytes().startswith(b"\x89PNG")
+    assert (sweep_dir / "study.journal").stat().st_size > 0, "the Optuna study is kept with the sweep"
+    return results
+
+
+def test_random_search_with_asha_stops_trials_early_and_resumes_the_promoted(
+    tmp_path: Path, cifar_archive: Path, calibrated_weights: Path
+) -> None:
+    project = sweep_project(
+        tmp_path, cifar_archive, {}, **{"model.pretrained": str(calibrated_weights), "trainable_layers": 2}
+    )
+    result = run(["mobitune", "sweep", *SEARCH], project, env_extra={"PREFECT_LOGGING_LEVEL": "INFO"})
+    sweep_dir = Path(result.stdout.strip().splitlines()[-1])
+    results = check_searched(sweep_dir, trials=6, epochs=3)
+    output = result.stdout + result.stderr
+    for trial_id in results.loc[results["status"] == "ok", "trial_id"]:
+        assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in output
+    assert output.count("warmup 1/1") == 1, "one shared warmup for all sampled trials"
 
 
 def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archive: Path) -> None:
@@ -133,6 +187,8 @@ def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archi
         (["--set", "lr"], "error: override 'lr' is malformed"),
         (["--set", "storage.uri=s3://UPPER/x"], "is not a valid S3 URI"),
         (["--recipe", "missing.yaml"], "error: missing.yaml: recipe not found"),
+        (["--set", "sweep.lr={low: 0.01, high: 0.001}"], "error: sweep.lr: low must be below high"),
+        (["--set", "sweep.lr={low: 0.001, high: 0.01}"], "error: sweep.lr: a range is sampled by sweep.mode random"),
     ):
         result = run(["mobitune", "sweep", *args], project, check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr

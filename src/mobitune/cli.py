@@ -81,13 +81,13 @@ def main(argv: list[str] | None = None) -> None:
 def _sweep(args: argparse.Namespace) -> str:
     from mobitune.loader import resolve_device
     from mobitune.params import load_params
+    from mobitune.search import Scheduler
     from mobitune.storage import check_storage
-    from mobitune.sweep import expand
 
     if args.parallel is not None and args.parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
     params = load_params(args.params, args.overrides, args.recipe)  # bad params and specs fail before Prefect starts
-    expand(params)
+    Scheduler.create(params)
     resolve_device(params.device)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
     if warning:

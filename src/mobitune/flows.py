@@ -1,7 +1,9 @@
 """Prefect flows ``sweep`` and ``trial`` (deployment entry points: ``flows/sweep.py``, ``flows/trial.py``).
 
-``sweep`` expands the spec, trains each distinct warmup once, fans the trials
-out and gathers, aggregates and publishes. Two backends, same results:
+``sweep`` asks its :class:`~mobitune.search.Scheduler` for trial segments
+(enumerated or sampled trials, early-stopping rungs, a budget), trains each
+distinct warmup once before the trials that share it, fans the segments out,
+gathers, aggregates and publishes. Two backends, same results:
 
 - ``local``: trials are Prefect tasks in this process, one per device at a time
   (one per GPU; on a CPU-only machine one at a time unless ``parallel`` says
@@ -15,11 +17,14 @@ out and gathers, aggregates and publishes. Two backends, same results:
 from __future__ import annotations
 
 import dataclasses
+import json
 import queue
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -30,13 +35,15 @@ from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params
 from mobitune.publish import SWEEP_RECORD, publish, write_manifest
 from mobitune.records import json_safe, write_json
-from mobitune.report import load_results, write_report
+from mobitune.report import SEARCH_RECORD, load_results, write_report
+from mobitune.search import STOPPED, Scheduler, Segment
 from mobitune.storage import check_storage, open_store
-from mobitune.sweep import expand, lookup, new_sweep_id, warmup_key
+from mobitune.sweep import lookup, new_sweep_id, warmup_key
 from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, run_trial_recorded, trial_key
 
 WORKER_POLL_SECONDS = 2.0
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
+SEARCH_IN_FLIGHT = 4  # random/tpe trials in flight on workers unless --parallel says: each waits for feedback
 
 
 @flow(name="trial", log_prints=True)
@@ -74,54 +81,144 @@ def local_devices(params: Params, parallel: int | None) -> list[str]:
     return [str(device)] * (parallel or 1)
 
 
-def run_local(requests: list[TrialRequest], devices: list[str]) -> None:
-    pool: queue.Queue[str] = queue.Queue()
-    for device in devices:
-        pool.put(device)
-    futures = [local_trial.with_options(task_run_name=r.trial_id).submit(r, pool) for r in requests]
-    for request, future in zip(requests, futures, strict=True):
-        future.wait()
-        if future.state.is_failed():
-            get_run_logger().warning("%s failed: %s", request.trial_id, future.state.message)
+class LocalRunner:
+    """Trials as Prefect tasks of this process, each on the next free device slot."""
+
+    poll_seconds = 0.2
+
+    def __init__(self, devices: list[str]) -> None:
+        self.devices: queue.Queue[str] = queue.Queue()
+        for device in devices:
+            self.devices.put(device)
+
+    def start(self, request: TrialRequest) -> Any:
+        return local_trial.with_options(task_run_name=request.trial_id).submit(request, self.devices)
+
+    def outcome(self, future: Any) -> str | None:
+        """None while running; else "" when it completed, or why it did not."""
+        state = future.state
+        if not state.is_final():
+            return None
+        return "" if state.is_completed() else f"task {state.name}: {state.message}"
 
 
-def run_on_workers(requests: list[TrialRequest], deployment: str) -> None:
-    """Submit each request as a flow run of ``deployment``; resubmit crashed runs."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
+class WorkerRunner:
+    """Trials as flow runs of the ``trial`` deployment; a run that crashed (worker lost) is submitted again
+    and resumes from its last checkpoint, up to :data:`WORKER_ATTEMPTS` times."""
 
-    logger = get_run_logger()
+    poll_seconds = WORKER_POLL_SECONDS
 
-    def submit(request: TrialRequest) -> Any:
-        return run_deployment(
-            deployment, parameters=dataclasses.asdict(request), timeout=0, flow_run_name=request.trial_id
+    def __init__(self, deployment: str, client: Any) -> None:
+        self.deployment, self.client = deployment, client
+
+    def start(self, request: TrialRequest) -> dict[str, Any]:
+        from prefect.deployments import run_deployment
+
+        run = run_deployment(
+            self.deployment, parameters=dataclasses.asdict(request), timeout=0, flow_run_name=request.trial_id
+        )
+        return {"request": request, "run": run, "attempt": 1}
+
+    def outcome(self, handle: dict[str, Any]) -> str | None:
+        state = self.client.read_flow_run(handle["run"].id).state
+        if state is None or not state.is_final():
+            return None
+        if state.is_completed():
+            return ""
+        if handle["attempt"] < WORKER_ATTEMPTS:
+            get_run_logger().warning(
+                "%s: flow run %s %s; submitting again", handle["request"].trial_id, handle["run"].id, state.name
+            )
+            handle.update(self.start(handle["request"]), attempt=handle["attempt"] + 1)
+            return None
+        return f"its flow run ended {state.name} {WORKER_ATTEMPTS} times"
+
+
+@dataclass
+class SweepRun:
+    """One sweep's bookkeeping: which segments are in flight, which shared warmups exist."""
+
+    sweep_id: str
+    sweep_dir: Path
+    root: Path
+    trial_store: str | None
+    scheduler: Scheduler
+    warmed: set[str] = field(default_factory=set)
+    waiting: dict[str, list[Segment]] = field(default_factory=dict)  # warmup key -> segments waiting for it
+
+    def request(self, segment: Segment) -> TrialRequest:
+        spec = segment.trial
+        return TrialRequest(
+            self.sweep_id,
+            spec.trial_id,
+            spec.params.to_dict(),
+            spec.varied,
+            self.trial_store,
+            str(self.root),
+            until=segment.until,
         )
 
-    pending = {r.trial_id: (r, submit(r), 1) for r in requests}
-    with get_client(sync_client=True) as client:
-        while pending:
-            time.sleep(WORKER_POLL_SECONDS)
-            for trial_id, (request, run, attempt) in list(pending.items()):
-                state = client.read_flow_run(run.id).state
-                if state is None or not state.is_final():
+    def drive(self, runner: LocalRunner | WorkerRunner, slots: int) -> None:
+        """Run segments until the scheduler has none left: at most ``slots`` jobs at a time, each trial's
+        shared warmup trained once before the trials that need it."""
+        logger = get_run_logger()
+        in_flight: list[tuple[TrialRequest, Segment | None, Any]] = []
+        while True:
+            while len(in_flight) < slots:
+                job = self._next_job()
+                if job is None:
+                    break
+                request, segment = job
+                in_flight.append((request, segment, runner.start(request)))
+            if not in_flight:
+                return
+            time.sleep(runner.poll_seconds)
+            for entry in list(in_flight):
+                request, segment, handle = entry
+                failure = runner.outcome(handle)
+                if failure is None:
                     continue
-                del pending[trial_id]
-                if not state.is_completed() and attempt < WORKER_ATTEMPTS:
-                    logger.warning("%s: flow run %s %s; submitting again", trial_id, run.id, state.name)
-                    pending[trial_id] = (request, submit(request), attempt + 1)
+                in_flight.remove(entry)
+                if segment is None:
+                    key = request.trial_id.removeprefix("warmup-")
+                    if failure:
+                        logger.warning("shared warmup %s: %s; its trials will try it themselves", key, failure)
+                    self.warmed.add(key)
+                    continue
+                self._segment_done(request, segment, failure)
 
+    def _next_job(self) -> tuple[TrialRequest, Segment | None] | None:
+        """A segment whose warmup exists, or the warmup a new segment needs, or None."""
+        for key, segments in self.waiting.items():
+            if key in self.warmed and segments:
+                segment = segments.pop(0)
+                return self.request(segment), segment
+        while (segment := self.scheduler.next_segment()) is not None:
+            key = warmup_key(segment.trial.params)
+            if key in self.warmed:
+                return self.request(segment), segment
+            first_for_key = key not in self.waiting
+            self.waiting.setdefault(key, []).append(segment)
+            if first_for_key:
+                warmup = dataclasses.replace(self.request(segment), warmup_only=True, trial_id=f"warmup-{key}")
+                return warmup, None
+        return None
 
-def _gather(request: TrialRequest, sweep_dir: Path, local_root: Path) -> None:
-    """Bring a trial's files into the sweep folder; a trial that never finished becomes ``failed``."""
-    store = open_store(request.store_uri, local_root)
-    folder = sweep_dir / "trials" / request.trial_id
+    def _segment_done(self, request: TrialRequest, segment: Segment, failure: str) -> None:
+        folder = self.sweep_dir / "trials" / request.trial_id
+        if failure or not self._fetch(request, folder):
+            record_failure(request, failure or "its run completed but stored no results")
+            self._fetch(request, folder)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = pd.read_csv(folder / "history.csv")
+        accuracies = history.loc[history["phase"] == "finetune", "test_accuracy"].tolist()
+        self.scheduler.segment_done(segment, metrics["status"], accuracies)
+        if request.trial_id in self.scheduler.stopped:
+            write_json(folder / "metrics.json", {**metrics, "status": STOPPED})
 
-    def fetch() -> bool:
-        return all(store.get_file(trial_key(request.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
-
-    if not fetch():
-        record_failure(request, "the trial's flow run never completed")
-        fetch()
+    def _fetch(self, request: TrialRequest, folder: Path) -> bool:
+        store = open_store(request.store_uri, self.root)
+        return all(store.get_file(trial_key(self.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
 
 
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
@@ -137,7 +234,6 @@ def sweep(
     """The whole study of ``params.sweep`` (``recipe``, then ``overrides``, on ``params_file``); returns its folder."""
     logger = get_run_logger()
     params = load_params(params_file, overrides or [], recipe)
-    trials = expand(params)
     root = Path(local_root).resolve()
     warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
     if warning:
@@ -145,9 +241,9 @@ def sweep(
     sweep_id = new_sweep_id()
     sweep_dir = root / "sweeps" / sweep_id
     sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep
+    scheduler = Scheduler.create(params, sweep_dir)
     axes = list(params.sweep.axes)
     raw = params.to_dict()
-    base = {axis: lookup(raw, axis) for axis in axes}
     record = {
         "sweep_id": sweep_id,
         "storage_uri": params.storage.uri,
@@ -156,31 +252,31 @@ def sweep(
         "backend": backend,
         "mode": params.sweep.mode,
         "axes": axes,
-        "base": base,
-        "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in trials],
+        "base": {axis: lookup(raw, axis) for axis in axes},
+        "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.planned],
     }
     write_json(sweep_dir / SWEEP_RECORD, record)
-    logger.info("sweep %s: %d trials, %s backend -> %s", sweep_id, len(trials), backend, sweep_dir)
+    planned = f"{len(scheduler.planned)} trials" if scheduler.planned else f"up to {params.sweep.trials} sampled trials"
+    logger.info("sweep %s (%s): %s, %s backend -> %s", sweep_id, params.sweep.mode, planned, backend, sweep_dir)
 
     # workers share the artifact store; local trials keep everything on this disk until publishing
     trial_store = params.storage.uri if backend == "workers" else None
-    requests = [
-        TrialRequest(sweep_id, t.trial_id, t.params.to_dict(), t.varied, trial_store, str(root)) for t in trials
-    ]
-    warmups: dict[str, TrialRequest] = {}
-    for spec, request in zip(trials, requests, strict=True):
-        key = warmup_key(spec.params)
-        warmups.setdefault(key, dataclasses.replace(request, warmup_only=True, trial_id=f"warmup-{key}"))
+    run = SweepRun(sweep_id, sweep_dir, root, trial_store, scheduler)
     if backend == "local":
         devices = local_devices(params, parallel)
-        run_local(list(warmups.values()), devices)
-        run_local(requests, devices)
+        run.drive(LocalRunner(devices), len(devices))
     else:
-        run_on_workers(list(warmups.values()), deployment)
-        run_on_workers(requests, deployment)
+        from prefect.client.orchestration import get_client
 
-    for request in requests:
-        _gather(request, sweep_dir, root)
+        # enumerated trials all go to the pool's queue at once; sampled ones wait for feedback
+        slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(scheduler.planned))
+        with get_client(sync_client=True) as client:
+            run.drive(WorkerRunner(deployment, client), slots)
+
+    record["trials"] = [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.started]
+    write_json(sweep_dir / SWEEP_RECORD, record)
+    if params.sweep.searched or scheduler.rungs or params.sweep.budget_epochs:
+        write_json(sweep_dir / SEARCH_RECORD, json_safe(scheduler.summary()))
     results = load_results(sweep_dir, record)
     write_report(results, sweep_dir, sweep_id)
     table = json_safe(results.table.to_dict(orient="records"))

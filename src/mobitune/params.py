@@ -104,19 +104,59 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """A sweep axis sampled by ``random``/``tpe`` search: ``{low: 0.0001, high: 0.05, log: true}``.
+
+    Integer when both bounds are integers, else float.
+    """
+
+    low: float
+    high: float
+    log: bool = False
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+
+@dataclass(frozen=True)
+class EarlyStopParams:
+    """Asynchronous successive halving (``asha``): rungs at ``min_epochs`` x ``reduction``^k finetune epochs.
+
+    A trial that reaches a rung continues only if its test accuracy is in the
+    top 1/``reduction`` of the trials that have reached that rung.
+    """
+
+    method: Literal["none", "asha"] = "none"
+    min_epochs: int = _range(1, 1)
+    reduction: int = _range(3, 2)
+
+
+@dataclass(frozen=True)
 class SweepParams:
-    """One-at-a-time or grid sweep around the base params.
+    """Which trials a sweep runs.
 
     ``axes`` maps dotted param keys to the values to try; in params.yaml the
     axes are written as plain keys of ``sweep:`` (``lr: [...]``,
-    ``model.dropout: [...]``).
+    ``model.dropout: [...]``). ``one-at-a-time`` and ``grid`` enumerate lists;
+    ``random`` and ``tpe`` sample ``trials`` configurations, an axis being a
+    list (choices) or a :class:`SearchRange`.
     """
 
-    mode: Literal["one-at-a-time", "grid"] = "one-at-a-time"
+    mode: Literal["one-at-a-time", "grid", "random", "tpe"] = "one-at-a-time"
     seeds: list[int] = field(default_factory=lambda: [0])
     warmup_epochs: int | None = _range(None, 0)
     finetune_epochs: int | None = _range(None, 0)
-    axes: dict[str, list[Any]] = field(default_factory=lambda: dict(REPORT_SWEEP_AXES))
+    trials: int = _range(10, 1)
+    search_seed: int = 0
+    early_stop: EarlyStopParams = field(default_factory=EarlyStopParams)
+    budget_epochs: int | None = _range(None, 1)
+    axes: dict[str, list[Any] | SearchRange] = field(default_factory=lambda: dict(REPORT_SWEEP_AXES))
+
+    @property
+    def searched(self) -> bool:
+        """Sampled configurations (random/tpe) rather than an enumerated list."""
+        return self.mode in ("random", "tpe")
 
 
 @dataclass(frozen=True)
@@ -273,11 +313,50 @@ def _split_sweep_axes(raw: Mapping[str, Any], prefix: str) -> dict[str, Any]:
             continue
         if key not in sweepable_keys():
             raise _unknown_key(f"{prefix}.{key}", own | set(sweepable_keys()), name=str(key))
+        if isinstance(values, Mapping):
+            axes[key] = _search_range(str(key), values, f"{prefix}.{key}")
+            continue
         if not isinstance(values, list) or not values:
-            raise ParamsError(f"{prefix}.{key}: expected a non-empty list of values, e.g. {key}: [1, 2]")
+            raise ParamsError(
+                f"{prefix}.{key}: expected a non-empty list of values, e.g. {key}: [1, 2], "
+                f"or (random/tpe) a range, e.g. {key}: {{low: 0.0001, high: 0.05, log: true}}"
+            )
         axes[key] = [_convert_leaf(key, v, f"{prefix}.{key}[{i}]") for i, v in enumerate(values)]
     out["axes"] = axes
     return out
+
+
+def _search_range(dotted: str, raw: Mapping[str, Any], key: str) -> SearchRange:
+    """A range axis, checked against the param it varies: numeric, inside its bounds, low < high."""
+    example = "e.g. {low: 0.0001, high: 0.05, log: true}"
+    unknown = set(raw) - {"low", "high", "log"}
+    if unknown or not {"low", "high"} <= set(raw):
+        raise ParamsError(f"{key}: a range has keys low, high and optionally log, {example}; got {dict(raw)}")
+    tp, _ = sweepable_keys()[dotted]
+    if not {int, float} & ({tp} | set(typing.get_args(tp))):
+        raise ParamsError(f"{key}: {dotted} is not a number, so it has no range; list its values, e.g. {dotted}: [...]")
+    low, high = (_convert_leaf(dotted, raw[bound], f"{key}.{bound}") for bound in ("low", "high"))
+    log = _convert(raw.get("log", False), bool, f"{key}.log")
+    if not low < high:
+        raise ParamsError(f"{key}: low must be below high, got low={low}, high={high}")
+    if log and low <= 0:
+        raise ParamsError(f"{key}: a log range needs low > 0, got low={low}")
+    return SearchRange(low, high, log)
+
+
+def _check_sweep(sweep: SweepParams) -> None:
+    """Rules across the sweep's keys, checked before anything runs."""
+    for axis, values in sweep.axes.items():
+        if isinstance(values, SearchRange) and not sweep.searched:
+            raise ParamsError(
+                f"sweep.{axis}: a range is sampled by sweep.mode random or tpe; "
+                f"{sweep.mode} needs a list of values, e.g. sweep.{axis}=[...]"
+            )
+    if sweep.searched and len(sweep.seeds) != 1:
+        raise ParamsError(
+            f"sweep.seeds: {sweep.mode} search runs each sampled configuration once; "
+            "give one seed, e.g. sweep.seeds=[0]"
+        )
 
 
 @functools.cache
@@ -310,6 +389,7 @@ def _convert_leaf(dotted: str, value: Any, key: str) -> Any:
 def _from_mapping(raw: Any) -> Params:
     params = _build(Params, raw, "")
     _check_device(params.device)
+    _check_sweep(params.sweep)
     if params.storage.uri is not None:
         try:
             parse_s3_uri(params.storage.uri)
@@ -359,7 +439,7 @@ def apply_overrides(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[
         node = result
         parts = key.split(".")
         # sweep axes are dotted keys themselves: sweep.model.dropout -> sweep["model.dropout"]
-        if parts[0] == "sweep" and len(parts) > 2:
+        if parts[0] == "sweep" and len(parts) > 2 and parts[1] not in _SWEEP_SECTIONS:
             parts = ["sweep", ".".join(parts[1:])]
         for part in parts[:-1]:
             child = node.get(part)
@@ -369,6 +449,9 @@ def apply_overrides(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[
             node = child
         node[parts[-1]] = value
     return result
+
+
+_SWEEP_SECTIONS = {"early_stop"}  # nested keys of sweep: that are not axes
 
 
 def _deep_copy(raw: Any) -> Any:

@@ -131,8 +131,9 @@ def headline(table: pd.DataFrame, base: dict[str, Any]) -> str | None:
     ok = same[same["status"] == "ok"]
     if ok.empty:
         return line + " This sweep has no finished trial of that config."
-    epochs = ", ".join(str(e) for e in sorted(set(ok["epochs"])))
+    phases = sorted(set(zip(ok["warmup_epochs"], ok["finetune_epochs"], strict=True)))
+    epochs = ", ".join(f"{warmup} warmup + {finetune} finetune" for warmup, finetune in phases)
     return line + (
         f" Here: **{ok['test_accuracy'].mean() * 100:.2f}%** (mean of {len(ok)} trial(s), test loss "
-        f"{ok['test_loss'].mean():.4f}, {epochs} epochs in all)."
+        f"{ok['test_loss'].mean():.4f}, {epochs} epochs)."
     )

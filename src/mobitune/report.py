@@ -21,6 +21,7 @@ from mobitune import reference
 from mobitune.sweep import lookup
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
 CURVES = [
     ("train_loss", "train loss"),
     ("test_loss", "test loss"),
@@ -36,6 +37,11 @@ class SweepResults:
     axes: list[str]  # the swept keys, in the spec's order
     base: dict[str, Any]  # the base value of every axis
     mode: str
+    search: dict[str, Any] | None = None  # search.json, if the sweep searched or stopped trials early
+
+    @property
+    def sampled(self) -> bool:
+        return self.mode in ("random", "tpe")
 
 
 def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
@@ -50,14 +56,18 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         params = json.loads((folder / "params.json").read_text())["params"]
         metrics = json.loads((folder / "metrics.json").read_text())
         row = {"trial_id": trial_id, **{axis: lookup(params, axis) for axis in axes}, "seed": params["seed"]}
-        row.update({key: metrics.get(key) for key in [*METRIC_COLUMNS, "epochs", "seconds", "status", "error"]})
-        rows.append(row)
         history = pd.read_csv(folder / "history.csv")
         histories[trial_id] = history
+        row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
+        row.update({f"{phase}_epochs": int((history["phase"] == phase).sum()) for phase in ("warmup", "finetune")})
+        row.update({key: metrics.get(key) for key in ("seconds", "status", "error")})
+        rows.append(row)
     table = pd.DataFrame(rows)
     for column in METRIC_COLUMNS + ["seconds"]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    return SweepResults(table, histories, axes, base, mode)
+    search_path = sweep_dir / SEARCH_RECORD
+    search = json.loads(search_path.read_text()) if search_path.exists() else None
+    return SweepResults(table, histories, axes, base, mode, search)
 
 
 def axis_rows(results: SweepResults, axis: str) -> pd.DataFrame:
@@ -144,6 +154,94 @@ def summary_figure(results: SweepResults, axis: str) -> Figure:
     return figure
 
 
+def search_figure(results: SweepResults) -> Figure:
+    """Test accuracy per finetune epoch of every trial; a cross where a trial was stopped, rungs dotted."""
+    figure = Figure(figsize=(9, 5), layout="constrained")
+    ax = figure.subplots()
+    best = best_trial(results)
+    for row in results.table.itertuples():
+        history = results.histories[row.trial_id]
+        finetune = history[history["phase"] == "finetune"]
+        if finetune.empty:
+            continue
+        is_best = best is not None and row.trial_id == best["trial_id"]
+        line = ax.plot(
+            finetune["epoch"],
+            finetune["test_accuracy"] * 100,
+            marker="o",
+            markersize=3,
+            linewidth=2.5 if is_best else 1,
+            alpha=1 if is_best else 0.6,
+            label=f"{row.trial_id} (best)" if is_best else None,
+        )[0]
+        if row.status == "stopped":
+            last = finetune.iloc[-1]
+            ax.plot(last["epoch"], last["test_accuracy"] * 100, "x", color=line.get_color(), markersize=9)
+    for rung in (results.search or {}).get("rungs", []):
+        ax.axvline(rung, color="grey", linestyle=":", linewidth=1)
+    ax.plot([], [], "x", color="black", label="stopped early")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("finetune epoch (dotted: rungs)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.suptitle(f"Test accuracy of all {len(results.table)} trials ({results.mode})")
+    return figure
+
+
+def rung_table(search: Mapping[str, Any]) -> pd.DataFrame:
+    """Per rung: how many trials reached it, continued and stopped, and the accuracies that decided."""
+    decisions = pd.DataFrame(search["decisions"], columns=["rung", "trial_id", "test_accuracy", "promoted"])
+    rows = []
+    for rung, group in decisions.groupby("rung", sort=True):
+        kept = group[group["promoted"]]
+        rows.append(
+            {
+                "rung (finetune epochs)": int(rung),
+                "reached": len(group),
+                "continued": len(kept),
+                "stopped": len(group) - len(kept),
+                "best test acc": group["test_accuracy"].max() * 100,
+                "lowest continued test acc": kept["test_accuracy"].min() * 100 if len(kept) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def search_markdown(results: SweepResults, figures: list[str]) -> list[str]:
+    """The section of a searched or early-stopped sweep: spend, rungs, the accuracy picture, axis importance."""
+    search = results.search or {}
+    spent, full = search["finetune_epochs_spent"], search["finetune_epochs_full"]
+    early = search["early_stop"]
+    lines = ["## Search", ""]
+    if early["method"] != "none":
+        lines += [
+            f"Early stopping: {early['method']}, rungs at finetune epochs {search['rungs']} "
+            f"(min_epochs {early['min_epochs']}, reduction {early['reduction']}) of {search['full_epochs']}.",
+            "",
+        ]
+    share = f" ({spent / full:.0%})" if full else ""
+    lines += [f"Finetune epochs spent: **{spent}** of the {full} that {len(results.table)} full trials take{share}."]
+    if search["budget_epochs"] is not None:
+        lines[-1] += f" Budget: {search['budget_epochs']} epochs."
+    lines += [""]
+    if search["decisions"]:
+        lines += [markdown_table(rung_table(search)), ""]
+    if search["importance"]:
+        importance = pd.DataFrame(
+            {"axis": list(search["importance"]), "importance": list(search["importance"].values())}
+        )
+        lines += [
+            f"Importance of each axis (Optuna, PED-ANOVA) for the test accuracy after finetune epoch "
+            f"{search['importance_at_epoch']}, which every trial reached:",
+            "",
+            markdown_table(importance),
+            "",
+        ]
+    lines += [f"![search]({path})" for path in figures] + [""]
+    return lines
+
+
 def markdown_table(frame: pd.DataFrame) -> str:
     """Losses to 4 decimals, accuracies (%) to 2, differences signed; other numbers to 4 digits."""
 
@@ -169,6 +267,11 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _short(value: Any) -> str:
+    """A sampled float as people read it (0.003029); other values as they are."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def best_trial(results: SweepResults) -> pd.Series | None:
     ok = results.table[results.table["status"] == "ok"].dropna(subset=["test_accuracy"])
     return None if ok.empty else ok.loc[ok["test_accuracy"].idxmax()]
@@ -188,7 +291,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     ]
     best = best_trial(results)
     if best is not None:
-        config = ", ".join(f"{axis}={best[axis]}" for axis in results.axes)
+        config = ", ".join(f"{axis}={_short(best[axis])}" for axis in results.axes)
         lines += [
             f"**Best config:** {config} (trial `{best['trial_id']}`, seed {best['seed']}): "
             f"test accuracy {best['test_accuracy'] * 100:.2f}%, test loss {best['test_loss']:.4f}.",
@@ -205,7 +308,9 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     failed = table[table["error"].notna()]
     if len(failed):
         lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
-    for axis in results.axes:
+    if results.search is not None:
+        lines += search_markdown(results, figures.get("search", []))
+    for axis in [] if results.sampled else results.axes:
         ours = axis_table(results, axis)
         lines += [f"## {axis}", "", "Accuracies in %; final epoch; mean over seeds (std: their spread).", ""]
         lines += [markdown_table(ours), ""]
@@ -228,7 +333,12 @@ def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str) -> list[
     results.table.to_csv(written[0], index=False)
     figures: dict[str, list[str]] = {}
     (sweep_dir / "figures").mkdir(exist_ok=True)
-    for axis in results.axes:
+    if results.search is not None:
+        relative = "figures/search.png"
+        search_figure(results).savefig(sweep_dir / relative, dpi=110)
+        figures["search"] = [relative]
+        written.append(sweep_dir / relative)
+    for axis in [] if results.sampled else results.axes:
         slug = axis.replace(".", "_")
         for kind, build in (("curves", curves_figure), ("summary", summary_figure)):
             relative = f"figures/{slug}_{kind}.png"

@@ -60,18 +60,19 @@ def warmup_key(params: Params) -> str:
     return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _slug(varied: dict[str, Any]) -> str:
-    text = "-".join(f"{key.replace('.', '_')}={value}" for key, value in varied.items()) or "base"
+def _slug(point: dict[str, Any], base: dict[str, Any]) -> str:
+    """A trial's name from its varied values: ``lr=0.001``, or ``base`` for the base configuration."""
+    if all(base.get(key) == value for key, value in point.items()):
+        return "base"
+    text = "-".join(
+        f"{key.replace('.', '_')}={f'{value:.4g}' if isinstance(value, float) else value}"
+        for key, value in point.items()
+    )
     return "".join(c if c.isalnum() or c in "=._-" else "_" for c in text)[:80]
 
 
-def expand(params: Params) -> list[TrialSpec]:
-    """The trials of ``params.sweep``, identical configs once, in a stable order.
-
-    ``one-at-a-time`` varies each axis around the base params (the report's
-    Tables 1-3; the base config sits on every axis and runs once); ``grid``
-    takes the cartesian product. Every config runs once per seed.
-    """
+def trial_base(params: Params) -> Params:
+    """The params every trial starts from: the sweep's epoch counts applied."""
     spec = params.sweep
     if not spec.axes:
         raise ParamsError("sweep: nothing to sweep; give at least one axis, e.g. sweep.lr=[0.01,0.001]")
@@ -82,7 +83,27 @@ def expand(params: Params) -> list[TrialSpec]:
         epochs.append(f"warmup.epochs={spec.warmup_epochs}")
     if spec.finetune_epochs is not None:
         epochs.append(f"finetune.epochs={spec.finetune_epochs}")
-    base = params.override(epochs)
+    return params.override(epochs)
+
+
+def make_trial(base: Params, index: int, point: dict[str, Any], seed: int) -> TrialSpec:
+    """Trial number ``index``: ``base`` (see :func:`trial_base`) with the axes' values of ``point`` and ``seed``."""
+    varied = {**point, "seed": seed}
+    raw = base.to_dict()
+    at_base = {key: lookup(raw, key) for key in point}
+    trial_id = f"t{index:03d}-{_slug(point, at_base)}-s{seed}"
+    return TrialSpec(trial_id, varied, base.override(to_override(k, v) for k, v in varied.items()))
+
+
+def expand(params: Params) -> list[TrialSpec]:
+    """The trials of an enumerated sweep, identical configs once, in a stable order.
+
+    ``one-at-a-time`` varies each axis around the base params (the report's
+    Tables 1-3; the base config sits on every axis, runs once and is named
+    ``base``); ``grid`` takes the cartesian product. Every config runs once per seed.
+    """
+    spec = params.sweep
+    base = trial_base(params)
     if spec.mode == "grid":
         keys = list(spec.axes)
         points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.axes.values())]
@@ -92,14 +113,11 @@ def expand(params: Params) -> list[TrialSpec]:
     seen: set[str] = set()
     for seed in spec.seeds:
         for point in points:
-            varied = {**point, "seed": seed}
-            trial_params = base.override(to_override(k, v) for k, v in varied.items())
-            config = _config(trial_params)
-            if config in seen:
-                continue
-            seen.add(config)
-            trial_id = f"t{len(trials):03d}-{_slug(point)}-s{seed}"
-            trials.append(TrialSpec(trial_id, varied, trial_params))
+            trial = make_trial(base, len(trials), point, seed)
+            config = _config(trial.params)
+            if config not in seen:
+                seen.add(config)
+                trials.append(trial)
     return trials
 
 

@@ -257,9 +257,12 @@ def fit(
     resume: dict[str, Any] | None = None,
     on_checkpoint: Callable[[], None] | None = None,
     cache_features: bool = True,
+    until: int | None = None,
 ) -> FitResult:
     """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
 
+    ``until`` stops after that many epochs (an early-stopping rung); the
+    schedule is still the whole phase's, so a later resume continues it exactly.
     ``record`` (params, classes) is stored in every checkpoint so a resumed or
     evaluated run cannot silently change its configuration.
     """
@@ -285,7 +288,8 @@ def fit(
         save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
 
     first_epoch = len(history) + 1
-    for epoch in range(first_epoch, phase.epochs + 1):
+    last_epoch = phase.epochs if until is None else min(until, phase.epochs)
+    for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
         # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
         torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
@@ -318,7 +322,7 @@ def fit(
         if status == DIVERGED:
             tqdm.write(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged")
             break
-    if first_epoch > phase.epochs:
+    if first_epoch > last_epoch:
         checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
     return FitResult(history, status)
 
@@ -386,8 +390,9 @@ def run_finetune(
     checkpoint_path: Path,
     resume: bool = False,
     on_checkpoint: Callable[[], None] | None = None,
+    until: int | None = None,
 ) -> FitResult:
-    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights."""
+    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``: see :func:`fit`)."""
     torch.manual_seed(params.seed)
     model, warm = load_trained_model(warmup_checkpoint, params, len(session.dataset.classes))
     resume_state = _resume_state(checkpoint_path, "finetune") if resume else None
@@ -401,4 +406,5 @@ def run_finetune(
         step_offset=len(warm["history"]),
         resume=resume_state,
         on_checkpoint=on_checkpoint,
+        until=until,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import time
 import traceback
 from collections.abc import Iterator
@@ -43,6 +44,7 @@ class TrialRequest:
     store_uri: str | None = None
     local_root: str = "artifacts"
     warmup_only: bool = False
+    until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
 
 
 def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
@@ -104,6 +106,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     warm = load_checkpoint(warm_path)
     history = list(warm["history"])
     status = warm["status"]
+    earlier_seconds = 0.0
     if status != DIVERGED:
         stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
         local_checkpoint = local_root / stored_checkpoint
@@ -111,6 +114,7 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
         if resumed:
             done = len(load_checkpoint(local_checkpoint)["history"])
             print(f"{request.trial_id}: resuming from its checkpoint after finetune epoch {done}")
+            earlier_seconds = _earlier_seconds(request, store, local_root)
         result = run_finetune(
             params,
             session,
@@ -118,11 +122,21 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
             local_checkpoint,
             resume=resumed,
             on_checkpoint=lambda: store.put_file(stored_checkpoint, local_checkpoint),
+            until=request.until,
         )
         history += result.history
         status = result.status
-    metrics = {**_final(history), "status": status, "seconds": time.perf_counter() - started}
+    metrics = {**_final(history), "status": status, "seconds": earlier_seconds + time.perf_counter() - started}
     return _store_results(request, store, local_root, history, metrics)
+
+
+def _earlier_seconds(request: TrialRequest, store: ArtifactStore, local_root: Path) -> float:
+    """Seconds the trial's earlier segments took (their stored metrics), so a promoted trial reports its total."""
+    key = trial_key(request.sweep_id, request.trial_id, "metrics.json")
+    local = local_root / key
+    if not store.get_file(key, local):
+        return 0.0
+    return float(json.loads(local.read_text()).get("seconds") or 0.0)
 
 
 def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
@@ -163,7 +177,8 @@ def _failure_reason(exc: Exception, request: TrialRequest) -> str:
 def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
     last = history[-1] if history else {}
     keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-    return {**{k: last.get(k) for k in keys}, "epochs": len(history), "error": None}
+    epochs = {f"{phase}_epochs": sum(row["phase"] == phase for row in history) for phase in ("warmup", "finetune")}
+    return {**{k: last.get(k) for k in keys}, **epochs, "error": None}
 
 
 def _store_results(
