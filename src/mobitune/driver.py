@@ -1,0 +1,166 @@
+"""One sweep's run, whatever executes its trials: the scheduler's segments, shared warmups, the sweep folder.
+
+The Prefect flow gives :meth:`SweepRun.drive` a runner (Prefect tasks on
+this machine, or flow runs on workers); a runner only starts a
+:class:`~mobitune.trial.TrialRequest` and says when it has ended. Nothing here
+imports Prefect, so the same decisions run anywhere (``benchmarks/`` drives
+trials in-process on a GPU machine that has no Prefect).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import pandas as pd
+
+from mobitune.params import Params
+from mobitune.publish import SWEEP_RECORD, write_manifest
+from mobitune.records import json_safe, write_json
+from mobitune.report import SEARCH_RECORD, SweepResults, load_results, write_report
+from mobitune.search import STOPPED, Scheduler, Segment
+from mobitune.storage import open_store
+from mobitune.sweep import lookup, new_sweep_id, warmup_key
+from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, trial_key
+
+
+class Runner(Protocol):
+    poll_seconds: float
+
+    def start(self, request: TrialRequest) -> Any: ...
+
+    def outcome(self, handle: Any) -> str | None:
+        """None while the job runs; "" once it completed; otherwise why it did not."""
+
+
+@dataclass
+class SweepRun:
+    """One sweep's bookkeeping: which segments are in flight, which shared warmups exist."""
+
+    sweep_id: str
+    sweep_dir: Path
+    root: Path
+    trial_store: str | None
+    scheduler: Scheduler
+    record: dict[str, Any]  # sweep.json
+    warmed: set[str] = field(default_factory=set)
+    waiting: dict[str, list[Segment]] = field(default_factory=dict)  # warmup key -> segments waiting for it
+
+    @classmethod
+    def start(
+        cls, params: Params, local_root: Path, recipe: str | None, overrides: list[str], backend: str
+    ) -> SweepRun:
+        """A new sweep folder under ``local_root/sweeps/`` with its ``sweep.json``; trials on the workers backend
+        exchange files through ``storage.uri``, local ones keep them on this disk until publishing."""
+        root = Path(local_root).resolve()
+        sweep_id = new_sweep_id()
+        sweep_dir = root / "sweeps" / sweep_id
+        sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep
+        scheduler = Scheduler.create(params, sweep_dir)
+        axes = list(params.sweep.axes)
+        raw = params.to_dict()
+        record = {
+            "sweep_id": sweep_id,
+            "storage_uri": params.storage.uri,
+            "recipe": recipe,
+            "overrides": overrides,
+            "backend": backend,
+            "mode": params.sweep.mode,
+            "axes": axes,
+            "base": {axis: lookup(raw, axis) for axis in axes},
+            "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.planned],
+        }
+        write_json(sweep_dir / SWEEP_RECORD, record)
+        trial_store = params.storage.uri if backend == "workers" else None
+        return cls(sweep_id, sweep_dir, root, trial_store, scheduler, record)
+
+    def finish(self) -> SweepResults:
+        """The trials actually run into ``sweep.json``, the search record, results, report and manifest."""
+        scheduler = self.scheduler
+        self.record["trials"] = [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.started]
+        write_json(self.sweep_dir / SWEEP_RECORD, self.record)
+        sweep = scheduler.params.sweep
+        if sweep.searched or scheduler.rungs or sweep.budget_epochs:
+            write_json(self.sweep_dir / SEARCH_RECORD, json_safe(scheduler.summary()))
+        results = load_results(self.sweep_dir, self.record)
+        write_report(results, self.sweep_dir, self.sweep_id)
+        write_manifest(self.sweep_dir)
+        return results
+
+    def request(self, segment: Segment) -> TrialRequest:
+        spec = segment.trial
+        return TrialRequest(
+            self.sweep_id,
+            spec.trial_id,
+            spec.params.to_dict(),
+            spec.varied,
+            self.trial_store,
+            str(self.root),
+            until=segment.until,
+        )
+
+    def drive(self, runner: Runner, slots: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
+        """Run segments until the scheduler has none left: at most ``slots`` jobs at a time, each trial's
+        shared warmup trained once before the trials that need it."""
+        in_flight: list[tuple[TrialRequest, Segment | None, Any]] = []
+        while True:
+            while len(in_flight) < slots:
+                job = self._next_job()
+                if job is None:
+                    break
+                request, segment = job
+                in_flight.append((request, segment, runner.start(request)))
+            if not in_flight:
+                return
+            time.sleep(runner.poll_seconds)
+            for entry in list(in_flight):
+                request, segment, handle = entry
+                failure = runner.outcome(handle)
+                if failure is None:
+                    continue
+                in_flight.remove(entry)
+                if segment is None:
+                    key = request.trial_id.removeprefix("warmup-")
+                    if failure:
+                        logger.warning("shared warmup %s: %s; its trials will try it themselves", key, failure)
+                    self.warmed.add(key)
+                    continue
+                self._segment_done(request, segment, failure)
+
+    def _next_job(self) -> tuple[TrialRequest, Segment | None] | None:
+        """A segment whose warmup exists, or the warmup a new segment needs, or None."""
+        for key, segments in self.waiting.items():
+            if key in self.warmed and segments:
+                segment = segments.pop(0)
+                return self.request(segment), segment
+        while (segment := self.scheduler.next_segment()) is not None:
+            key = warmup_key(segment.trial.params)
+            if key in self.warmed:
+                return self.request(segment), segment
+            first_for_key = key not in self.waiting
+            self.waiting.setdefault(key, []).append(segment)
+            if first_for_key:
+                warmup = dataclasses.replace(self.request(segment), warmup_only=True, trial_id=f"warmup-{key}")
+                return warmup, None
+        return None
+
+    def _segment_done(self, request: TrialRequest, segment: Segment, failure: str) -> None:
+        folder = self.sweep_dir / "trials" / request.trial_id
+        if failure or not self._fetch(request, folder):
+            record_failure(request, failure or "its run completed but stored no results")
+            self._fetch(request, folder)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = pd.read_csv(folder / "history.csv")
+        accuracies = history.loc[history["phase"] == "finetune", "test_accuracy"].tolist()
+        self.scheduler.segment_done(segment, metrics["status"], accuracies)
+        if request.trial_id in self.scheduler.stopped:
+            write_json(folder / "metrics.json", {**metrics, "status": STOPPED})
+
+    def _fetch(self, request: TrialRequest, folder: Path) -> bool:
+        store = open_store(request.store_uri, self.root)
+        return all(store.get_file(trial_key(self.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
