@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--finetune-epochs", type=int, default=9, help="a full trial (ASHA rungs at 1 and 3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="search seeds, one study each")
+    parser.add_argument("--only", nargs="+", default=None, help="run just these studies (names as in summary.json)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--deadline-s", type=float, default=480, help="start no study after this many seconds")
     parser.add_argument("--work", type=Path, default=Path("/tmp/search-study"))
@@ -97,6 +98,8 @@ def main() -> None:
     protocol = {key: value.name if isinstance(value, Path) else value for key, value in vars(args).items()}
     summary: dict[str, Any] = {"protocol": protocol, "studies": []}
     for name, overrides in studies(trials, args.seeds):
+        if args.only and name not in args.only:
+            continue
         if time.perf_counter() - started > args.deadline_s:
             logger.info("deadline reached: %s not started", name)
             break

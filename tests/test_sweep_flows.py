@@ -385,6 +385,30 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
         assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"
 
 
+def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
+    workers: PrefectServer, tmp_path: Path, cifar_archive: Path, calibrated_weights: Path
+) -> None:
+    """The same search through the trial deployment: each promotion is a new flow run that resumes the
+    trial from the checkpoint an earlier flow run left in the artifact store."""
+    project = sweep_project(
+        tmp_path, cifar_archive, {}, **{"model.pretrained": str(calibrated_weights), "trainable_layers": 2}
+    )
+    env = {"PREFECT_API_URL": workers.api}
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    log = workers.start(
+        "worker",
+        ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
+        project,
+        {**env, "PREFECT_LOGGING_LEVEL": "INFO"},
+    )
+    three = [arg.replace("sweep.trials=6", "sweep.trials=3") for arg in SEARCH]
+    result = run(["mobitune", "sweep", "--backend", "workers", *three], project, env_extra=env, timeout=540)
+    sweep_dir = Path(result.stdout.strip().splitlines()[-1])
+    results = check_searched(sweep_dir, trials=3, epochs=3)
+    for trial_id in results.loc[results["status"] == "ok", "trial_id"]:
+        assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in log.read_text()
+
+
 def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
     sweep_dir = local_sweep["project"] / "artifacts" / "sweeps" / local_sweep["sweep_id"]
     (sweep_dir / "report.md").unlink()

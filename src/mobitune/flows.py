@@ -49,9 +49,11 @@ def trial(
     store_uri: str | None = None,
     local_root: str = "artifacts",
     warmup_only: bool = False,
+    until: int | None = None,
 ) -> dict[str, Any]:
-    """One trial: fetch or train its warmup, finetune, store params/history/metrics."""
-    request = TrialRequest(sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only)
+    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
+    (resuming from its checkpoint in the store), store params/history/metrics."""
+    request = TrialRequest(sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until)
     return run_trial_recorded(request)
 
 
