@@ -300,3 +300,21 @@ def test_finetune_batchnorm_statistics_train_or_stay(prepared: Path, tmp_path: P
     kept = torch.equal(before[f"{block}.1.running_mean"], after[f"{block}.1.running_mean"])
     assert kept == (batchnorm == "frozen")
     assert torch.equal(before["features.5.conv.0.1.running_mean"], after["features.5.conv.0.1.running_mean"])
+
+
+def test_segments_up_to_rungs_train_exactly_like_one_run(prepared: Path, tmp_path: Path) -> None:
+    """An ASHA promotion: stop at epoch 1 (a rung), resume to 3, then to 4; the schedule is the whole run's,
+    so every epoch equals the uninterrupted run's, and no epoch is trained twice."""
+    params = small_params(**{"warmup.epochs": 1, "finetune.epochs": 4, "finetune.schedule": "cosine"})
+    session = session_for(params, prepared, train_limit=128)
+    run_warmup(params, session, tmp_path / "warmup.pt")
+    segments = [
+        run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True, until=until)
+        for until in (1, 3, 4)
+    ]
+    assert [len(s.history) for s in segments] == [1, 3, 4]
+    assert [row["epoch"] for row in segments[-1].history] == [1, 2, 3, 4]
+    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    for segmented, whole in zip(segments[-1].history, uninterrupted.history, strict=True):
+        for key in ("train_loss", "test_loss", "test_accuracy"):
+            assert segmented[key] == pytest.approx(whole[key], rel=1e-4), (segmented["epoch"], key)

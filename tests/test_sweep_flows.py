@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -65,7 +66,7 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s
     bucket = s3_server.bucket("results")
     project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
     (project / "recipe.yaml").write_text(RECIPE)
-    env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
+    env = {"AWS_ENDPOINT_URL": s3_server.endpoint, "PREFECT_LOGGING_LEVEL": "INFO"}  # epochs are run logs
     command = ["mobitune", "sweep", "--recipe", "recipe.yaml", "--set", f"storage.uri=s3://{bucket}/team"]
     result = run(command, project, env_extra=env)
     sweep_id, tree = published_sweep(s3_server, bucket, "team")
@@ -177,6 +178,10 @@ def test_random_search_with_asha_stops_trials_early_and_resumes_the_promoted(
     for trial_id in results.loc[results["status"] == "ok", "trial_id"]:
         assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in output
     assert output.count("warmup 1/1") == 1, "one shared warmup for all sampled trials"
+    report = (sweep_dir / "report.md").read_bytes()
+    (sweep_dir / "report.md").unlink()
+    run(["mobitune", "report", str(sweep_dir)], project)
+    assert (sweep_dir / "report.md").read_bytes() == report, "the search section is rebuilt from the folder alone"
 
 
 def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archive: Path) -> None:
@@ -338,6 +343,9 @@ def test_workers_backend_matches_the_local_backend(
     assert all(count >= 1 for count in submitted), f"flow runs per worker: {submitted}"
     artifact = run(["prefect", "artifact", "inspect", "sweep-report"], project, env_extra=env).stdout
     assert "Best config" in artifact and os.environ["AWS_SECRET_ACCESS_KEY"] not in artifact
+    table = run(["prefect", "artifact", "inspect", "sweep-results"], project, env_extra=env).stdout
+    assert "test_accuracy %" in table and "finetune_epochs" in table
+    assert not re.search(r"(?<![\d:])\d+\.\d{5,}", table), "rounded numbers (timestamps aside)"
     assert not [log for log in logs if os.environ["AWS_SECRET_ACCESS_KEY"] in log.read_text()]
     local = pd.read_csv(io.BytesIO(local_sweep["tree"]["results.csv"]))
     assert list(results.columns) == list(local.columns)

@@ -32,6 +32,7 @@ from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params
 from mobitune.publish import publish
 from mobitune.records import json_safe
+from mobitune.report import display_table
 from mobitune.storage import check_storage
 from mobitune.trial import TrialRequest, run_trial_recorded
 
@@ -163,7 +164,7 @@ def sweep(
             run.drive(WorkerRunner(deployment, client), slots, logger)
     results = run.finish()
     sweep_id, sweep_dir = run.sweep_id, run.sweep_dir
-    table = json_safe(results.table.to_dict(orient="records"))
+    table = json_safe(display_table(results).to_dict(orient="records"))
     create_table_artifact(table, key="sweep-results", description=f"Sweep {sweep_id}: one row per trial")
     create_markdown_artifact(
         (sweep_dir / "report.md").read_text(), key="sweep-report", description=f"Sweep {sweep_id} report"

@@ -272,6 +272,23 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def display_table(results: SweepResults) -> pd.DataFrame:
+    """The results as people read them (the Prefect table artifact): the columns that matter first,
+    accuracies in %, losses to 4 decimals, seconds to 1."""
+    table = results.table
+    shown = pd.DataFrame({"trial_id": table["trial_id"], "status": table["status"]})
+    for axis in results.axes:
+        shown[axis] = table[axis]
+    for column in ("test_accuracy", "train_accuracy"):
+        shown[f"{column} %"] = (table[column] * 100).round(2)
+    for column in ("test_loss", "train_loss"):
+        shown[column] = table[column].round(4)
+    shown["warmup_epochs"], shown["finetune_epochs"] = table["warmup_epochs"], table["finetune_epochs"]
+    shown["seconds"] = table["seconds"].round(1)
+    shown["error"] = table["error"]
+    return shown
+
+
 def best_trial(results: SweepResults) -> pd.Series | None:
     ok = results.table[results.table["status"] == "ok"].dropna(subset=["test_accuracy"])
     return None if ok.empty else ok.loc[ok["test_accuracy"].idxmax()]

@@ -173,16 +173,17 @@ def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Sess
         return None
     model.eval()
 
-    def features(split: DeviceSplit) -> DeviceSplit:
+    def features(split: DeviceSplit, name: str) -> DeviceSplit:
         chunks = []
-        for images, _ in split.batches(EVAL_BATCH_SIZE):
-            with session.autocast():
-                chunks.append(model.pool(model.features(session.test_transform(images))).flatten(1).float())
+        with tqdm(total=len(split), desc=f"frozen features, {name} (once)", unit="img", disable=None) as bar:
+            for images, _ in split.batches(EVAL_BATCH_SIZE):
+                with session.autocast():
+                    chunks.append(model.pool(model.features(session.test_transform(images))).flatten(1).float())
+                bar.update(len(images))
         return DeviceSplit(torch.cat(chunks), split.labels)
 
-    return Session(
-        session.dataset, session.device, features(session.train), features(session.test), _unchanged, _unchanged
-    )
+    train, test = features(session.train, "train"), features(session.test, "test")
+    return Session(session.dataset, session.device, train, test, _unchanged, _unchanged)
 
 
 def train_one_epoch(
@@ -312,15 +313,18 @@ def fit(
             test_loss = test_accuracy = math.nan
         row.update(test_loss=test_loss, test_accuracy=test_accuracy, seconds=time.perf_counter() - started)
         history.append(row)
-        tqdm.write(
+        # print, not tqdm.write: the epoch's bar is closed by now, and a Prefect flow or task run with
+        # log_prints records printed lines in its run logs, so a trial's page in the UI shows its epochs
+        print(
             f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
-            f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s"
+            f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s",
+            flush=True,
         )
         checkpoint()
         if on_checkpoint is not None:
             on_checkpoint()
         if status == DIVERGED:
-            tqdm.write(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged")
+            print(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged", flush=True)
             break
     if first_epoch > last_epoch:
         checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
