@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from datasets import write_cifar_archive
 from helpers import VENV_BIN, free_port, run, sweep_project
 
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
@@ -184,6 +185,44 @@ def test_random_search_with_asha_stops_trials_early_and_resumes_the_promoted(
     assert (sweep_dir / "report.md").read_bytes() == report, "the search section is rebuilt from the folder alone"
 
 
+def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(tmp_path: Path, cifar_archive: Path) -> None:
+    """SIGKILL the sweep's process (and its Prefect server) once its first trial finished and the second
+    has a checkpoint: --resume finishes it, the first trial's files untouched, the second from its checkpoint."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    with (project / "sweep.log").open("w") as out:
+        process = subprocess.Popen(
+            ["mobitune", "sweep"], cwd=project, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    artifacts = project / "artifacts"
+    deadline = time.monotonic() + 300
+    while not (
+        list(artifacts.glob("sweeps/*/trials/t000-*/metrics.json")) and list(artifacts.glob("checkpoints/*/t001-*"))
+    ):
+        assert time.monotonic() < deadline and process.poll() is None, (project / "sweep.log").read_text()
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    (sweep_dir,) = (artifacts / "sweeps").iterdir()
+    first = {p.name: p.read_bytes() for p in next((sweep_dir / "trials").glob("t000-*")).iterdir()}
+    result = run(
+        ["mobitune", "sweep", "--resume", sweep_dir.name], project, env_extra={"PREFECT_LOGGING_LEVEL": "INFO"}
+    )
+    assert result.stdout.strip().splitlines()[-1] == str(sweep_dir)
+    output = result.stdout + result.stderr
+    assert "t000-base-s0: already finished in this sweep (ok), kept as it is" in output
+    assert "t001-lr=0.002-s0: resuming from its checkpoint after finetune epoch" in output
+    assert {p.name: p.read_bytes() for p in (sweep_dir / "trials" / "t000-base-s0").iterdir()} == first
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert results["trial_id"].tolist() == ["t000-base-s0", "t001-lr=0.002-s0"] and set(results["status"]) == {"ok"}
+    history = pd.read_csv(sweep_dir / "trials" / "t001-lr=0.002-s0" / "history.csv")
+    assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"
+    assert "Best config:" in (sweep_dir / "report.md").read_text()
+    refused = run(["mobitune", "sweep", "--resume", "no-such-sweep"], project, check=False)
+    assert refused.returncode == 2 and "--resume no-such-sweep: no sweep of that id under" in refused.stderr
+    assert sweep_dir.name in refused.stderr, "the error lists the sweeps there are"
+
+
 def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archive: Path) -> None:
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.01]})
     for args, message in (
@@ -302,6 +341,58 @@ def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
         ["prefect", "deployment", "inspect", "trial/trial"], project, env_extra={"PREFECT_API_URL": prefect_server.api}
     ).stdout
     assert "'work_pool_name': 'gpu'" in trial
+
+
+def test_without_a_worker_the_sweep_says_so_and_gives_up(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """Nobody polls pool `gpu` (this runs before any test starts a worker on this server): the sweep names
+    the pool and the command that starts a worker, and fails after sweep.worker_timeout_s with its folder."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]})
+    env = {"PREFECT_API_URL": prefect_server.api, "PREFECT_LOGGING_LEVEL": "INFO"}
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    started = time.monotonic()
+    command = ["mobitune", "sweep", "--backend", "workers", "--set", "sweep.worker_timeout_s=20"]
+    result = run(command, project, check=False, env_extra=env, timeout=300)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "no worker polls work pool 'gpu': trials are waiting" in result.stderr
+    assert "error: 1 trial(s) never started: no worker polled work pool 'gpu' for 20 s" in result.stderr
+    assert result.stderr.rstrip().endswith("Start a worker in the project root with: prefect worker start --pool gpu")
+    assert time.monotonic() - started < 150, "given up after the timeout, not waiting on"
+    (sweep_dir,) = (project / "artifacts" / "sweeps").iterdir()
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert results["status"].tolist() == ["failed"] and "no worker polled work pool 'gpu'" in results["error"][0]
+    runs = run(["prefect", "flow-run", "ls", "--state-type", "SCHEDULED"], project, env_extra=env).stdout
+    assert "warmup-" not in runs and "t000" not in runs, "given-up runs are cancelled, not left to run later"
+
+
+def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    """Results are keyed by config, the data's content and the training code: the same sweep again is all
+    `cached: true` and quick; the same path with other bytes, or --no-cache, trains again."""
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 200, 500)
+    project = sweep_project(tmp_path, archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 3, "batch_size": 25})
+    env = {"PREFECT_API_URL": prefect_server.api}  # a running server: the timings are the sweep's, not start-up
+
+    def sweep(*extra: str) -> tuple[pd.DataFrame, float]:
+        started = time.monotonic()
+        result = run(["mobitune", "sweep", *extra], project, env_extra=env)
+        elapsed = time.monotonic() - started
+        return pd.read_csv(Path(result.stdout.strip().splitlines()[-1]) / "results.csv"), elapsed
+
+    first, first_seconds = sweep()
+    again, again_seconds = sweep()
+    assert not first["cached"].any() and again["cached"].all()
+    assert again_seconds < 0.3 * first_seconds, (again_seconds, first_seconds)
+    for metric in METRICS:
+        assert again[metric].tolist() == first[metric].tolist()
+    forced, _ = sweep("--no-cache")
+    assert not forced["cached"].any()
+    write_cifar_archive(archive, 200, 500, seed=1)  # same path, other images
+    changed, _ = sweep()
+    assert not changed["cached"].any()
+    assert changed["test_accuracy"].tolist() != first["test_accuracy"].tolist()
 
 
 def test_workers_backend_matches_the_local_backend(

@@ -79,3 +79,22 @@ def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -
     assert local_devices(Params(), None) == ["cuda:0", "cuda:1"]
     assert local_devices(Params(), 3) == ["cuda:0", "cuda:1", "cuda:0"]
     assert local_devices(Params().override(["device=cuda:1"]), None) == ["cuda:1"]
+
+
+def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobitune import trial
+
+    params = Params()
+    key = trial.result_cache_key(params, None, "data-a")
+    assert key == trial.result_cache_key(params, 5, "data-a"), "until the last epoch is the whole run"
+    assert key == trial.result_cache_key(params.override(["sweep.lr=[0.1]", "storage.uri=s3://bucket/p"]), None, "data-a")
+    others = {
+        trial.result_cache_key(params.override(["lr=0.001"]), None, "data-a"),
+        trial.result_cache_key(params, 1, "data-a"),
+        trial.result_cache_key(params, None, "data-b"),
+    }
+    assert key not in others and len(others) == 3
+    warmup = trial.warmup_cache_key("abc", "data-a")
+    assert warmup != trial.warmup_cache_key("abc", "data-b")
+    monkeypatch.setattr(trial, "code_fingerprint", lambda: "other code")
+    assert trial.result_cache_key(params, None, "data-a") != key and trial.warmup_cache_key("abc", "data-a") != warmup

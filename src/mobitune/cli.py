@@ -1,6 +1,7 @@
 """``mobitune``: the command line, thin over the flows.
 
-mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N]
+mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
+mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
@@ -16,9 +17,6 @@ import sys
 from pathlib import Path
 
 from mobitune.errors import MobituneError
-
-EXIT_BAD_INPUT = 2
-EXIT_NOT_PUBLISHED = 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--recipe", default=None, help="a recipe (flat YAML of dotted keys), applied before --set: recipes/tuned.yaml"
+    )
+    sweep.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="train every trial, even one whose config, data and code match a stored result",
+    )
+    sweep.add_argument(
+        "--resume",
+        metavar="SWEEP_ID",
+        default=None,
+        help="continue a sweep whose process died: finished trials kept, unfinished ones from their checkpoints",
     )
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
@@ -72,21 +82,25 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(_push(args.sweep_dir, args.to))
     except MobituneError as exc:
-        from mobitune.publish import PublishError
-
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_NOT_PUBLISHED if isinstance(exc, PublishError) else EXIT_BAD_INPUT)
+        sys.exit(exc.exit_code)
 
 
 def _sweep(args: argparse.Namespace) -> str:
+    from mobitune.driver import load_record
     from mobitune.loader import resolve_device
-    from mobitune.params import load_params
+    from mobitune.params import load_params, params_from_dict
     from mobitune.search import Scheduler
     from mobitune.storage import check_storage
 
     if args.parallel is not None and args.parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
-    params = load_params(args.params, args.overrides, args.recipe)  # bad params and specs fail before Prefect starts
+    if args.resume:
+        if args.overrides or args.recipe:
+            raise MobituneError("--resume continues a sweep with the params it started with: drop --set and --recipe")
+        params = params_from_dict(load_record(Path(args.local_root), args.resume)["params"])
+    else:  # bad params and specs fail before Prefect starts
+        params = load_params(args.params, args.overrides, args.recipe)
     Scheduler.create(params)
     resolve_device(params.device)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
@@ -102,6 +116,8 @@ def _sweep(args: argparse.Namespace) -> str:
         parallel=args.parallel,
         local_root=args.local_root,
         deployment=args.deployment,
+        cache=args.cache,
+        resume=args.resume,
     )
 
 

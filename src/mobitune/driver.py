@@ -19,11 +19,12 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from mobitune.params import Params
+from mobitune.errors import MobituneError
+from mobitune.params import Params, params_from_dict
 from mobitune.publish import SWEEP_RECORD, write_manifest
 from mobitune.records import json_safe, write_json
 from mobitune.report import SEARCH_RECORD, SweepResults, load_results, write_report
-from mobitune.search import STOPPED, Scheduler, Segment
+from mobitune.search import STOPPED, STUDY_FILE, Scheduler, Segment
 from mobitune.storage import open_store
 from mobitune.sweep import lookup, new_sweep_id, warmup_key
 from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, trial_key
@@ -48,12 +49,19 @@ class SweepRun:
     trial_store: str | None
     scheduler: Scheduler
     record: dict[str, Any]  # sweep.json
+    use_cache: bool = True  # reuse stored results of identical trials (see mobitune.trial.result_cache_key)
     warmed: set[str] = field(default_factory=set)
     waiting: dict[str, list[Segment]] = field(default_factory=dict)  # warmup key -> segments waiting for it
 
     @classmethod
     def start(
-        cls, params: Params, local_root: Path, recipe: str | None, overrides: list[str], backend: str
+        cls,
+        params: Params,
+        local_root: Path,
+        recipe: str | None,
+        overrides: list[str],
+        backend: str,
+        use_cache: bool = True,
     ) -> SweepRun:
         """A new sweep folder under ``local_root/sweeps/`` with its ``sweep.json``; trials on the workers backend
         exchange files through ``storage.uri``, local ones keep them on this disk until publishing."""
@@ -70,14 +78,39 @@ class SweepRun:
             "recipe": recipe,
             "overrides": overrides,
             "backend": backend,
+            "cache": use_cache,
             "mode": params.sweep.mode,
             "axes": axes,
             "base": {axis: lookup(raw, axis) for axis in axes},
             "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.planned],
+            "params": raw,
         }
         write_json(sweep_dir / SWEEP_RECORD, record)
-        trial_store = params.storage.uri if backend == "workers" else None
-        return cls(sweep_id, sweep_dir, root, trial_store, scheduler, record)
+        return cls(sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache)
+
+    @classmethod
+    def resume(cls, local_root: Path, sweep_id: str, backend: str, use_cache: bool = True) -> SweepRun:
+        """The sweep ``sweep_id`` again, in its own folder, with the params it started with.
+
+        The scheduler replays the sweep from the start: a segment the sweep
+        already finished returns its stored result untouched (see
+        :func:`mobitune.trial.run_trial`), an unfinished one resumes from its
+        checkpoint, so the decisions (and a search's samples, from the same
+        seed) come out as in an uninterrupted run. The Optuna study is rebuilt
+        by that replay.
+        """
+        root = Path(local_root).resolve()
+        record = load_record(root, sweep_id)
+        params = params_from_dict(record["params"])
+        sweep_dir = root / "sweeps" / sweep_id
+        (sweep_dir / STUDY_FILE).unlink(missing_ok=True)
+        scheduler = Scheduler.create(params, sweep_dir)
+        record["backend"] = backend
+        return cls(sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache)
+
+    @staticmethod
+    def _trial_store(params: Params, backend: str) -> str | None:
+        return params.storage.uri if backend == "workers" else None
 
     def finish(self) -> SweepResults:
         """The trials actually run into ``sweep.json``, the search record, results, report and manifest."""
@@ -102,6 +135,7 @@ class SweepRun:
             self.trial_store,
             str(self.root),
             until=segment.until,
+            use_cache=self.use_cache,
         )
 
     def drive(self, runner: Runner, slots: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
@@ -157,10 +191,25 @@ class SweepRun:
         metrics = json.loads((folder / "metrics.json").read_text())
         history = pd.read_csv(folder / "history.csv")
         accuracies = history.loc[history["phase"] == "finetune", "test_accuracy"].tolist()
-        self.scheduler.segment_done(segment, metrics["status"], accuracies)
+        # a resumed sweep replays the rung decision that stopped a trial: the scheduler makes it again
+        status = "ok" if metrics["status"] == STOPPED else metrics["status"]
+        self.scheduler.segment_done(segment, status, accuracies)
         if request.trial_id in self.scheduler.stopped:
             write_json(folder / "metrics.json", {**metrics, "status": STOPPED})
 
     def _fetch(self, request: TrialRequest, folder: Path) -> bool:
         store = open_store(request.store_uri, self.root)
         return all(store.get_file(trial_key(self.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
+
+
+def load_record(root: Path, sweep_id: str) -> dict[str, Any]:
+    """A sweep's ``sweep.json``, or an error that lists the sweeps there are to resume."""
+    path = Path(root) / "sweeps" / sweep_id / SWEEP_RECORD
+    if not path.exists():
+        known = sorted(p.parent.name for p in (Path(root) / "sweeps").glob(f"*/{SWEEP_RECORD}"))[-5:]
+        hint = f"; the latest here: {', '.join(known)}" if known else ""
+        raise MobituneError(f"--resume {sweep_id}: no sweep of that id under {Path(root) / 'sweeps'}{hint}")
+    record = json.loads(path.read_text())
+    if "params" not in record:
+        raise MobituneError(f"--resume {sweep_id}: {path} predates resumable sweeps (it records no params)")
+    return record

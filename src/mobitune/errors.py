@@ -2,4 +2,10 @@
 
 
 class MobituneError(Exception):
-    """An expected failure (bad input, unreachable source): shown without a traceback."""
+    """An expected failure (bad input, unreachable source): shown without a traceback.
+
+    ``exit_code`` is the CLI's exit status for it: 2 for bad input; subclasses
+    whose results are kept on disk say so with their own code.
+    """
+
+    exit_code = 2

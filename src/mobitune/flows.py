@@ -17,7 +17,9 @@ gathers, aggregates and publishes. Two backends, same results:
 from __future__ import annotations
 
 import dataclasses
+import math
 import queue
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +30,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mobitune.driver import SweepRun
+from mobitune.errors import MobituneError
 from mobitune.loader import resolve_device
-from mobitune.params import Params, load_params
+from mobitune.params import Params, load_params, params_from_dict
 from mobitune.publish import publish
 from mobitune.records import json_safe
 from mobitune.report import display_table
@@ -38,6 +41,7 @@ from mobitune.trial import TrialRequest, run_trial_recorded
 
 WORKER_POLL_SECONDS = 2.0
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
+NO_WORKER_WARNING_SECONDS = 10  # trials waiting this long with no worker on their pool: say so
 SEARCH_IN_FLIGHT = 4  # random/tpe trials in flight on workers unless --parallel says: each waits for feedback
 
 
@@ -51,10 +55,13 @@ def trial(
     local_root: str = "artifacts",
     warmup_only: bool = False,
     until: int | None = None,
+    use_cache: bool = True,
 ) -> dict[str, Any]:
     """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
     (resuming from its checkpoint in the store), store params/history/metrics."""
-    request = TrialRequest(sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until)
+    request = TrialRequest(
+        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
+    )
     return run_trial_recorded(request)
 
 
@@ -101,12 +108,24 @@ class LocalRunner:
 
 class WorkerRunner:
     """Trials as flow runs of the ``trial`` deployment; a run that crashed (worker lost) is submitted again
-    and resumes from its last checkpoint, up to :data:`WORKER_ATTEMPTS` times."""
+    and resumes from its last checkpoint, up to :data:`WORKER_ATTEMPTS` times.
+
+    While runs wait and no worker polls the deployment's work pool, it says so
+    after :data:`NO_WORKER_WARNING_SECONDS`, naming the pool and the command
+    that starts a worker; after ``worker_timeout_s`` it cancels the waiting
+    runs, which then count as failed trials, and the sweep ends with the
+    results it has.
+    """
 
     poll_seconds = WORKER_POLL_SECONDS
 
-    def __init__(self, deployment: str, client: Any) -> None:
-        self.deployment, self.client = deployment, client
+    def __init__(self, deployment: str, client: Any, worker_timeout_s: float) -> None:
+        self.deployment, self.client, self.worker_timeout_s = deployment, client, worker_timeout_s
+        self.pool = client.read_deployment_by_name(deployment).work_pool_name
+        self.no_worker_since: float | None = None
+        self.checked_at = -math.inf
+        self.warned = False
+        self.timed_out: list[str] = []
 
     def start(self, request: TrialRequest) -> dict[str, Any]:
         from prefect.deployments import run_deployment
@@ -119,7 +138,7 @@ class WorkerRunner:
     def outcome(self, handle: dict[str, Any]) -> str | None:
         state = self.client.read_flow_run(handle["run"].id).state
         if state is None or not state.is_final():
-            return None
+            return self._waiting(handle) if state is None or state.is_scheduled() or state.is_pending() else None
         if state.is_completed():
             return ""
         if handle["attempt"] < WORKER_ATTEMPTS:
@@ -129,6 +148,38 @@ class WorkerRunner:
             handle.update(self.start(handle["request"]), attempt=handle["attempt"] + 1)
             return None
         return f"its flow run ended {state.name} {WORKER_ATTEMPTS} times"
+
+    @property
+    def start_worker(self) -> str:
+        return f"prefect worker start --pool {self.pool}"
+
+    def _waiting(self, handle: dict[str, Any]) -> str | None:
+        """None while a worker polls the pool (or not for long); else why the run is given up."""
+        from prefect.states import Cancelled
+
+        now = time.monotonic()
+        if now - self.checked_at >= self.poll_seconds:  # one look at the pool per poll, however many runs wait
+            self.checked_at = now
+            online = any(w.status == "ONLINE" for w in self.client.read_workers_for_work_pool(self.pool))
+            self.no_worker_since = None if online else (self.no_worker_since or now)
+        if self.no_worker_since is None:
+            return None
+        waited = now - self.no_worker_since
+        if waited >= min(NO_WORKER_WARNING_SECONDS, self.worker_timeout_s) and not self.warned:
+            self.warned = True
+            get_run_logger().warning(
+                "no worker polls work pool '%s': trials are waiting; start one in the project root with: %s "
+                "(the sweep gives up on waiting trials after sweep.worker_timeout_s=%s s)",
+                self.pool,
+                self.start_worker,
+                self.worker_timeout_s,
+            )
+        if waited < self.worker_timeout_s:
+            return None
+        # cancelled, so that a worker started later does not run a trial the sweep has given up
+        self.client.set_flow_run_state(handle["run"].id, Cancelled(message="no worker"), force=True)
+        self.timed_out.append(handle["request"].trial_id)
+        return f"no worker polled work pool '{self.pool}' for {self.worker_timeout_s} s (sweep.worker_timeout_s)"
 
 
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
@@ -140,14 +191,26 @@ def sweep(
     parallel: int | None = None,
     local_root: str = "artifacts",
     deployment: str = "trial/trial",
+    cache: bool = True,
+    resume: str | None = None,
 ) -> str:
-    """The whole study of ``params.sweep`` (``recipe``, then ``overrides``, on ``params_file``); returns its folder."""
+    """The whole study of ``params.sweep`` (``recipe``, then ``overrides``, on ``params_file``); returns its folder.
+
+    ``cache``: reuse the stored result of a trial whose config, data and training code are unchanged
+    (False trains every trial and its warmup again, and refreshes what is stored). ``resume``: the id of
+    a sweep whose process died; it continues in its own folder with the params it started with.
+    """
     logger = get_run_logger()
-    params = load_params(params_file, overrides or [], recipe)
+    if resume:
+        run = SweepRun.resume(Path(local_root), resume, backend, cache)
+        params = params_from_dict(run.record["params"])
+    else:
+        params = load_params(params_file, overrides or [], recipe)
     warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
     if warning:
         logger.warning(warning)
-    run = SweepRun.start(params, Path(local_root), recipe, overrides or [], backend)
+    if not resume:
+        run = SweepRun.start(params, Path(local_root), recipe, overrides or [], backend, cache)
     planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
     logger.info(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
@@ -161,7 +224,8 @@ def sweep(
         # enumerated trials all go to the pool's queue at once; sampled ones wait for feedback
         slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
         with get_client(sync_client=True) as client:
-            run.drive(WorkerRunner(deployment, client), slots, logger)
+            runner = WorkerRunner(deployment, client, params.sweep.worker_timeout_s)
+            run.drive(runner, slots, logger)
     results = run.finish()
     sweep_id, sweep_dir = run.sweep_id, run.sweep_dir
     table = json_safe(display_table(results).to_dict(orient="records"))
@@ -173,4 +237,17 @@ def sweep(
         logger.info("published to %s", publish(sweep_dir, params.storage.uri))
     else:
         logger.info("results in %s", sweep_dir)
+    given_up = [t for t in runner.timed_out if not t.startswith("warmup-")] if backend == "workers" else []
+    if given_up:
+        raise NoWorkerError(
+            f"{len(given_up)} trial(s) never started: no worker polled work pool '{runner.pool}' "
+            f"for {params.sweep.worker_timeout_s} s (sweep.worker_timeout_s). The trials that finished are in "
+            f"{sweep_dir}. Start a worker in the project root with: {runner.start_worker}"
+        )
     return str(sweep_dir)
+
+
+class NoWorkerError(MobituneError):
+    """Trials were given up because no worker polled their work pool; the sweep's other results are kept."""
+
+    exit_code = 4

@@ -140,7 +140,8 @@ class SweepParams:
     axes are written as plain keys of ``sweep:`` (``lr: [...]``,
     ``model.dropout: [...]``). ``one-at-a-time`` and ``grid`` enumerate lists;
     ``random`` and ``tpe`` sample ``trials`` configurations, an axis being a
-    list (choices) or a :class:`SearchRange`.
+    list (choices) or a :class:`SearchRange`. ``worker_timeout_s``: how long
+    trials on the workers backend wait while no worker polls their pool.
     """
 
     mode: Literal["one-at-a-time", "grid", "random", "tpe"] = "one-at-a-time"
@@ -151,6 +152,7 @@ class SweepParams:
     search_seed: int = 0
     early_stop: EarlyStopParams = field(default_factory=EarlyStopParams)
     budget_epochs: int | None = _range(None, 1)
+    worker_timeout_s: int = _range(300, 1)
     axes: dict[str, list[Any] | SearchRange] = field(default_factory=lambda: dict(REPORT_SWEEP_AXES))
 
     @property

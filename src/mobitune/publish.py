@@ -18,6 +18,8 @@ SWEEP_RECORD = "sweep.json"
 class PublishError(MobituneError):
     """Some objects could not be uploaded; they are safe on local disk."""
 
+    exit_code = 3
+
 
 def build_manifest(sweep_dir: Path) -> dict[str, Any]:
     """Every file of the sweep folder (but the manifest) with its SHA-256 and size."""

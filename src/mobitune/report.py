@@ -61,6 +61,7 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
         row.update({f"{phase}_epochs": int((history["phase"] == phase).sum()) for phase in ("warmup", "finetune")})
         row.update({key: metrics.get(key) for key in ("seconds", "status", "error")})
+        row["cached"] = bool(metrics.get("cached", False))
         rows.append(row)
     table = pd.DataFrame(rows)
     for column in METRIC_COLUMNS + ["seconds"]:
@@ -285,6 +286,7 @@ def display_table(results: SweepResults) -> pd.DataFrame:
         shown[column] = table[column].round(4)
     shown["warmup_epochs"], shown["finetune_epochs"] = table["warmup_epochs"], table["finetune_epochs"]
     shown["seconds"] = table["seconds"].round(1)
+    shown["cached"] = table["cached"]
     shown["error"] = table["error"]
     return shown
 
@@ -303,7 +305,8 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         "",
         f"{len(table)} trials ({results.mode}): "
         + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        + ".",
+        + "."
+        + (f" {int(table['cached'].sum())} reused from the trial cache (`cached`)." if table["cached"].any() else ""),
         "",
     ]
     best = best_trial(results)

@@ -31,7 +31,7 @@ from mobitune.params import EarlyStopParams, Params, SearchRange
 from mobitune.sweep import TrialSpec, expand, make_trial, trial_base
 
 STUDY_FILE = "study.journal"
-STOPPED = "stopped"
+STOPPED = "stopped"  # the status of a trial that early stopping ended at a rung
 SAMPLE_ATTEMPTS = 100  # draws per new trial before a search space counts as exhausted
 
 

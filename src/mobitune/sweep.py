@@ -45,7 +45,7 @@ def lookup(raw: dict[str, Any], dotted: str) -> Any:
     return node
 
 
-def _config(params: Params) -> str:
+def training_config(params: Params) -> str:
     """Canonical text of everything that defines a training run (not the sweep spec itself)."""
     raw = params.to_dict()
     for key in ("sweep", "storage", "device"):
@@ -114,7 +114,7 @@ def expand(params: Params) -> list[TrialSpec]:
     for seed in spec.seeds:
         for point in points:
             trial = make_trial(base, len(trials), point, seed)
-            config = _config(trial.params)
+            config = training_config(trial.params)
             if config not in seen:
                 seen.add(config)
                 trials.append(trial)

@@ -8,7 +8,9 @@ same keys of the artifact store, so the sweep gathers results the same way.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
+import functools
 import hashlib
 import json
 import time
@@ -23,10 +25,11 @@ import torch
 from mobitune.data import load_dataset, prepare
 from mobitune.loader import resolve_device
 from mobitune.model import load_checkpoint
-from mobitune.params import DataParams, params_from_dict
+from mobitune.params import DataParams, Params, params_from_dict
 from mobitune.records import git_revision, write_csv, write_json
+from mobitune.search import STOPPED
 from mobitune.storage import ArtifactStore, open_store
-from mobitune.sweep import warmup_key
+from mobitune.sweep import training_config, warmup_key
 from mobitune.train import DIVERGED, HISTORY_COLUMNS, Session, run_finetune, run_warmup
 
 FAILED = "failed"
@@ -45,14 +48,49 @@ class TrialRequest:
     local_root: str = "artifacts"
     warmup_only: bool = False
     until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
+    use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
 
 
 def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
     return f"sweeps/{sweep_id}/trials/{trial_id}/{name}".rstrip("/")
 
 
-def warmup_cache_key(key: str) -> str:
-    return f"cache/warmup/{key}.pt"
+# the modules whose code decides what a trial computes; a change to any of them invalidates cached results
+CODE_FILES = ("data.py", "loader.py", "model.py", "params.py", "train.py", "trial.py")
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in CODE_FILES:
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def data_digest(prepared: Path) -> str:
+    """The content hash of the data behind prepared arrays: the archive's SHA-256, or the arrays' own."""
+    meta = json.loads((prepared / "meta.json").read_text())
+    if meta.get("sha256"):
+        return meta["sha256"]
+    digest = hashlib.sha256()
+    for array in sorted(prepared.glob("*.npy")):
+        digest.update(array.read_bytes())
+    return digest.hexdigest()
+
+
+def _content_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True).encode()).hexdigest()[:24]
+
+
+def warmup_cache_key(params_key: str, data: str) -> str:
+    """Where a warmup checkpoint is kept: its params, the data's content and the training code."""
+    return f"cache/warmup/{params_key}-{_content_key(data)}.pt"
+
+
+def result_cache_key(params: Params, until: int | None, data: str) -> str:
+    """Where a trial's result is kept: every training param, the finetune epochs trained, data, code."""
+    epochs = params.finetune.epochs if until is None else min(until, params.finetune.epochs)
+    return f"cache/trials/{_content_key(training_config(params), epochs, data)}"
 
 
 def checkpoint_key(sweep_id: str, trial_id: str) -> str:
@@ -69,8 +107,12 @@ def _exclusive(path: Path) -> Iterator[None]:
 
 
 def ensure_data(data: DataParams, local_root: Path) -> Path:
-    """The prepared arrays of ``data.source``, decoded once per machine."""
-    digest = hashlib.sha256(f"{data.source}\n{data.md5}".encode()).hexdigest()[:16]
+    """The prepared arrays of ``data.source``, decoded once per machine (again if a local source changes)."""
+    identity = f"{data.source}\n{data.md5}"
+    local = Path(data.source.removeprefix("file://"))
+    if local.exists():
+        identity += f"\n{local.stat().st_size}\n{local.stat().st_mtime_ns}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     out = local_root / "cache" / "data" / digest
     with _exclusive(out):
         if not (out / "meta.json").exists():
@@ -78,17 +120,52 @@ def ensure_data(data: DataParams, local_root: Path) -> Path:
     return out
 
 
-def _ensure_warmup(params_key: str, store: ArtifactStore, local_root: Path, train: Any) -> Path:
-    """The shared warmup checkpoint: from the store if any trial made it, else trained now."""
-    local = local_root / warmup_cache_key(params_key)
+def _ensure_warmup(key: str, store: ArtifactStore, local_root: Path, train: Any, refresh: bool) -> Path:
+    """The shared warmup checkpoint: from the store if any trial made it (unless ``refresh``), else trained now."""
+    local = local_root / key
     with _exclusive(local):
-        if store.get_file(warmup_cache_key(params_key), local):
+        if not refresh and store.get_file(key, local):
             return local
         scratch = local.with_name(f".{local.name}.training")
         train(scratch)
         scratch.replace(local)
-        store.put_file(warmup_cache_key(params_key), local)
+        store.put_file(key, local)
     return local
+
+
+def _finished_segment(
+    request: TrialRequest, params: Params, store: ArtifactStore, local_root: Path
+) -> dict[str, Any] | None:
+    """This trial's own stored result if it already covers the segment (a resumed sweep replaying it); its files
+    stay as they are."""
+    key = trial_key(request.sweep_id, request.trial_id, "metrics.json")
+    if not store.get_file(key, local_root / key):
+        return None
+    metrics = json.loads((local_root / key).read_text())
+    target = params.finetune.epochs if request.until is None else min(request.until, params.finetune.epochs)
+    if metrics["status"] in ("ok", STOPPED) and (metrics.get("finetune_epochs") or 0) < target:
+        return None  # an earlier segment's result: this one trains on from the checkpoint
+    print(f"{request.trial_id}: already finished in this sweep ({metrics['status']}), kept as it is")
+    return metrics
+
+
+def _cached_result(request: TrialRequest, key: str, store: ArtifactStore, local_root: Path) -> dict[str, Any] | None:
+    """The stored result of an identical trial, as this trial's, marked ``cached``; None if there is none."""
+    folder = local_root / key
+    if not all(store.get_file(f"{key}/{name}", folder / name) for name in ("history.csv", "metrics.json")):
+        return None
+    with open(folder / "history.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    metrics = {**json.loads((folder / "metrics.json").read_text()), "cached": True}
+    print(f"{request.trial_id}: reusing the result of an identical trial ({key})")
+    return _store_results(request, store, local_root, history, metrics)
+
+
+def _keep_result(request: TrialRequest, key: str, store: ArtifactStore, local_root: Path, metrics: dict) -> None:
+    folder = local_root / trial_key(request.sweep_id, request.trial_id)
+    write_json(local_root / key / "metrics.json", metrics)
+    store.put_file(f"{key}/metrics.json", local_root / key / "metrics.json")
+    store.put_file(f"{key}/history.csv", folder / "history.csv")
 
 
 def run_trial(request: TrialRequest) -> dict[str, Any]:
@@ -97,10 +174,20 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     params = params_from_dict(request.params)
     local_root = Path(request.local_root).resolve()
     store = open_store(request.store_uri, local_root)
-    dataset = load_dataset(ensure_data(params.data, local_root), params.data.train_limit, params.data.test_limit)
+    prepared = ensure_data(params.data, local_root)
+    data = data_digest(prepared)
+    result_key = result_cache_key(params, request.until, data)
+    if not request.warmup_only and (own := _finished_segment(request, params, store, local_root)) is not None:
+        return own
+    if request.use_cache and not request.warmup_only:
+        cached = _cached_result(request, result_key, store, local_root)
+        if cached is not None:
+            return cached
+    dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
     session = Session.create(params, dataset, resolve_device(params.device))
-    key = warmup_key(params)
-    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, session, path))
+    key = warmup_cache_key(warmup_key(params), data)
+    refresh = request.warmup_only and not request.use_cache
+    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, session, path), refresh)
     if request.warmup_only:
         return {"warmup_key": key}
     warm = load_checkpoint(warm_path)
@@ -126,8 +213,11 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
         )
         history += result.history
         status = result.status
-    metrics = {**_final(history), "status": status, "seconds": earlier_seconds + time.perf_counter() - started}
-    return _store_results(request, store, local_root, history, metrics)
+    seconds = earlier_seconds + time.perf_counter() - started
+    metrics = {**_final(history), "status": status, "seconds": seconds, "cached": False, "git_rev": git_revision()}
+    stored = _store_results(request, store, local_root, history, metrics)
+    _keep_result(request, result_key, store, local_root, metrics)
+    return stored
 
 
 def _earlier_seconds(request: TrialRequest, store: ArtifactStore, local_root: Path) -> float:
@@ -190,7 +280,7 @@ def _store_results(
 ) -> dict[str, Any]:
     """Write and store the trial's three files; returns the metrics as stored."""
     folder = local_root / trial_key(request.sweep_id, request.trial_id)
-    metrics = {"trial_id": request.trial_id, **request.varied, **metrics, "git_rev": git_revision()}
+    metrics = {"trial_id": request.trial_id, **request.varied, "git_rev": git_revision(), **metrics}
     write_json(
         folder / "params.json",
         {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},
