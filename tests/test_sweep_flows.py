@@ -372,7 +372,7 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
     """Results are keyed by config, the data's content and the training code: the same sweep again is all
     `cached: true` and quick; the same path with other bytes, or --no-cache, trains again."""
     archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 200, 500)
-    project = sweep_project(tmp_path, archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 3, "batch_size": 25})
+    project = sweep_project(tmp_path, archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 6, "batch_size": 25})
     env = {"PREFECT_API_URL": prefect_server.api}  # a running server: the timings are the sweep's, not start-up
 
     def sweep(*extra: str) -> tuple[pd.DataFrame, float]:

@@ -87,7 +87,9 @@ def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest
     params = Params()
     key = trial.result_cache_key(params, None, "data-a")
     assert key == trial.result_cache_key(params, 5, "data-a"), "until the last epoch is the whole run"
-    assert key == trial.result_cache_key(params.override(["sweep.lr=[0.1]", "storage.uri=s3://bucket/p"]), None, "data-a")
+    assert key == trial.result_cache_key(
+        params.override(["sweep.lr=[0.1]", "storage.uri=s3://bucket/p"]), None, "data-a"
+    )
     others = {
         trial.result_cache_key(params.override(["lr=0.001"]), None, "data-a"),
         trial.result_cache_key(params, 1, "data-a"),

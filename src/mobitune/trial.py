@@ -87,10 +87,14 @@ def warmup_cache_key(params_key: str, data: str) -> str:
     return f"cache/warmup/{params_key}-{_content_key(data)}.pt"
 
 
+def segment_end(params: Params, until: int | None) -> int:
+    """The finetune epochs a trial has trained when a segment that runs ``until`` ends."""
+    return params.finetune.epochs if until is None else min(until, params.finetune.epochs)
+
+
 def result_cache_key(params: Params, until: int | None, data: str) -> str:
     """Where a trial's result is kept: every training param, the finetune epochs trained, data, code."""
-    epochs = params.finetune.epochs if until is None else min(until, params.finetune.epochs)
-    return f"cache/trials/{_content_key(training_config(params), epochs, data)}"
+    return f"cache/trials/{_content_key(training_config(params), segment_end(params, until), data)}"
 
 
 def checkpoint_key(sweep_id: str, trial_id: str) -> str:
@@ -142,8 +146,8 @@ def _finished_segment(
     if not store.get_file(key, local_root / key):
         return None
     metrics = json.loads((local_root / key).read_text())
-    target = params.finetune.epochs if request.until is None else min(request.until, params.finetune.epochs)
-    if metrics["status"] in ("ok", STOPPED) and (metrics.get("finetune_epochs") or 0) < target:
+    trained = metrics.get("finetune_epochs") or 0
+    if metrics["status"] in ("ok", STOPPED) and trained < segment_end(params, request.until):
         return None  # an earlier segment's result: this one trains on from the checkpoint
     print(f"{request.trial_id}: already finished in this sweep ({metrics['status']}), kept as it is")
     return metrics
