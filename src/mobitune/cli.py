@@ -2,6 +2,7 @@
 
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
+mobitune setup                                   # work pools + zombie-run automation on the Prefect server
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
@@ -58,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
     sweep.add_argument("--deployment", default="trial/trial", help="trial deployment for --backend workers")
+    setup = commands.add_parser(
+        "setup", help="create the work pools and the zombie-run automation on the Prefect server (idempotent)"
+    )
+    setup.add_argument(
+        "--heartbeat-timeout-s",
+        type=int,
+        default=90,
+        help="mark a flow run Crashed after this long without a heartbeat (default 90; workers beat every 30 s)",
+    )
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
@@ -79,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
             print(_recipe_arguments(args.file))
         elif args.command == "report":
             print(_report(args.sweep_dir))
+        elif args.command == "setup":
+            print(_setup(args.heartbeat_timeout_s))
         else:
             print(_push(args.sweep_dir, args.to))
     except MobituneError as exc:
@@ -119,6 +131,17 @@ def _sweep(args: argparse.Namespace) -> str:
         cache=args.cache,
         resume=args.resume,
     )
+
+
+def _setup(heartbeat_timeout_s: int) -> str:
+    from mobitune.server_setup import HEARTBEAT_SECONDS, setup_server
+
+    if heartbeat_timeout_s < 2 * HEARTBEAT_SECONDS:
+        raise MobituneError(
+            f"--heartbeat-timeout-s must be at least {2 * HEARTBEAT_SECONDS} (two heartbeats of "
+            f"{HEARTBEAT_SECONDS} s), got {heartbeat_timeout_s}"
+        )
+    return "\n".join(setup_server(heartbeat_timeout_s))
 
 
 def _recipe_arguments(path: Path) -> str:
