@@ -38,6 +38,7 @@ def test_dockerfile_copies_what_exists_and_starts_a_gpu_worker() -> None:
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", text, re.M).group(1))
     assert cmd[:3] == ["prefect", "worker", "start"]
     assert cmd[cmd.index("--pool") + 1] == "gpu" and cmd[cmd.index("--limit") + 1] == "1"
+    assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in text, "the worker's flow runs send heartbeats"
 
 
 def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
@@ -55,3 +56,4 @@ def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
         if service.get("build") == ".":
             assert service["environment"]["PREFECT_API_URL"].endswith(":4200/api")
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+    assert "mobitune setup && prefect deploy --all" in services["deploy"]["command"][-1]

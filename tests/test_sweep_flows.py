@@ -223,6 +223,13 @@ def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(tmp_path: Pa
     assert sweep_dir.name in refused.stderr, "the error lists the sweeps there are"
 
 
+def test_setup_names_the_server_it_needs(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}/api"
+    for api, message in (("", "PREFECT_API_URL is not set"), (closed, f"no Prefect server answers at {closed}")):
+        result = run(["mobitune", "setup"], tmp_path, check=False, env_extra={"PREFECT_API_URL": api})
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
 def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archive: Path) -> None:
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.01]})
     for args, message in (
@@ -506,6 +513,49 @@ def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
     results = check_searched(sweep_dir, trials=3, epochs=3)
     for trial_id in results.loc[results["status"] == "ok", "trial_id"]:
         assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in log.read_text()
+
+
+def test_a_lost_worker_machine_is_crashed_by_the_automation_and_its_trial_finishes_elsewhere(
+    workers: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """SIGKILL a worker and its flow-run process mid-finetune, so nothing reports the crash (a lost machine):
+    the run's heartbeats stop, the automation of `mobitune setup` marks it Crashed, the sweep submits it
+    again, and a second worker resumes it from its checkpoint; the trial appears once, each epoch once."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]}, **{"finetune.epochs": 6, "batch_size": 25})
+    env = {"PREFECT_API_URL": workers.api}
+    first = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
+    again = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
+    assert "automation 'mobitune: crash flow runs whose heartbeats stopped': created" in first
+    assert "work pool gpu: exists" in again and "heartbeats stopped': updated" in again, "setup is idempotent"
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    beating = {**env, "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    worker = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]
+    doomed = workers.start("doomed", worker, project, beating)
+    with (project / "sweep.log").open("w") as out:
+        sweep = subprocess.Popen(
+            ["mobitune", "sweep", "--backend", "workers"],
+            cwd=project,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**workers.env, **beating},
+        )
+    deadline = time.monotonic() + 300
+    while "finetune 1/6" not in doomed.read_text():  # a checkpoint is stored, a heartbeat was sent
+        assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
+        time.sleep(0.2)
+    engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
+    os.killpg(workers.processes[-1].pid, signal.SIGKILL)
+    for pid in engines:
+        os.kill(int(pid), signal.SIGKILL)
+    rescuer = workers.start("rescuer", worker, project, beating)
+    assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
+    assert "Crashed; submitting again" in (project / "sweep.log").read_text()
+    assert "resuming from its checkpoint after finetune epoch" in rescuer.read_text()
+    sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
+    results = pd.read_csv(sweep_dir / "results.csv")
+    assert results["status"].tolist() == ["ok"]
+    history = pd.read_csv(sweep_dir / "trials" / results["trial_id"][0] / "history.csv")
+    assert history["step"].tolist() == list(range(1, 8)), "one warmup + six finetune epochs, none twice"
 
 
 def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
