@@ -57,3 +57,7 @@ def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
             assert service["environment"]["PREFECT_API_URL"].endswith(":4200/api")
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
     assert "mobitune setup && prefect deploy --all" in services["deploy"]["command"][-1]
+    images = [service["image"] for service in services.values() if "image" in service]
+    assert images and all(":" in image and not image.endswith(":latest") for image in images), images
+    database = services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert database.startswith("postgresql+asyncpg://") and "postgres" in services
