@@ -35,7 +35,7 @@ def _results(rows: list[dict]) -> SweepResults:
     table = pd.DataFrame(rows)
     table["trial_id"] = [f"t{i:03d}" for i in range(len(table))]
     table["error"] = None
-    table["warmup_epochs"], table["finetune_epochs"], table["seconds"] = 5, 5, 1.0
+    table["warmup_epochs"], table["finetune_epochs"], table["seconds"], table["cached"] = 5, 5, 1.0, False
     histories = {t: pd.DataFrame(columns=["step", "phase"]) for t in table["trial_id"]}
     base = {"lr": 0.005, "batch_size": 192}
     return SweepResults(table, histories, ["lr", "batch_size"], base, "one-at-a-time")
