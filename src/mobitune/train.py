@@ -313,16 +313,16 @@ def fit(
             test_loss = test_accuracy = math.nan
         row.update(test_loss=test_loss, test_accuracy=test_accuracy, seconds=time.perf_counter() - started)
         history.append(row)
-        # print, not tqdm.write: the epoch's bar is closed by now, and a Prefect flow or task run with
-        # log_prints records printed lines in its run logs, so a trial's page in the UI shows its epochs
+        checkpoint()
+        if on_checkpoint is not None:
+            on_checkpoint()
+        # after the checkpoint is stored, so the line means the epoch is safe; print, not tqdm.write: the bar
+        # is closed, and a Prefect run with log_prints records printed lines, so its page shows its epochs
         print(
             f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
             f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s",
             flush=True,
         )
-        checkpoint()
-        if on_checkpoint is not None:
-            on_checkpoint()
         if status == DIVERGED:
             print(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged", flush=True)
             break
