@@ -394,12 +394,13 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
     assert again_seconds < 0.3 * first_seconds, (again_seconds, first_seconds)
     for metric in METRICS:
         assert again[metric].tolist() == first[metric].tolist()
-    forced, _ = sweep("--no-cache")
-    assert not forced["cached"].any()
+    one = ("--set", "sweep.lr=[0.005]")  # the first trial alone: its cache key is the same as above
+    forced, _ = sweep("--no-cache", *one)
+    assert forced["cached"].tolist() == [False]
     write_cifar_archive(archive, 200, 500, seed=1)  # same path, other images
-    changed, _ = sweep()
-    assert not changed["cached"].any()
-    assert changed["test_accuracy"].tolist() != first["test_accuracy"].tolist()
+    changed, _ = sweep(*one)
+    assert changed["cached"].tolist() == [False]
+    assert changed["test_accuracy"][0] != first["test_accuracy"][0]
 
 
 def test_workers_backend_matches_the_local_backend(
