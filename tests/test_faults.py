@@ -83,7 +83,7 @@ def test_push_refuses_what_is_not_a_sweep(tmp_path: Path) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, cifar_archive: Path, sig) -> None:
     # flips: every warmup epoch is a full forward (no cached features), so the stage lasts long enough to interrupt
-    params = tiny_params(str(cifar_archive), **{"warmup.epochs": 10, "augment.flip": True})
+    params = tiny_params(str(cifar_archive), **{"warmup.epochs": 6, "augment.flip": True})
     write_params(dvc_project, params)
     # unbuffered: dvc relays the stage's lines as they come, so the signal lands while the stage runs
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
@@ -93,12 +93,12 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
             ["dvc", "repro"], cwd=dvc_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + 120
-        while "warmup 1/10" not in log_path.read_text():
+        while "warmup 1/6" not in log_path.read_text():
             assert time.monotonic() < deadline and process.poll() is None, log_path.read_text()
             time.sleep(0.05)
         os.killpg(process.pid, sig)
         assert process.wait(timeout=60) != 0
-    assert "warmup 10/10" not in log_path.read_text(), "the stage was interrupted mid-run"
+    assert "warmup 6/6" not in log_path.read_text(), "the stage was interrupted mid-run"
     assert not list((dvc_project / "data").rglob(".*.pt.*")), "temporary files left behind"
     lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())["stages"]
     assert "download" in lock and "warmup" not in lock, "finished stages are kept, the interrupted one is not recorded"
@@ -106,7 +106,7 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
     assert "warmup" in status and "download" not in status
     again = run(["dvc", "repro"], dvc_project)
     assert "Running stage 'warmup'" in again.stdout and "Running stage 'download'" not in again.stdout
-    assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 10
+    assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 6
 
 
 def test_two_sweeps_at_once_never_overwrite_each_other(tmp_path: Path, cifar_archive: Path, s3) -> None:
