@@ -23,6 +23,7 @@ from helpers import VENV_BIN, free_port, run, sweep_project
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
 FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
 METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+GPU_WORKER = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]  # one trial at a time
 RECIPE = "finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\n"  # both backends' sweeps apply it
 
 
@@ -288,6 +289,29 @@ class PrefectServer:
                 time.sleep(0.5)
         raise AssertionError("prefect server did not become healthy")
 
+    def deploy_with_worker(self, project: Path, env: dict[str, str], name: str = "worker") -> Path:
+        """``prefect deploy --all`` from ``project``, then one worker (a trial at a time) on pool `gpu`; its log."""
+        run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+        return self.start(name, GPU_WORKER, project, {**env, "PREFECT_LOGGING_LEVEL": "INFO"})
+
+    def start_sweep(self, project: Path, env: dict[str, str]) -> subprocess.Popen:
+        """``mobitune sweep --backend workers`` in the background, its output in ``project/sweep.log``."""
+        with (project / "sweep.log").open("w") as out:
+            return subprocess.Popen(
+                ["mobitune", "sweep", "--backend", "workers"],
+                cwd=project,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **env},
+            )
+
+    @staticmethod
+    def wait_for(text: str, log: Path, sweep: subprocess.Popen, project: Path) -> None:
+        deadline = time.monotonic() + 300
+        while text not in log.read_text():
+            assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
+            time.sleep(0.2)
+
     def stop(self, keep: int = 0) -> None:
         """Stop the processes started after the first ``keep`` (the server is the first)."""
         while len(self.processes) > keep:
@@ -414,7 +438,7 @@ def test_workers_backend_matches_the_local_backend(
     logs = [
         workers.start(
             f"worker-{i}",
-            ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1", "--name", f"worker-{i}"],
+            [*GPU_WORKER, "--name", f"worker-{i}"],
             project,
             {**env, "PREFECT_LOGGING_LEVEL": "INFO"},  # workers log each flow run they submit
         )
@@ -459,25 +483,9 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
     resumes from its last per-epoch checkpoint in the artifact store; every trial once in results."""
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
     env = {"PREFECT_API_URL": workers.api}
-    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-    log = workers.start(
-        "worker",
-        ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
-        project,
-        {**env, "PREFECT_LOGGING_LEVEL": "INFO"},
-    )
-    with (project / "sweep.log").open("w") as out:
-        sweep = subprocess.Popen(
-            ["mobitune", "sweep", "--backend", "workers"],
-            cwd=project,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**workers.env, **env},
-        )
-    deadline = time.monotonic() + 300
-    while "finetune 1/4" not in log.read_text():  # a per-epoch checkpoint is in the store now
-        assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
-        time.sleep(0.2)
+    log = workers.deploy_with_worker(project, env)
+    sweep = workers.start_sweep(project, env)
+    workers.wait_for("finetune 1/4", log, sweep, project)  # a per-epoch checkpoint is in the store now
     engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
     assert engines, "no flow-run process to kill"
     for pid in engines:
@@ -501,13 +509,7 @@ def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
         tmp_path, cifar_archive, {}, **{"model.pretrained": str(calibrated_weights), "trainable_layers": 2}
     )
     env = {"PREFECT_API_URL": workers.api}
-    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-    log = workers.start(
-        "worker",
-        ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"],
-        project,
-        {**env, "PREFECT_LOGGING_LEVEL": "INFO"},
-    )
+    log = workers.deploy_with_worker(project, env)
     three = [arg.replace("sweep.trials=6", "sweep.trials=3") for arg in SEARCH]
     result = run(["mobitune", "sweep", "--backend", "workers", *three], project, env_extra=env, timeout=540)
     sweep_dir = Path(result.stdout.strip().splitlines()[-1])
@@ -528,27 +530,15 @@ def test_a_lost_worker_machine_is_crashed_by_the_automation_and_its_trial_finish
     again = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
     assert "automation 'mobitune: crash flow runs whose heartbeats stopped': created" in first
     assert "work pool gpu: exists" in again and "heartbeats stopped': updated" in again, "setup is idempotent"
-    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-    beating = {**env, "PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
-    worker = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]
-    doomed = workers.start("doomed", worker, project, beating)
-    with (project / "sweep.log").open("w") as out:
-        sweep = subprocess.Popen(
-            ["mobitune", "sweep", "--backend", "workers"],
-            cwd=project,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**workers.env, **beating},
-        )
-    deadline = time.monotonic() + 300
-    while "finetune 1/6" not in doomed.read_text():  # a checkpoint is stored, a heartbeat was sent
-        assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
-        time.sleep(0.2)
+    beating = {**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+    doomed = workers.deploy_with_worker(project, beating, name="doomed")
+    sweep = workers.start_sweep(project, beating)
+    workers.wait_for("finetune 1/6", doomed, sweep, project)  # a checkpoint is stored, a heartbeat was sent
     engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
     os.killpg(workers.processes[-1].pid, signal.SIGKILL)
     for pid in engines:
         os.kill(int(pid), signal.SIGKILL)
-    rescuer = workers.start("rescuer", worker, project, beating)
+    rescuer = workers.start("rescuer", GPU_WORKER, project, {**beating, "PREFECT_LOGGING_LEVEL": "INFO"})
     assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
     assert "Crashed; submitting again" in (project / "sweep.log").read_text()
     assert "resuming from its checkpoint after finetune epoch" in rescuer.read_text()
