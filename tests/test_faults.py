@@ -85,12 +85,18 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
     # flips: every warmup epoch is a full forward (no cached features), so the stage lasts long enough to interrupt
     params = tiny_params(str(cifar_archive), **{"warmup.epochs": 6, "augment.flip": True})
     write_params(dvc_project, params)
-    # unbuffered: dvc relays the stage's lines as they come, so the signal lands while the stage runs
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     log_path = dvc_project / "repro.log"
     with log_path.open("w") as log:
         process = subprocess.Popen(
-            ["dvc", "repro"], cwd=dvc_project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            ["dvc", "repro"],
+            cwd=dvc_project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # as from a terminal: an ignored SIGINT (earlier tests can leave this process so) would be inherited
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         deadline = time.monotonic() + 120
         while "warmup 1/6" not in log_path.read_text():
