@@ -272,7 +272,7 @@ def test_resume_with_a_schedule_continues_exactly(prepared: Path, tmp_path: Path
     session = session_for(params, prepared, train_limit=128)
     run_warmup(params, session, tmp_path / "warmup.pt")
 
-    def stop() -> None:
+    def stop(row: dict) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

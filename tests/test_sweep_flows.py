@@ -20,6 +20,8 @@ import pytest
 from datasets import write_cifar_archive
 from helpers import VENV_BIN, free_port, run, sweep_project
 
+from mobitune.flows import artifact_key
+
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
 FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
 METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
@@ -460,13 +462,15 @@ def test_workers_backend_matches_the_local_backend(
         timeout=540,
     )
     assert result.returncode == 0
-    _, tree = published_sweep(s3_server, bucket, "p")
+    sweep_id, tree = published_sweep(s3_server, bucket, "p")
     results = check_published(tree, trials=4)
     submitted = [log.read_text().count("submitting flow run") for log in logs]
     assert all(count >= 1 for count in submitted), f"flow runs per worker: {submitted}"
-    artifact = run(["prefect", "artifact", "inspect", "sweep-report"], project, env_extra=env).stdout
+    key = artifact_key(sweep_id)
+    artifact = run(["prefect", "artifact", "inspect", f"{key}-report"], project, env_extra=env).stdout
     assert "Best config" in artifact and os.environ["AWS_SECRET_ACCESS_KEY"] not in artifact
-    table = run(["prefect", "artifact", "inspect", "sweep-results"], project, env_extra=env).stdout
+    assert "data:image/png;base64," in artifact and "](figures/" not in artifact
+    table = run(["prefect", "artifact", "inspect", f"{key}-results"], project, env_extra=env).stdout
     assert "test_accuracy %" in table and "finetune_epochs" in table
     assert not re.search(r"(?<![\d:])\d+\.\d{5,}", table), "rounded numbers (timestamps aside)"
     assert not [log for log in logs if os.environ["AWS_SECRET_ACCESS_KEY"] in log.read_text()]

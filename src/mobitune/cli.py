@@ -73,6 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
     report = commands.add_parser("report", help="rebuild a sweep folder's results.csv, figures and report.md")
     report.add_argument("sweep_dir", type=Path)
+    exp_import = commands.add_parser(
+        "exp-import", help="save a sweep's trials as DVC experiments (then: dvc exp show, dvc plots diff T1 T2)"
+    )
+    exp_import.add_argument("sweep", help="a sweep folder (artifacts/sweeps/<id>) or s3://bucket/prefix/sweeps/<id>")
     recipe = commands.add_parser("recipe", help="print a recipe as `-S key=value` arguments for dvc exp run")
     recipe.add_argument("file", type=Path)
     return parser
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
             print(_report(args.sweep_dir))
         elif args.command == "setup":
             print(_setup(args.heartbeat_timeout_s))
+        elif args.command == "exp-import":
+            print(_exp_import(args.sweep))
         else:
             print(_push(args.sweep_dir, args.to))
     except MobituneError as exc:
@@ -142,6 +148,15 @@ def _setup(heartbeat_timeout_s: int) -> str:
             f"{HEARTBEAT_SECONDS} s), got {heartbeat_timeout_s}"
         )
     return "\n".join(setup_server(heartbeat_timeout_s))
+
+
+def _exp_import(source: str) -> str:
+    from mobitune.exp_import import import_sweep
+
+    saved = import_sweep(source)
+    if not saved:
+        raise MobituneError(f"{source}: no trial of this sweep has a history to import (all failed?)")
+    return "\n".join([f"saved {len(saved)} experiment(s): " + " ".join(saved), "compare them: dvc exp show"])
 
 
 def _recipe_arguments(path: Path) -> str:

@@ -19,13 +19,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import queue
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -35,7 +41,7 @@ from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params, params_from_dict
 from mobitune.publish import publish
 from mobitune.records import json_safe
-from mobitune.report import display_table
+from mobitune.report import display_table, epoch_rows, inline_figures
 from mobitune.storage import check_storage
 from mobitune.trial import TrialRequest, run_trial_recorded
 
@@ -62,7 +68,7 @@ def trial(
     request = TrialRequest(
         sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
     )
-    return run_trial_recorded(request)
+    return run_trial_recorded(request, EpochProgress(request))
 
 
 @task(name="trial", cache_policy=NO_CACHE)
@@ -71,9 +77,31 @@ def local_trial(request: TrialRequest, devices: queue.Queue[str]) -> dict[str, A
     device = devices.get()
     try:
         params = {**request.params, "device": device}
-        return run_trial_recorded(dataclasses.replace(request, params=params))
+        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
     finally:
         devices.put(device)
+
+
+class EpochProgress:
+    """A trial's finetune epochs on its run page: a progress artifact moved on after each epoch, and a table
+    artifact of the epochs so far (the printed epoch lines are in the run's logs through ``log_prints``)."""
+
+    def __init__(self, request: TrialRequest) -> None:
+        self.trial_id = request.trial_id
+        self.epochs = request.params["finetune"]["epochs"]
+        self.rows: list[dict[str, Any]] = []
+        self.progress_id: Any = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        percent = 100.0 * row["epoch"] / max(1, self.epochs)
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")
+        else:
+            update_progress_artifact(self.progress_id, percent)
+        create_table_artifact(
+            json_safe(epoch_rows(self.rows)), description=f"{self.trial_id}: epoch {row['epoch']}/{self.epochs}"
+        )
 
 
 def local_devices(params: Params, parallel: int | None) -> list[str]:
@@ -229,10 +257,10 @@ def sweep(
     results = run.finish()
     sweep_id, sweep_dir = run.sweep_id, run.sweep_dir
     table = json_safe(display_table(results).to_dict(orient="records"))
-    create_table_artifact(table, key="sweep-results", description=f"Sweep {sweep_id}: one row per trial")
-    create_markdown_artifact(
-        (sweep_dir / "report.md").read_text(), key="sweep-report", description=f"Sweep {sweep_id} report"
-    )
+    key = artifact_key(sweep_id)
+    create_table_artifact(table, key=f"{key}-results", description=f"Sweep {sweep_id}: one row per trial")
+    report = inline_figures((sweep_dir / "report.md").read_text(), sweep_dir)
+    create_markdown_artifact(report, key=f"{key}-report", description=f"Sweep {sweep_id} report")
     if params.storage.uri:
         logger.info("published to %s", publish(sweep_dir, params.storage.uri))
     else:
@@ -245,6 +273,11 @@ def sweep(
             f"{sweep_dir}. Start a worker in the project root with: {runner.start_worker}"
         )
     return str(sweep_dir)
+
+
+def artifact_key(sweep_id: str) -> str:
+    """``sweep-<id>``: each sweep's artifacts under keys of their own (Prefect allows a-z, 0-9 and dashes)."""
+    return "sweep-" + re.sub(r"[^a-z0-9-]+", "-", sweep_id.lower())
 
 
 class NoWorkerError(MobituneError):

@@ -6,8 +6,10 @@ the caller saves it.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -289,6 +291,32 @@ def display_table(results: SweepResults) -> pd.DataFrame:
     shown["cached"] = table["cached"]
     shown["error"] = table["error"]
     return shown
+
+
+def epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch history rows as people read them: accuracies in %, losses to 4 decimals."""
+    return [
+        {
+            "epoch": f"{row['phase']} {row['epoch']}",
+            "train_accuracy %": round(row["train_accuracy"] * 100, 2),
+            "test_accuracy %": round(row["test_accuracy"] * 100, 2),
+            "train_loss": round(row["train_loss"], 4),
+            "test_loss": round(row["test_loss"], 4),
+            "seconds": round(row["seconds"], 1),
+        }
+        for row in history
+    ]
+
+
+def inline_figures(markdown: str, folder: Path) -> str:
+    """``markdown`` with its ``![alt](figures/x.png)`` links replaced by the images themselves (data URIs):
+    the Prefect UI shows an artifact's images only if they travel inside it, not by a path on some disk."""
+
+    def embed(match: re.Match[str]) -> str:
+        data = base64.b64encode((folder / match["path"]).read_bytes()).decode()
+        return f"![{match['alt']}](data:image/png;base64,{data})"
+
+    return re.sub(r"!\[(?P<alt>[^\]]*)\]\((?P<path>figures/[^)]+\.png)\)", embed, markdown)
 
 
 def best_trial(results: SweepResults) -> pd.Series | None:

@@ -256,7 +256,7 @@ def fit(
     record: dict[str, Any],
     step_offset: int = 0,
     resume: dict[str, Any] | None = None,
-    on_checkpoint: Callable[[], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     cache_features: bool = True,
     until: int | None = None,
 ) -> FitResult:
@@ -265,7 +265,8 @@ def fit(
     ``until`` stops after that many epochs (an early-stopping rung); the
     schedule is still the whole phase's, so a later resume continues it exactly.
     ``record`` (params, classes) is stored in every checkpoint so a resumed or
-    evaluated run cannot silently change its configuration.
+    evaluated run cannot silently change its configuration. ``on_checkpoint``
+    gets each epoch's history row once its checkpoint is written.
     """
     set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
     model.frozen_batchnorm = phase.frozen_batchnorm
@@ -315,7 +316,7 @@ def fit(
         history.append(row)
         checkpoint()
         if on_checkpoint is not None:
-            on_checkpoint()
+            on_checkpoint(row)
         # after the checkpoint is stored, so the line means the epoch is safe; print, not tqdm.write: the bar
         # is closed, and a Prefect run with log_prints records printed lines, so its page shows its epochs
         print(
@@ -393,7 +394,7 @@ def run_finetune(
     warmup_checkpoint: Path,
     checkpoint_path: Path,
     resume: bool = False,
-    on_checkpoint: Callable[[], None] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     until: int | None = None,
 ) -> FitResult:
     """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``: see :func:`fit`)."""

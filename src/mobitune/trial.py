@@ -15,7 +15,7 @@ import hashlib
 import json
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from mobitune.train import DIVERGED, HISTORY_COLUMNS, Session, run_finetune, run
 
 FAILED = "failed"
 TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
+EpochHook = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,11 @@ def _keep_result(request: TrialRequest, key: str, store: ArtifactStore, local_ro
     store.put_file(f"{key}/history.csv", folder / "history.csv")
 
 
-def run_trial(request: TrialRequest) -> dict[str, Any]:
-    """Train one trial (or only its warmup) and store params.json, history.csv, metrics.json."""
+def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[str, Any]:
+    """Train one trial (or only its warmup) and store params.json, history.csv, metrics.json.
+
+    ``on_epoch`` gets each finetune epoch's history row once its checkpoint is in the store.
+    """
     started = time.perf_counter()
     params = params_from_dict(request.params)
     local_root = Path(request.local_root).resolve()
@@ -206,13 +210,19 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
             done = len(load_checkpoint(local_checkpoint)["history"])
             print(f"{request.trial_id}: resuming from its checkpoint after finetune epoch {done}")
             earlier_seconds = _earlier_seconds(request, store, local_root)
+
+        def checkpoint_stored(row: dict[str, Any]) -> None:
+            store.put_file(stored_checkpoint, local_checkpoint)
+            if on_epoch is not None:
+                on_epoch(row)
+
         result = run_finetune(
             params,
             session,
             warm_path,
             local_checkpoint,
             resume=resumed,
-            on_checkpoint=lambda: store.put_file(stored_checkpoint, local_checkpoint),
+            on_checkpoint=checkpoint_stored,
             until=request.until,
         )
         history += result.history
@@ -233,7 +243,7 @@ def _earlier_seconds(request: TrialRequest, store: ArtifactStore, local_root: Pa
     return float(json.loads(local.read_text()).get("seconds") or 0.0)
 
 
-def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
+def run_trial_recorded(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[str, Any]:
     """:func:`run_trial`, with any failure recorded as the trial's result instead of raised.
 
     The orchestration edge: one failed trial (a bad config, out of memory)
@@ -241,7 +251,7 @@ def run_trial_recorded(request: TrialRequest) -> dict[str, Any]:
     """
     started = time.perf_counter()
     try:
-        return run_trial(request)
+        return run_trial(request, on_epoch)
     except Exception as exc:  # recorded, not swallowed: status "failed" with the reason
         if request.warmup_only:
             raise
