@@ -41,7 +41,7 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use a temporary server
 
 from datasets import write_cifar_archive  # noqa: E402
-from helpers import ROOT, free_port, run  # noqa: E402
+from helpers import ROOT, PrefectServer, free_port, run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -144,5 +144,29 @@ def dvc_project(tmp_path: Path) -> Path:
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     run(["git", "init", "-q", "-b", "main"], project)
     run(["dvc", "init", "-q"], project)
-    run(["dvc", "config", "core.analytics", "false"], project)
+    shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")  # no analytics; the offline plot page
+    shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
     return project
+
+
+@pytest.fixture
+def workers(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
+    """The server, with every worker a test starts stopped when the test ends."""
+    yield prefect_server
+    prefect_server.stop(keep=1)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    home = tmp_path_factory.mktemp("prefect-server")
+    server = PrefectServer(home)
+    server.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home)
+    server.wait_healthy()
+    for pool in ("gpu", "sweeps"):
+        run(
+            ["prefect", "work-pool", "create", pool, "--type", "process"],
+            home,
+            env_extra={"PREFECT_API_URL": server.api},
+        )
+    yield server
+    server.stop()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -105,3 +110,95 @@ class MotoProcess:
             self.process.terminate()
             self.process.wait(timeout=10)
             self.process = None
+
+
+GPU_WORKER = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]  # one trial at a time
+
+
+class PrefectServer:
+    def __init__(self, home: Path) -> None:
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_UI_API_URL": self.api,  # the UI's pages call the API here, not at the default port
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        }
+        self.processes: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def start(self, name: str, cmd: list[str], cwd: Path, env: dict | None = None) -> Path:
+        log = cwd / f"{name}.log"
+        process = subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env={**self.env, **(env or {})},
+            stdout=log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return log
+
+    def api_post(self, path: str, body: dict) -> Any:
+        """POST ``body`` to the server's REST API (as the UI does); the decoded answer."""
+        request = urllib.request.Request(
+            f"{self.api}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def api_get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"{self.api}/{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.api}/health", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("prefect server did not become healthy")
+
+    def deploy_with_worker(self, project: Path, env: dict[str, str], name: str = "worker") -> Path:
+        """``prefect deploy --all`` from ``project``, then one worker (a trial at a time) on pool `gpu`; its log."""
+        run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+        return self.start(name, GPU_WORKER, project, {**env, "PREFECT_LOGGING_LEVEL": "INFO"})
+
+    def start_sweep(self, project: Path, env: dict[str, str]) -> subprocess.Popen:
+        """``mobitune sweep --backend workers`` in the background, its output in ``project/sweep.log``."""
+        with (project / "sweep.log").open("w") as out:
+            return subprocess.Popen(
+                ["mobitune", "sweep", "--backend", "workers"],
+                cwd=project,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **env},
+            )
+
+    @staticmethod
+    def wait_for(text: str, log: Path, sweep: subprocess.Popen, project: Path) -> None:
+        deadline = time.monotonic() + 300
+        while text not in log.read_text():
+            assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
+            time.sleep(0.2)
+
+    def stop(self, keep: int = 0) -> None:
+        """Stop the processes started after the first ``keep`` (the server is the first)."""
+        while len(self.processes) > keep:
+            process = self.processes.pop()
+            for _ in range(2):  # a process worker needs two SIGINTs
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGINT)
+                    time.sleep(0.3)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

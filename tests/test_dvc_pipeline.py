@@ -6,6 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
+import pytest
 import yaml
 from helpers import ROOT, closed_port_url, run, tiny_params, write_params
 
@@ -102,3 +104,54 @@ def test_bad_params_stop_the_stage_with_the_key_named(dvc_project: Path, cifar_a
     result = run(["dvc", "repro"], dvc_project, check=False)
     assert "error: lr: must be greater than 0.0, got -1.0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_exp_import_saves_each_sweep_trial_as_a_dvc_experiment(dvc_project: Path, cifar_archive: Path, s3) -> None:
+    """Published (S3) or local, a 2-trial sweep becomes two experiments with their lr and test accuracy, plots
+    diff compares their curves, and the workspace is as it was."""
+    project = dvc_project
+    params = tiny_params(str(cifar_archive))
+    params["sweep"] = {"mode": "grid", "lr": [0.005, 0.002], "seeds": [0]}
+    write_params(project, params)
+    run(["dvc", "repro", "download"], project)  # dvc exp save records the data stage's output
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    bucket = s3.bucket("exp-import")
+    sweep_dir = Path(run(["mobitune", "sweep", "--set", f"storage.uri=s3://{bucket}/team"], project).stdout.split()[-1])
+    results = pd.read_csv(sweep_dir / "results.csv").set_index("trial_id")
+    params_before = (project / "params.yaml").read_bytes()
+
+    for source in (f"s3://{bucket}/team/sweeps/{sweep_dir.name}", str(sweep_dir)):
+        imported = run(["mobitune", "exp-import", source], project).stdout
+        assert "saved 2 experiment(s)" in imported
+        assert run(["git", "status", "--porcelain"], project).stdout == ""
+        assert (project / "params.yaml").read_bytes() == params_before
+
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {
+        rev["name"]: rev["data"] for commit in shown for exp in commit.get("experiments") or [] for rev in exp["revs"]
+    }
+    assert set(experiments) == set(results.index)
+    for trial_id, data in experiments.items():
+        assert data["params"]["params.yaml"]["data"]["lr"] == results.loc[trial_id, "lr"]
+        accuracy = data["metrics"]["data/metrics/evaluate.json"]["data"]["test_accuracy"]
+        assert accuracy == pytest.approx(results.loc[trial_id, "test_accuracy"])
+    first, second = sorted(experiments)
+    diff = json.loads(run(["dvc", "plots", "diff", first, second, "--json"], project).stdout)
+    revs = {point["rev"] for point in diff["data"]["loss"][0]["content"]["data"]["values"]}
+    assert revs == {first, second}
+
+
+def test_exp_import_refuses_a_workspace_it_cannot_save_cleanly(dvc_project: Path) -> None:
+    """No data stage output (dvc exp save would fail half-way), or uncommitted changes (every experiment
+    would include them): a message that says what to do, before anything is written."""
+    run(["git", "add", "-A"], dvc_project)
+    run(["git", "commit", "-qm", "baseline"], dvc_project)
+    result = run(["mobitune", "exp-import", "artifacts/sweeps/none"], dvc_project, check=False)
+    assert result.returncode == 2 and "data/cifar10 is missing" in result.stderr
+    assert "dvc repro download" in result.stderr
+    (dvc_project / "data" / "cifar10").mkdir(parents=True)
+    (dvc_project / "params.yaml").write_text("lr: 0.1\n")
+    result = run(["mobitune", "exp-import", "artifacts/sweeps/none"], dvc_project, check=False)
+    assert result.returncode == 2 and "uncommitted changes" in result.stderr and "params.yaml" in result.stderr
+    assert (dvc_project / "params.yaml").read_text() == "lr: 0.1\n"

@@ -11,21 +11,19 @@ import re
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from datasets import write_cifar_archive
-from helpers import VENV_BIN, free_port, run, sweep_project
+from helpers import GPU_WORKER, VENV_BIN, PrefectServer, free_port, run, sweep_project
 
 from mobitune.flows import artifact_key
 
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
 FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
 METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
-GPU_WORKER = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]  # one trial at a time
 RECIPE = "finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\n"  # both backends' sweeps apply it
 
 
@@ -253,105 +251,6 @@ def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archi
 # --------------------------------------------------------------- workers backend
 
 
-class PrefectServer:
-    def __init__(self, home: Path) -> None:
-        self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}/api"
-        self.env = {
-            **os.environ,
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-            "PREFECT_HOME": str(home),
-            "PREFECT_API_URL": self.api,
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-        }
-        self.processes: list[subprocess.Popen] = []
-        self.logs: list[Path] = []
-
-    def start(self, name: str, cmd: list[str], cwd: Path, env: dict | None = None) -> Path:
-        log = cwd / f"{name}.log"
-        process = subprocess.Popen(
-            cmd,
-            cwd=cwd,
-            env={**self.env, **(env or {})},
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.processes.append(process)
-        return log
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.api}/health", timeout=2)
-                return
-            except OSError:
-                time.sleep(0.5)
-        raise AssertionError("prefect server did not become healthy")
-
-    def deploy_with_worker(self, project: Path, env: dict[str, str], name: str = "worker") -> Path:
-        """``prefect deploy --all`` from ``project``, then one worker (a trial at a time) on pool `gpu`; its log."""
-        run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-        return self.start(name, GPU_WORKER, project, {**env, "PREFECT_LOGGING_LEVEL": "INFO"})
-
-    def start_sweep(self, project: Path, env: dict[str, str]) -> subprocess.Popen:
-        """``mobitune sweep --backend workers`` in the background, its output in ``project/sweep.log``."""
-        with (project / "sweep.log").open("w") as out:
-            return subprocess.Popen(
-                ["mobitune", "sweep", "--backend", "workers"],
-                cwd=project,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**self.env, **env},
-            )
-
-    @staticmethod
-    def wait_for(text: str, log: Path, sweep: subprocess.Popen, project: Path) -> None:
-        deadline = time.monotonic() + 300
-        while text not in log.read_text():
-            assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
-            time.sleep(0.2)
-
-    def stop(self, keep: int = 0) -> None:
-        """Stop the processes started after the first ``keep`` (the server is the first)."""
-        while len(self.processes) > keep:
-            process = self.processes.pop()
-            for _ in range(2):  # a process worker needs two SIGINTs
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGINT)
-                    time.sleep(0.3)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-
-
-@pytest.fixture
-def workers(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
-    """The server, with every worker a test starts stopped when the test ends."""
-    yield prefect_server
-    prefect_server.stop(keep=1)
-
-
-@pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
-    home = tmp_path_factory.mktemp("prefect-server")
-    server = PrefectServer(home)
-    server.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home)
-    server.wait_healthy()
-    for pool in ("gpu", "sweeps"):
-        run(
-            ["prefect", "work-pool", "create", pool, "--type", "process"],
-            home,
-            env_extra={"PREFECT_API_URL": server.api},
-        )
-    yield server
-    server.stop()
-
-
 def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
     prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
 ) -> None:
@@ -427,6 +326,32 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
     changed, _ = sweep(*one)
     assert changed["cached"].tolist() == [False]
     assert changed["test_accuracy"][0] != first["test_accuracy"][0]
+
+
+def test_a_sweep_from_the_nightly_form_runs_the_lrs_typed_into_it(
+    workers: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """The deployment's form starts from params.yaml; a run created with two lrs in it (the REST call the UI's
+    Custom run makes), executed by a real worker on pool `sweeps`, trains exactly those two."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.001, 0.0005]})
+    env = {"PREFECT_API_URL": workers.api}
+    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
+    [nightly] = workers.api_post("deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
+    form = nightly["parameter_openapi_schema"]["definitions"]["SweepSettings"]["properties"]
+    assert form["lr"]["default"] == [0.005, 0.001, 0.0005] and form["mode"]["default"] == "one-at-a-time"
+    assert nightly["parameters"]["settings"] == {}  # scheduled runs: params.yaml as it is then
+
+    typed = {"settings": {"mode": "grid", "lr": [0.004, 0.002], "finetune_epochs": 1}, "backend": "local"}
+    flow_run = workers.api_post(f"deployments/{nightly['id']}/create_flow_run", {"parameters": typed})
+    worker = workers.start("sweeps-worker", ["prefect", "worker", "start", "--pool", "sweeps", "--run-once"], project)
+    deadline = time.monotonic() + 300
+    while (state := workers.api_get(f"flow_runs/{flow_run['id']}")["state"]["type"]) not in ("COMPLETED", "FAILED"):
+        assert time.monotonic() < deadline and state != "CRASHED", worker.read_text()
+        time.sleep(1)
+    assert state == "COMPLETED", worker.read_text()
+    [results] = (project / "artifacts" / "sweeps").glob("*/results.csv")
+    trained = pd.read_csv(results)
+    assert sorted(trained["lr"]) == [0.002, 0.004] and set(trained["finetune_epochs"]) == {1}
 
 
 def test_workers_backend_matches_the_local_backend(

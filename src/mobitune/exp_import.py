@@ -137,7 +137,8 @@ def import_sweep(source: str) -> list[str]:
         with sweep_folder(source) as folder:
             for trial_id, params, history, metrics in _trials(folder):
                 _write_trial(workspace_params, params, history, metrics)
-                save = [sys.executable, "-m", "dvc", "exp", "save", "-q", "-f", "-n", trial_id, "download"]
+                written = [arg for path in WRITTEN if path.exists() for arg in ("-I", str(path))]  # also untracked
+                save = [sys.executable, "-m", "dvc", "exp", "save", "-q", "-f", "-n", trial_id, *written, "download"]
                 result = subprocess.run(save, capture_output=True, text=True)
                 if result.returncode != 0:
                     raise ExpImportError(f"{trial_id}: dvc exp save failed: {result.stderr.strip()}")

@@ -37,6 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mobitune.driver import SweepRun
 from mobitune.errors import MobituneError
+from mobitune.form import SweepSettings
 from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params, params_from_dict
 from mobitune.publish import publish
@@ -212,6 +213,7 @@ class WorkerRunner:
 
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
 def sweep(
+    settings: SweepSettings | None = None,
     overrides: list[str] | None = None,
     recipe: str | None = None,
     params_file: str = "params.yaml",
@@ -222,7 +224,8 @@ def sweep(
     cache: bool = True,
     resume: str | None = None,
 ) -> str:
-    """The whole study of ``params.sweep`` (``recipe``, then ``overrides``, on ``params_file``); returns its folder.
+    """The whole study of ``params.sweep`` (``recipe``, then ``settings``, then ``overrides``, on
+    ``params_file``); returns its folder. ``settings`` is the deployment form's typed view of the main keys.
 
     ``cache``: reuse the stored result of a trial whose config, data and training code are unchanged
     (False trains every trial and its warmup again, and refreshes what is stored). ``resume``: the id of
@@ -233,12 +236,13 @@ def sweep(
         run = SweepRun.resume(Path(local_root), resume, backend, cache)
         params = params_from_dict(run.record["params"])
     else:
-        params = load_params(params_file, overrides or [], recipe)
+        overrides = [*(settings.overrides() if settings else []), *(overrides or [])]
+        params = load_params(params_file, overrides, recipe)
     warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
     if warning:
         logger.warning(warning)
     if not resume:
-        run = SweepRun.start(params, Path(local_root), recipe, overrides or [], backend, cache)
+        run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache)
     planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
     logger.info(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir

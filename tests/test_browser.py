@@ -1,0 +1,88 @@
+"""What a person sees, in headless Chromium: `dvc plots` pages offline, the sweep report and a trial's epochs in the
+Prefect UI. ``MOBITUNE_SCREENSHOTS=DIR`` keeps the screenshots there (the ones in docs/ come from this)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser
+from helpers import PrefectServer, run, sweep_project, tiny_params, write_params
+
+from mobitune.flows import artifact_key
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if CHROMIUM is None:
+        pytest.skip(NOT_INSTALLED)
+    chromium = Browser()
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("MOBITUNE_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def test_dvc_plots_diff_renders_all_three_plots_offline(
+    dvc_project: Path, cifar_archive: Path, calibrated_weights: Path, browser: Browser, screenshots: Path
+) -> None:
+    project = dvc_project
+    epochs = {"warmup.epochs": 2, "finetune.epochs": 3}
+    write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights), **epochs))
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    run(["dvc", "exp", "run", "-n", "low-lr", "-S", "lr=0.001"], project)
+    run(["dvc", "plots", "diff", "main", "low-lr", "-o", "plots-out"], project)
+    page_file = project / "plots-out" / "index.html"
+    html = page_file.read_text()
+    assert not re.search(r"<script[^>]+src=", html), "the libraries are inlined, not loaded"
+
+    page = browser.open(page_file.as_uri())
+    painted = page.wait_for(f"(() => {{ const p = {PAINTED_PIXELS}; return p.length === 3 && p; }})()")
+    assert all(count > 2000 for count in painted), painted  # axes, labels, two experiments' lines, the matrix
+    outside = [url for url in page.requested if not url.startswith(("file:", "data:", "about:"))]
+    assert outside == [], outside
+    page.screenshot(screenshots / "dvc-plots-diff.png")
+
+
+def _artifact_id(server: PrefectServer, key: str) -> str:
+    found = server.api_post("artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "limit": 1})
+    assert found, f"no artifact {key}"
+    return found[0]["id"]
+
+
+def test_prefect_ui_shows_the_report_figures_and_a_trials_epochs(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path, browser: Browser, screenshots: Path
+) -> None:
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 2})
+    env = {"PREFECT_API_URL": prefect_server.api, "PREFECT_LOGGING_LEVEL": "INFO"}  # Prefect's default level
+    sweep_dir = Path(run(["mobitune", "sweep"], project, env_extra=env).stdout.strip().splitlines()[-1])
+    figures = (sweep_dir / "report.md").read_text().count("](figures/")
+    assert figures >= 2
+
+    report_id = _artifact_id(prefect_server, f"{artifact_key(sweep_dir.name)}-report")
+    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/artifacts/artifact/{report_id}")
+    widths = page.wait_for(f"(() => {{ const w = {EMBEDDED_IMAGES}; return w.length === {figures} && w; }})()")
+    assert all(width > 300 for width in widths), widths
+    assert "Best config" in page.evaluate("document.body.innerText")
+    page.screenshot(screenshots / "prefect-sweep-report.png")
+
+    trial_runs = prefect_server.api_post(
+        "task_runs/filter",
+        {"task_runs": {"name": {"any_": ["t001-lr=0.002-s0"]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1},
+    )
+    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/runs/task-run/{trial_runs[0]['id']}")
+    page.wait_for("document.body.innerText.includes('finetune 2/2: train loss')")
+    page.screenshot(screenshots / "prefect-trial-epochs.png")
+    of_trial = {"task_run_id": {"any_": [trial_runs[0]["id"]]}, "type": {"any_": ["progress"]}}
+    progress = prefect_server.api_post("artifacts/filter", {"artifacts": of_trial})
+    assert [artifact["data"] for artifact in progress] == [100.0]
