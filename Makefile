@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install run test lint bench
+.PHONY: install browser run test lint bench
 
 install: $(STAMP)
 
@@ -18,8 +18,15 @@ $(STAMP): pyproject.toml
 run: install
 	dvc repro
 
+# headless Chromium (Debian's package) for tests/test_browser.py; where it cannot be installed
+# (no apt-get, not root) those tests are skipped and say why
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
+		echo "note: Chromium is not installed and could not be: the browser tests will be skipped"
+
 # pytest exits 5 when it collects no test: not a failure of the suite
-test: install
+test: install browser
 	pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json

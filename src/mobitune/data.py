@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from mobitune import storage
 from mobitune.errors import MobituneError
@@ -281,18 +282,21 @@ def _assemble_folder(
     shape: tuple[int, ...] | None = None
     for split in SPLITS:
         xs, ys = [], []
-        for index, cls in enumerate(classes):
-            for name, raw in sorted(images[(split, cls)]):
-                array = _decode_image(name, raw)
-                if shape is None:
-                    shape = array.shape
-                elif array.shape != shape:
-                    raise DataError(
-                        f"{name}: image is {array.shape[2]}x{array.shape[1]}, the others are "
-                        f"{shape[2]}x{shape[1]}; all images must have one size"
-                    )
-                xs.append(array)
-                ys.append(index)
+        count = sum(len(images[(split, cls)]) for cls in classes)
+        with tqdm(total=count, desc=f"decoding {split} images", unit="img", disable=None) as bar:
+            for index, cls in enumerate(classes):
+                for name, raw in sorted(images[(split, cls)]):
+                    array = _decode_image(name, raw)
+                    if shape is None:
+                        shape = array.shape
+                    elif array.shape != shape:
+                        raise DataError(
+                            f"{name}: image is {array.shape[2]}x{array.shape[1]}, the others are "
+                            f"{shape[2]}x{shape[1]}; all images must have one size"
+                        )
+                    xs.append(array)
+                    ys.append(index)
+                    bar.update()
         order = np.random.default_rng(FOLDER_SHUFFLE_SEED).permutation(len(xs))
         splits.append(Split(np.stack(xs)[order], np.asarray(ys, dtype=np.int64)[order]))
     return splits[0], splits[1], classes
