@@ -87,7 +87,7 @@ class Page:
 class Browser:
     def __init__(self, width: int = 1400, height: int = 1000) -> None:
         self.port = free_port()
-        self.profile = tempfile.TemporaryDirectory()
+        self.profile = tempfile.TemporaryDirectory(ignore_cleanup_errors=True)  # its helpers may still be exiting
         self.process = subprocess.Popen(
             [
                 str(CHROMIUM),
