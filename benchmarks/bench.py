@@ -14,14 +14,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import json
+import math
 import os
 import platform
+import shutil
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,12 @@ from mobitune.train import Session, evaluate, fit, train_one_epoch, warmup_phase
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 MODES = {"warmup": 0, "finetune": 10, "full": None}  # trainable blocks; None = every layer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def median_rate(images: int, seconds: list[float]) -> float:
@@ -243,8 +255,8 @@ def bench_data_path(dataset: Dataset, device: torch.device, decode_seconds: floa
     return {"load_arrays_s": decode_seconds, "to_device_s": to_device, "epoch_batching_augment_s": epoch}
 
 
-def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any]:
-    """A sweep of ``trials`` tiny trials on the local backend vs calling run_trial directly."""
+def tiny_sweep(work: Path, trials: int) -> list[str]:
+    """Overrides for a sweep of ``trials`` tiny trials (16 random 32x32 images, 1+1 epochs): start-up dominates."""
     from PIL import Image
 
     tree = work / "tiny-images"
@@ -254,7 +266,7 @@ def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any
             (tree / split / cls).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tree / split / cls / f"{i}.png")
-    overrides = [
+    return [
         f"data.source={tree}",
         "data.md5=null",
         "model.pretrained=none",
@@ -266,23 +278,51 @@ def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any
         "model.hidden_units=8",
         f"sweep={{lr: {[0.001 * (i + 1) for i in range(trials)]}}}",
     ]
-    params_file = work / "params.yaml"
-    params_file.write_text(json.dumps(Params().override(overrides).to_dict()))
-    env = {
+
+
+def quiet_env(work: Path) -> dict[str, str]:
+    return {
         **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PREFECT_HOME": str(work / "prefect"),
         "DO_NOT_TRACK": "1",
         "DVC_NO_ANALYTICS": "1",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
     }
+
+
+def direct_trials_seconds(params_file: Path, root: Path, env: dict[str, str]) -> float:
+    """``run_trial`` on every trial of the sweep, one after the other in a fresh process (imports not timed)."""
+    script = f"""
+import time
+from mobitune.params import load_params
+from mobitune.sweep import expand, new_sweep_id
+from mobitune.trial import TrialRequest, run_trial
+params = load_params({str(params_file)!r})
+sweep_id = new_sweep_id()
+started = time.perf_counter()
+for spec in expand(params):
+    run_trial(TrialRequest(sweep_id, spec.trial_id, spec.params.to_dict(), spec.varied, None, {str(root)!r}))
+print(time.perf_counter() - started)
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any]:
+    """A sweep of ``trials`` tiny trials on the local backend vs calling run_trial directly."""
+    overrides = tiny_sweep(work, trials)
+    params_file = work / "params.yaml"
+    params_file.write_text(json.dumps(Params().override(overrides).to_dict()))
+    env = quiet_env(work)
     script = f"""
 import json, time, sys
 from pathlib import Path
 from mobitune.params import load_params
 from mobitune.sweep import expand, new_sweep_id
 from mobitune.trial import TrialRequest, run_trial
-from mobitune.flows import sweep, trial
+from mobitune.flows import sweep
 from prefect import flow
 params = load_params({str(params_file)!r})
 @flow
@@ -315,16 +355,112 @@ print(json.dumps({{"server_start_s": server, "sweep_s": flow_seconds, "direct_s"
         (project / name).write_text((ROOT / name).read_text())
     (project / "params.yaml").write_text(json.dumps(Params().override(overrides).to_dict()))
     subprocess.run(["cp", "-r", str(ROOT / "src"), str(project / "src")], check=True)
-    path_env = {**env, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"}
     for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "-q"]):
-        subprocess.run(cmd, cwd=project, env=path_env, check=True, capture_output=True)
+        subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
     noop = []
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run(["dvc", "repro"], cwd=project, env=path_env, check=True, capture_output=True)
+        subprocess.run(["dvc", "repro"], cwd=project, env=env, check=True, capture_output=True)
         noop.append(time.perf_counter() - started)
     timing["dvc_repro_noop_s"] = statistics.median(noop)
     log(f"dvc repro with nothing to do: {timing['dvc_repro_noop_s']:.2f}s (median of 3)")
+    return timing
+
+
+def _api(api: str, path: str, body: dict | None = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{api}/{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _state_times(api: str, run_id: str) -> dict[str, float]:
+    """When a flow run first entered each state type (epoch seconds)."""
+    states = _api(api, f"flow_run_states/?flow_run_id={run_id}")
+    times: dict[str, float] = {}
+    for state in sorted(states, key=lambda s: s["timestamp"]):
+        stamp = datetime.datetime.fromisoformat(state["timestamp"]).timestamp()
+        times.setdefault(state["type"], stamp)
+    return times
+
+
+def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
+    """A sweep of ``trials`` tiny trials on the workers backend (a real ``prefect server``, one ``prefect worker
+    --limit 1``) against ``run_trial`` on the same trials directly: the start-up each trial's flow run adds.
+
+    Where it goes, from each trial run's state history: pickup is Scheduled (or the previous run's end, as the
+    one worker runs one at a time) to Pending, the wait for the worker's next poll and its slot
+    (``PREFECT_WORKER_QUERY_SECONDS``); Pending → Running the flow-run process starting (Python, imports,
+    loading the flow); Running → Completed the trial with its data load and store writes.
+    """
+    project = work / "workers"
+    project.mkdir()
+    params = Params().override(tiny_sweep(work, trials)).to_dict()
+    (project / "params.yaml").write_text(json.dumps(params))
+    shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
+    shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    query_seconds = os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "2")
+    env = {**quiet_env(work), "PREFECT_API_URL": api, "PREFECT_WORKER_QUERY_SECONDS": query_seconds}
+    processes = []
+
+    def start(name: str, cmd: list[str]) -> None:
+        out = (work / f"{name}.log").open("w")
+        processes.append(subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT))
+
+    try:
+        start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                _api(api, "health")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        for cmd in (["mobitune", "setup"], ["prefect", "--no-prompt", "deploy", "--all"]):
+            subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
+        start("worker", ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"])
+        time.sleep(5)  # the worker is polling
+        started = time.perf_counter()
+        sweep = ["mobitune", "sweep", "--backend", "workers"]
+        subprocess.run(sweep, cwd=project, env=env, check=True, capture_output=True)
+        sweep_seconds = time.perf_counter() - started
+        runs = _api(api, "flow_runs/filter", {"deployments": {"name": {"any_": ["trial"]}}})
+        history = sorted((_state_times(api, run["id"]) for run in runs), key=lambda times: times["PENDING"])
+        phases: dict[str, list[float]] = {"pickup_s": [], "process_start_s": [], "running_s": []}
+        previous_end = -math.inf
+        for times in history:  # one worker, one run at a time: a run can be picked up once the previous ended
+            phases["pickup_s"].append(times["PENDING"] - max(times["SCHEDULED"], previous_end))
+            phases["process_start_s"].append(times["RUNNING"] - times["PENDING"])
+            phases["running_s"].append(times["COMPLETED"] - times["RUNNING"])
+            previous_end = times["COMPLETED"]
+    finally:
+        for process in reversed(processes):
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    direct = direct_trials_seconds(project / "params.yaml", work / "direct", quiet_env(work))
+    timing: dict[str, Any] = {
+        "trials": trials,
+        "flow_runs": len(runs),
+        "worker_query_seconds": float(query_seconds),
+        "sweep_s": sweep_seconds,
+        "direct_s": direct,
+        "overhead_per_trial_s": (sweep_seconds - direct) / trials,
+        **{name: statistics.median(values) for name, values in phases.items()},
+    }
+    log(
+        f"sweep of {trials} tiny trials on workers (1 worker, query every {query_seconds} s): {sweep_seconds:.1f}s vs "
+        f"direct {direct:.2f}s -> {timing['overhead_per_trial_s']:.1f}s overhead per trial; per flow run (median): "
+        f"pickup {timing['pickup_s']:.1f}s, process start {timing['process_start_s']:.1f}s, "
+        f"running {timing['running_s']:.1f}s"
+    )
     return timing
 
 
@@ -378,6 +514,9 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "latest.json")
     parser.add_argument("--skip-orchestration", action="store_true")
+    parser.add_argument(
+        "--workers-only", action="store_true", help="only the workers-backend start-up (a server, a worker)"
+    )
     parser.add_argument("--images", type=Path, default=REAL_IMAGES, help="image-folder tarball (default: shared/data)")
     args = parser.parse_args()
     repeats, images = (1, 384) if args.quick else (5, 1920)
@@ -387,6 +526,12 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
+    if args.workers_only:
+        with tempfile.TemporaryDirectory() as work:
+            result = bench_workers(Path(work), 6, log)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"workers": result, "log": lines}, indent=2) + "\n")
+        return
     device = resolve_device(args.device)
     cache = ROOT / "benchmarks" / "out"
     dataset, data_name, load_seconds = load_benchmark_data(cache, args.images)
@@ -416,6 +561,8 @@ def main() -> None:
     if not args.skip_orchestration:
         with tempfile.TemporaryDirectory() as work:
             report["orchestration"] = bench_orchestration(Path(work), 4, log)
+        with tempfile.TemporaryDirectory() as work:
+            report["workers"] = bench_workers(Path(work), 6, log)
     if device.type == "cuda":
         report["cuda"] = bench_cuda(session, images * 10, repeats, log)
     report["load_after"] = os.getloadavg()[0]

@@ -22,9 +22,9 @@ import pandas as pd
 from mobitune.errors import MobituneError
 from mobitune.params import Params, params_from_dict
 from mobitune.publish import SWEEP_RECORD, write_manifest
-from mobitune.records import json_safe, write_json
+from mobitune.records import STOPPED, json_safe, write_json
 from mobitune.report import SEARCH_RECORD, SweepResults, load_results, write_report
-from mobitune.search import STOPPED, STUDY_FILE, Scheduler, Segment
+from mobitune.search import STUDY_FILE, Scheduler, Segment
 from mobitune.storage import open_store
 from mobitune.sweep import lookup, new_sweep_id, warmup_key
 from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, trial_key

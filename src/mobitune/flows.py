@@ -25,14 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from prefect import flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
-from prefect.cache_policies import NO_CACHE
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mobitune.driver import SweepRun
@@ -42,67 +36,16 @@ from mobitune.loader import resolve_device
 from mobitune.params import Params, load_params, params_from_dict
 from mobitune.publish import publish
 from mobitune.records import json_safe
-from mobitune.report import display_table, epoch_rows, inline_figures
+from mobitune.report import display_table, inline_figures
 from mobitune.storage import check_storage
-from mobitune.trial import TrialRequest, run_trial_recorded
+from mobitune.trial import TrialRequest
+from mobitune.trial_flow import local_trial
 
-WORKER_POLL_SECONDS = 2.0
+WORKER_POLL_SECONDS = 0.5  # one read of all runs in flight per poll (WorkerRunner._state)
+POOL_CHECK_SECONDS = 2.0  # while trials wait: how often to ask whether any worker polls their pool
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
 NO_WORKER_WARNING_SECONDS = 10  # trials waiting this long with no worker on their pool: say so
 SEARCH_IN_FLIGHT = 4  # random/tpe trials in flight on workers unless --parallel says: each waits for feedback
-
-
-@flow(name="trial", log_prints=True)
-def trial(
-    sweep_id: str,
-    trial_id: str,
-    params: dict[str, Any],
-    varied: dict[str, Any] | None = None,
-    store_uri: str | None = None,
-    local_root: str = "artifacts",
-    warmup_only: bool = False,
-    until: int | None = None,
-    use_cache: bool = True,
-) -> dict[str, Any]:
-    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
-    (resuming from its checkpoint in the store), store params/history/metrics."""
-    request = TrialRequest(
-        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
-    )
-    return run_trial_recorded(request, EpochProgress(request))
-
-
-@task(name="trial", cache_policy=NO_CACHE)
-def local_trial(request: TrialRequest, devices: queue.Queue[str]) -> dict[str, Any]:
-    """A trial on the next free device of this machine."""
-    device = devices.get()
-    try:
-        params = {**request.params, "device": device}
-        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
-    finally:
-        devices.put(device)
-
-
-class EpochProgress:
-    """A trial's finetune epochs on its run page: a progress artifact moved on after each epoch, and a table
-    artifact of the epochs so far (the printed epoch lines are in the run's logs through ``log_prints``)."""
-
-    def __init__(self, request: TrialRequest) -> None:
-        self.trial_id = request.trial_id
-        self.epochs = request.params["finetune"]["epochs"]
-        self.rows: list[dict[str, Any]] = []
-        self.progress_id: Any = None
-
-    def __call__(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-        percent = 100.0 * row["epoch"] / max(1, self.epochs)
-        if self.progress_id is None:
-            self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")
-        else:
-            update_progress_artifact(self.progress_id, percent)
-        create_table_artifact(
-            json_safe(epoch_rows(self.rows)), description=f"{self.trial_id}: epoch {row['epoch']}/{self.epochs}"
-        )
 
 
 def local_devices(params: Params, parallel: int | None) -> list[str]:
@@ -155,6 +98,9 @@ class WorkerRunner:
         self.checked_at = -math.inf
         self.warned = False
         self.timed_out: list[str] = []
+        self.in_flight: set[Any] = set()  # flow-run ids
+        self.states: dict[Any, Any] = {}
+        self.read_at = -math.inf
 
     def start(self, request: TrialRequest) -> dict[str, Any]:
         from prefect.deployments import run_deployment
@@ -162,17 +108,35 @@ class WorkerRunner:
         run = run_deployment(
             self.deployment, parameters=dataclasses.asdict(request), timeout=0, flow_run_name=request.trial_id
         )
+        self.in_flight.add(run.id)
         return {"request": request, "run": run, "attempt": 1}
 
+    def _state(self, run_id: Any) -> Any:
+        """The run's state, from one read of all runs in flight per poll: a 40-trial sweep asks the server
+        once, not 40 times, each time it looks."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        now = time.monotonic()
+        if run_id not in self.states or now - self.read_at >= self.poll_seconds / 2:
+            self.read_at = now
+            runs = self.client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(self.in_flight))),
+                limit=len(self.in_flight),
+            )
+            self.states = {run.id: run.state for run in runs}
+        return self.states.get(run_id)
+
     def outcome(self, handle: dict[str, Any]) -> str | None:
-        state = self.client.read_flow_run(handle["run"].id).state
+        run_id = handle["run"].id
+        state = self._state(run_id)
         if state is None or not state.is_final():
             return self._waiting(handle) if state is None or state.is_scheduled() or state.is_pending() else None
+        self.in_flight.discard(run_id)
         if state.is_completed():
             return ""
         if handle["attempt"] < WORKER_ATTEMPTS:
             get_run_logger().warning(
-                "%s: flow run %s %s; submitting again", handle["request"].trial_id, handle["run"].id, state.name
+                "%s: flow run %s %s; submitting again", handle["request"].trial_id, run_id, state.name
             )
             handle.update(self.start(handle["request"]), attempt=handle["attempt"] + 1)
             return None
@@ -187,7 +151,7 @@ class WorkerRunner:
         from prefect.states import Cancelled
 
         now = time.monotonic()
-        if now - self.checked_at >= self.poll_seconds:  # one look at the pool per poll, however many runs wait
+        if now - self.checked_at >= POOL_CHECK_SECONDS:  # one look at the pool, however many runs wait
             self.checked_at = now
             online = any(w.status == "ONLINE" for w in self.client.read_workers_for_work_pool(self.pool))
             self.no_worker_since = None if online else (self.no_worker_since or now)
@@ -207,6 +171,7 @@ class WorkerRunner:
             return None
         # cancelled, so that a worker started later does not run a trial the sweep has given up
         self.client.set_flow_run_state(handle["run"].id, Cancelled(message="no worker"), force=True)
+        self.in_flight.discard(handle["run"].id)
         self.timed_out.append(handle["request"].trial_id)
         return f"no worker polled work pool '{self.pool}' for {self.worker_timeout_s} s (sweep.worker_timeout_s)"
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from mobitune.storage import atomic_write_text
 
+STOPPED = "stopped"  # the status of a trial that early stopping ended at a rung (beside train's ok/diverged)
+
 
 def json_safe(value: Any) -> Any:
     """JSON has no NaN: a diverged run's non-finite numbers become null."""

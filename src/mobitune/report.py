@@ -293,21 +293,6 @@ def display_table(results: SweepResults) -> pd.DataFrame:
     return shown
 
 
-def epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per-epoch history rows as people read them: accuracies in %, losses to 4 decimals."""
-    return [
-        {
-            "epoch": f"{row['phase']} {row['epoch']}",
-            "train_accuracy %": round(row["train_accuracy"] * 100, 2),
-            "test_accuracy %": round(row["test_accuracy"] * 100, 2),
-            "train_loss": round(row["train_loss"], 4),
-            "test_loss": round(row["test_loss"], 4),
-            "seconds": round(row["seconds"], 1),
-        }
-        for row in history
-    ]
-
-
 def inline_figures(markdown: str, folder: Path) -> str:
     """``markdown`` with its ``![alt](figures/x.png)`` links replaced by the images themselves (data URIs):
     the Prefect UI shows an artifact's images only if they travel inside it, not by a path on some disk."""

@@ -28,10 +28,10 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from mobitune.params import EarlyStopParams, Params, SearchRange
+from mobitune.records import STOPPED
 from mobitune.sweep import TrialSpec, expand, make_trial, trial_base
 
 STUDY_FILE = "study.journal"
-STOPPED = "stopped"  # the status of a trial that early stopping ended at a rung
 SAMPLE_ATTEMPTS = 100  # draws per new trial before a search space counts as exhausted
 
 

@@ -26,8 +26,7 @@ from mobitune.data import load_dataset, prepare
 from mobitune.loader import resolve_device
 from mobitune.model import load_checkpoint
 from mobitune.params import DataParams, Params, params_from_dict
-from mobitune.records import git_revision, write_csv, write_json
-from mobitune.search import STOPPED
+from mobitune.records import STOPPED, git_revision, write_csv, write_json
 from mobitune.storage import ArtifactStore, open_store
 from mobitune.sweep import training_config, warmup_key
 from mobitune.train import DIVERGED, HISTORY_COLUMNS, Session, run_finetune, run_warmup

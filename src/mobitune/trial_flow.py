@@ -1,0 +1,87 @@
+"""Prefect flow ``trial`` (deployment entry point ``flows/trial.py``) and the local backend's ``trial`` task.
+
+Kept apart from :mod:`mobitune.flows` so that a worker's flow-run process
+imports what a trial needs and no more: the sweep side's Optuna, pandas and
+matplotlib would add about a second to every trial's start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mobitune.records import json_safe
+from mobitune.trial import TrialRequest, run_trial_recorded
+
+
+@flow(name="trial", log_prints=True)
+def trial(
+    sweep_id: str,
+    trial_id: str,
+    params: dict[str, Any],
+    varied: dict[str, Any] | None = None,
+    store_uri: str | None = None,
+    local_root: str = "artifacts",
+    warmup_only: bool = False,
+    until: int | None = None,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
+    (resuming from its checkpoint in the store), store params/history/metrics."""
+    request = TrialRequest(
+        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
+    )
+    return run_trial_recorded(request, EpochProgress(request))
+
+
+@task(name="trial", cache_policy=NO_CACHE)
+def local_trial(request: TrialRequest, devices: queue.Queue[str]) -> dict[str, Any]:
+    """A trial on the next free device of this machine."""
+    device = devices.get()
+    try:
+        params = {**request.params, "device": device}
+        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
+    finally:
+        devices.put(device)
+
+
+class EpochProgress:
+    """A trial's finetune epochs on its run page: a progress artifact moved on after each epoch, and a table
+    artifact of the epochs so far (the printed epoch lines are in the run's logs through ``log_prints``)."""
+
+    def __init__(self, request: TrialRequest) -> None:
+        self.trial_id = request.trial_id
+        self.epochs = request.params["finetune"]["epochs"]
+        self.rows: list[dict[str, Any]] = []
+        self.progress_id: Any = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        percent = 100.0 * row["epoch"] / max(1, self.epochs)
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")
+        else:
+            update_progress_artifact(self.progress_id, percent)
+        create_table_artifact(
+            json_safe(epoch_rows(self.rows)), description=f"{self.trial_id}: epoch {row['epoch']}/{self.epochs}"
+        )
+
+
+def epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch history rows as people read them: accuracies in %, losses to 4 decimals."""
+    return [
+        {
+            "epoch": f"{row['phase']} {row['epoch']}",
+            "train_accuracy %": round(row["train_accuracy"] * 100, 2),
+            "test_accuracy %": round(row["test_accuracy"] * 100, 2),
+            "train_loss": round(row["train_loss"], 4),
+            "test_loss": round(row["test_loss"], 4),
+            "seconds": round(row["seconds"], 1),
+        }
+        for row in history
+    ]
