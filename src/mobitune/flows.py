@@ -42,6 +42,7 @@ from mobitune.trial import TrialRequest
 from mobitune.trial_flow import local_trial
 
 WORKER_POLL_SECONDS = 0.5  # one read of all runs in flight per poll (WorkerRunner._state)
+STATE_READ_BATCH = 200  # flow runs per state read (the server's default page limit)
 POOL_CHECK_SECONDS = 2.0  # while trials wait: how often to ask whether any worker polls their pool
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
 NO_WORKER_WARNING_SECONDS = 10  # trials waiting this long with no worker on their pool: say so
@@ -119,11 +120,12 @@ class WorkerRunner:
         now = time.monotonic()
         if run_id not in self.states or now - self.read_at >= self.poll_seconds / 2:
             self.read_at = now
-            runs = self.client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(self.in_flight))),
-                limit=len(self.in_flight),
-            )
-            self.states = {run.id: run.state for run in runs}
+            ids = sorted(self.in_flight, key=str)
+            self.states = {}
+            for start in range(0, len(ids), STATE_READ_BATCH):
+                batch = FlowRunFilterId(any_=ids[start : start + STATE_READ_BATCH])
+                runs = self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=batch), limit=STATE_READ_BATCH)
+                self.states.update({run.id: run.state for run in runs})
         return self.states.get(run_id)
 
     def outcome(self, handle: dict[str, Any]) -> str | None:
