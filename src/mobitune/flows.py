@@ -1,4 +1,5 @@
-"""Prefect flows ``sweep`` and ``trial`` (deployment entry points: ``flows/sweep.py``, ``flows/trial.py``).
+"""Prefect flow ``sweep`` (deployment entry point ``flows/sweep.py``); the ``trial`` flow it fans out to is in
+:mod:`mobitune.trial_flow`.
 
 ``sweep`` asks its :class:`~mobitune.search.Scheduler` for trial segments
 (enumerated or sampled trials, early-stopping rungs, a budget), trains each
