@@ -16,7 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mobitune.errors import MobituneError
-from mobitune.params import PARAMS_FILE, SearchRange, load_params
+from mobitune.params import PARAMS_FILE, load_params
+from mobitune.sweep import lookup
 
 # field -> the dotted params key it sets
 KEYS = {
@@ -37,23 +38,15 @@ KEYS = {
 def _deployed_defaults(schema: dict[str, Any]) -> None:
     """Each field's default in the JSON schema: the project's params.yaml, where there is one and it is valid."""
     try:
-        params = load_params(PARAMS_FILE)
+        raw = load_params(PARAMS_FILE).to_dict()
     except MobituneError:
         return
-    values = {
-        "mode": params.sweep.mode,
-        "seeds": params.sweep.seeds,
-        "trials": params.sweep.trials,
-        "warmup_epochs": params.sweep.warmup_epochs,
-        "finetune_epochs": params.sweep.finetune_epochs,
-        "early_stop": params.sweep.early_stop.method,
-        "budget_epochs": params.sweep.budget_epochs,
-        "storage_uri": params.storage.uri,
-    }
-    for axis in ("lr", "batch_size", "trainable_layers"):
-        values[axis] = params.sweep.axes.get(axis)
-    for name, value in values.items():
-        if value is not None and not isinstance(value, SearchRange):
+    for name, key in KEYS.items():
+        try:
+            value = lookup(raw, key)
+        except KeyError:  # an axis this project does not sweep
+            continue
+        if value is not None and not isinstance(value, dict):  # a sampled range: the form's lists cannot hold it
             schema["properties"][name]["default"] = value
 
 
