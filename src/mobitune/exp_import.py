@@ -14,7 +14,6 @@ byte for byte.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import subprocess
 import sys
@@ -28,13 +27,13 @@ import yaml
 
 from mobitune import paths
 from mobitune.errors import MobituneError
+from mobitune.params import PARAMS_FILE
 from mobitune.publish import MANIFEST
 from mobitune.records import write_csv, write_json
 from mobitune.stages import final_metrics
 from mobitune.storage import S3Store
 from mobitune.train import HISTORY_COLUMNS, FitResult
 
-PARAMS_FILE = Path("params.yaml")
 WRITTEN = (
     PARAMS_FILE,
     paths.WARMUP_METRICS,
@@ -71,29 +70,28 @@ def sweep_folder(source: str) -> Iterator[Path]:
         yield folder
 
 
-def _trials(folder: Path) -> list[tuple[str, dict[str, Any], list[dict[str, str]], dict[str, Any]]]:
-    """(trial_id, params, history rows, metrics) of each trial that has a history, in results.csv order."""
+def _trials(folder: Path) -> list[tuple[str, dict[str, Any], list[dict[str, Any]], dict[str, Any]]]:
+    """(trial_id, params, history rows with numeric metrics, metrics) of each trial that has a history, in
+    results.csv order."""
     found = []
     with open(folder / "results.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             trial = folder / "trials" / row["trial_id"]
-            history_text = (trial / "history.csv").read_text() if (trial / "history.csv").exists() else ""
-            history = list(csv.DictReader(io.StringIO(history_text)))
+            if not (trial / "history.csv").exists():
+                continue
+            with open(trial / "history.csv", newline="") as rows:
+                history = [
+                    {k: float(v) if k.endswith(("loss", "accuracy")) else v for k, v in r.items()}
+                    for r in csv.DictReader(rows)
+                ]
             if history:
                 params = json.loads((trial / "params.json").read_text())["params"]
                 found.append((row["trial_id"], params, history, json.loads((trial / "metrics.json").read_text())))
     return found
 
 
-def _phase_metrics(history: list[dict[str, str]], phase: str, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The phase's stage metrics (as ``dvc repro`` writes them), from the trial's history."""
-    rows = [{k: float(v) if k.endswith(("loss", "accuracy")) else v for k, v in r.items()} for r in history]
-    phase_rows = [r for r in rows if r["phase"] == phase]
-    return {**final_metrics(FitResult(phase_rows, metrics["status"])), "git_rev": metrics.get("git_rev")}
-
-
 def _write_trial(
-    workspace_params: dict[str, Any], params: dict[str, Any], history: list[dict[str, str]], metrics: dict[str, Any]
+    workspace_params: dict[str, Any], params: dict[str, Any], history: list[dict[str, Any]], metrics: dict[str, Any]
 ) -> None:
     trial_params = {**params, **{k: workspace_params[k] for k in WORKSPACE_KEYS if k in workspace_params}}
     PARAMS_FILE.write_text(yaml.safe_dump(trial_params, sort_keys=False))
@@ -101,8 +99,11 @@ def _write_trial(
         ("warmup", paths.WARMUP_HISTORY, paths.WARMUP_METRICS),
         ("finetune", paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS),
     ):
-        write_csv(history_path, [r for r in history if r["phase"] == phase], HISTORY_COLUMNS)
-        write_json(metrics_path, _phase_metrics(history, phase, metrics))
+        rows = [r for r in history if r["phase"] == phase]
+        write_csv(history_path, rows, HISTORY_COLUMNS)
+        # the phase's stage metrics, as `dvc repro` writes them, with the trial's own code revision
+        stage_metrics = final_metrics(FitResult(rows, metrics["status"]))
+        write_json(metrics_path, {**stage_metrics, "git_rev": metrics.get("git_rev")})
     keys = ("test_loss", "test_accuracy", "status", "git_rev")
     write_json(paths.EVALUATE_METRICS, {k: metrics.get(k) for k in keys})
     paths.PREDICTIONS.unlink(missing_ok=True)
