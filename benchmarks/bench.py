@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import itertools
 import json
-import math
 import os
 import platform
 import shutil
@@ -44,6 +44,7 @@ from mobitune.train import Session, evaluate, fit, train_one_epoch, warmup_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+WORKER_TRIALS = 16  # enough that the once-per-sweep start-up is spread as in a real sweep
 MODES = {"warmup": 0, "finetune": 10, "full": None}  # trainable blocks; None = every layer
 
 
@@ -386,12 +387,13 @@ def _state_times(api: str, run_id: str) -> dict[str, float]:
 
 def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
     """A sweep of ``trials`` tiny trials on the workers backend (a real ``prefect server``, one ``prefect worker
-    --limit 1``) against ``run_trial`` on the same trials directly: the start-up each trial's flow run adds.
+    --limit 1``) against ``run_trial`` on the same trials directly: what orchestration adds per trial.
 
-    Where it goes, from each trial run's state history: pickup is Scheduled (or the previous run's end, as the
-    one worker runs one at a time) to Pending, the wait for the worker's next poll and its slot
-    (``PREFECT_WORKER_QUERY_SECONDS``); Pending → Running the flow-run process starting (Python, imports,
-    loading the flow); Running → Completed the trial with its data load and store writes.
+    Where it goes, from the flow runs' state histories: the sweep command's own start (its process, imports,
+    until the slot run is asked for); the slot run's start, once per slot (the worker's poll for it, then a new
+    process importing torch and Prefect); per trial, the hand-off (the previous trial subflow's end to the next
+    one's start: the sweep reading the answer, posting the next job, the slot picking it up and creating the
+    subflow run), and the trial subflow itself beside the same trial called directly.
     """
     project = work / "workers"
     project.mkdir()
@@ -424,19 +426,17 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
             subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
         start("worker", ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"])
         time.sleep(5)  # the worker is polling
-        started = time.perf_counter()
+        started = time.time()
         sweep = ["mobitune", "sweep", "--backend", "workers"]
         subprocess.run(sweep, cwd=project, env=env, check=True, capture_output=True)
-        sweep_seconds = time.perf_counter() - started
-        runs = _api(api, "flow_runs/filter", {"deployments": {"name": {"any_": ["trial"]}}})
-        history = sorted((_state_times(api, run["id"]) for run in runs), key=lambda times: times["PENDING"])
-        phases: dict[str, list[float]] = {"pickup_s": [], "process_start_s": [], "running_s": []}
-        previous_end = -math.inf
-        for times in history:  # one worker, one run at a time: a run can be picked up once the previous ended
-            phases["pickup_s"].append(times["PENDING"] - max(times["SCHEDULED"], previous_end))
-            phases["process_start_s"].append(times["RUNNING"] - times["PENDING"])
-            phases["running_s"].append(times["COMPLETED"] - times["RUNNING"])
-            previous_end = times["COMPLETED"]
+        sweep_seconds = time.time() - started
+
+        def runs_of(flow: str) -> list[dict[str, float]]:
+            flow_runs = _api(api, "flow_runs/filter", {"flows": {"name": {"any_": [flow]}}})
+            states = [_state_times(api, run["id"]) for run in flow_runs]
+            return sorted((times for times in states if "RUNNING" in times), key=lambda times: times["RUNNING"])
+
+        slots, subflows = runs_of("trial-slot"), runs_of("trial")
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGINT)
@@ -446,20 +446,28 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
                 process.kill()
                 process.wait()
     direct = direct_trials_seconds(project / "params.yaml", work / "direct", quiet_env(work))
+    first_slot = slots[0]
+    handoffs = [b["RUNNING"] - a["COMPLETED"] for a, b in itertools.pairwise(subflows)]
     timing: dict[str, Any] = {
         "trials": trials,
-        "flow_runs": len(runs),
+        "slot_runs": len(slots),
+        "trial_runs": len(subflows),
         "worker_query_seconds": float(query_seconds),
         "sweep_s": sweep_seconds,
         "direct_s": direct,
         "overhead_per_trial_s": (sweep_seconds - direct) / trials,
-        **{name: statistics.median(values) for name, values in phases.items()},
+        "sweep_start_s": first_slot["SCHEDULED"] - started,
+        "slot_start_s": first_slot["RUNNING"] - first_slot["SCHEDULED"],
+        "handoff_s": statistics.median(handoffs),
+        "trial_run_s": statistics.median(times["COMPLETED"] - times["RUNNING"] for times in subflows),
+        "sweep_end_s": started + sweep_seconds - subflows[-1]["COMPLETED"],
     }
     log(
         f"sweep of {trials} tiny trials on workers (1 worker, query every {query_seconds} s): {sweep_seconds:.1f}s vs "
-        f"direct {direct:.2f}s -> {timing['overhead_per_trial_s']:.1f}s overhead per trial; per flow run (median): "
-        f"pickup {timing['pickup_s']:.1f}s, process start {timing['process_start_s']:.1f}s, "
-        f"running {timing['running_s']:.1f}s"
+        f"direct {direct:.2f}s -> {timing['overhead_per_trial_s']:.1f}s overhead per trial; once per sweep: "
+        f"sweep start {timing['sweep_start_s']:.1f}s, slot start {timing['slot_start_s']:.1f}s, sweep end "
+        f"{timing['sweep_end_s']:.1f}s; per trial (median): hand-off {timing['handoff_s']:.2f}s, trial run "
+        f"{timing['trial_run_s']:.2f}s (direct {direct / trials:.2f}s)"
     )
     return timing
 
@@ -528,7 +536,7 @@ def main() -> None:
 
     if args.workers_only:
         with tempfile.TemporaryDirectory() as work:
-            result = bench_workers(Path(work), 6, log)
+            result = bench_workers(Path(work), WORKER_TRIALS, log)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"workers": result, "log": lines}, indent=2) + "\n")
         return
@@ -562,7 +570,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             report["orchestration"] = bench_orchestration(Path(work), 4, log)
         with tempfile.TemporaryDirectory() as work:
-            report["workers"] = bench_workers(Path(work), 6, log)
+            report["workers"] = bench_workers(Path(work), WORKER_TRIALS, log)
     if device.type == "cuda":
         report["cuda"] = bench_cuda(session, images * 10, repeats, log)
     report["load_after"] = os.getloadavg()[0]

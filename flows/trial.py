@@ -1,12 +1,16 @@
-"""Prefect flow ``trial``: one config, finetuned from its (shared) warmup.
+"""Prefect flows ``trial`` (one config, finetuned from its shared warmup) and ``trial-slot`` (a worker slot
+that runs a sweep's trials one after another).
 
-Runs on a worker of pool ``gpu`` as the ``trial`` deployment (prefect.yaml);
-``python flows/trial.py`` runs the base config of params.yaml alone.
+``trial-slot`` runs on workers of pool ``gpu`` as the ``trial-slot/gpu``
+deployment (prefect.yaml); ``python flows/trial.py`` runs the base config of
+params.yaml alone.
 """
 
 from mobitune.params import load_params
 from mobitune.sweep import new_sweep_id
-from mobitune.trial_flow import trial
+from mobitune.trial_flow import trial, trial_slot
+
+__all__ = ["trial", "trial_slot"]
 
 if __name__ == "__main__":
     params = load_params()

@@ -17,14 +17,14 @@ def test_prefect_yaml_entrypoints_load_the_named_flows() -> None:
     from prefect.flows import load_flow_from_entrypoint
 
     deployments = {d["name"]: d for d in prefect_config()["deployments"]}
-    assert deployments["trial"]["work_pool"]["name"] == "gpu"
+    assert deployments["gpu"]["work_pool"]["name"] == "gpu"
     for deployment in deployments.values():
         path, _, name = deployment["entrypoint"].partition(":")
         assert (ROOT / path).exists()
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
-        assert flow.name == name
+        assert flow.fn.__name__ == name
     sweep = deployments["nightly"]
-    assert sweep["parameters"]["deployment"] == "trial/trial" and sweep["parameters"]["backend"] == "workers"
+    assert sweep["parameters"]["deployment"] == "trial-slot/gpu" and sweep["parameters"]["backend"] == "workers"
     assert sweep["schedules"][0]["cron"] and "active" in sweep["schedules"][0]
 
 

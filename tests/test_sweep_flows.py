@@ -261,7 +261,7 @@ def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
         env_extra={"PREFECT_API_URL": prefect_server.api},
     )
     listing = run(["prefect", "deployment", "ls"], project, env_extra={"PREFECT_API_URL": prefect_server.api}).stdout
-    assert "trial/trial" in listing and "sweep/nightly" in listing
+    assert "trial-slot/gpu" in listing and "sweep/nightly" in listing
     inspect = run(
         ["prefect", "deployment", "inspect", "sweep/nightly"],
         project,
@@ -270,7 +270,9 @@ def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
     assert "'cron': '0 2 * * *'" in inspect and "'active': True" in inspect
     assert "'work_pool_name': 'sweeps'" in inspect
     trial = run(
-        ["prefect", "deployment", "inspect", "trial/trial"], project, env_extra={"PREFECT_API_URL": prefect_server.api}
+        ["prefect", "deployment", "inspect", "trial-slot/gpu"],
+        project,
+        env_extra={"PREFECT_API_URL": prefect_server.api},
     ).stdout
     assert "'work_pool_name': 'gpu'" in trial
 

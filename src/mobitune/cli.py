@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
-    sweep.add_argument("--deployment", default="trial/trial", help="trial deployment for --backend workers")
+    sweep.add_argument("--deployment", default="trial-slot/gpu", help="trial-slot deployment for --backend workers")
     setup = commands.add_parser(
         "setup", help="create the work pools and the zombie-run automation on the Prefect server (idempotent)"
     )

@@ -9,19 +9,22 @@ gathers, aggregates and publishes. Two backends, same results:
 - ``local``: trials are Prefect tasks in this process, one per device at a time
   (one per GPU; on a CPU-only machine one at a time unless ``parallel`` says
   otherwise);
-- ``workers``: each trial is a flow run of the ``trial`` deployment on work
-  pool ``gpu`` (``run_deployment``), executed by whichever worker is free.
-  A run that crashes (worker killed) is submitted again and resumes from its
-  last per-epoch checkpoint in the artifact store.
+- ``workers``: trials run in long-lived flow runs of the ``trial-slot``
+  deployment on work pool ``gpu`` (:class:`SlotRunner`), each trial a ``trial``
+  subflow. A trial whose slot crashed (worker killed) is given to another slot
+  and resumes from its last per-epoch checkpoint in the artifact store.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import queue
 import re
+import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +37,7 @@ from mobitune.driver import SweepRun
 from mobitune.errors import MobituneError
 from mobitune.form import SweepSettings
 from mobitune.loader import resolve_device
+from mobitune.mailbox import Mailbox
 from mobitune.params import Params, load_params, params_from_dict
 from mobitune.publish import publish
 from mobitune.records import json_safe
@@ -42,7 +46,7 @@ from mobitune.storage import check_storage
 from mobitune.trial import TrialRequest
 from mobitune.trial_flow import local_trial
 
-WORKER_POLL_SECONDS = 0.5  # one read of all runs in flight per poll (WorkerRunner._state)
+WORKER_POLL_SECONDS = 0.5  # one read of all slot runs' states per poll (SlotRunner._tick)
 STATE_READ_BATCH = 200  # flow runs per state read (the server's default page limit)
 POOL_CHECK_SECONDS = 2.0  # while trials wait: how often to ask whether any worker polls their pool
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
@@ -80,86 +84,168 @@ class LocalRunner:
         return "" if state.is_completed() else f"task {state.name}: {state.message}"
 
 
-class WorkerRunner:
-    """Trials as flow runs of the ``trial`` deployment; a run that crashed (worker lost) is submitted again
-    and resumes from its last checkpoint, up to :data:`WORKER_ATTEMPTS` times.
+@dataclass
+class SlotJob:
+    """A trial (or warmup) the sweep wants run; ``failure`` stays None until it ends ("" when it completed)."""
 
-    While runs wait and no worker polls the deployment's work pool, it says so
-    after :data:`NO_WORKER_WARNING_SECONDS`, naming the pool and the command
-    that starts a worker; after ``worker_timeout_s`` it cancels the waiting
-    runs, which then count as failed trials, and the sweep ends with the
-    results it has.
+    request: TrialRequest
+    attempt: int = 1
+    failure: str | None = None
+
+
+@dataclass
+class Slot:
+    """A ``trial-slot`` flow run: its last seen state, the jobs posted to it, the one it runs now."""
+
+    run_id: Any
+    mailbox: Mailbox
+    state: Any
+    posted: int = 0
+    job: SlotJob | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.state is not None and (self.state.is_running() or self.state.is_final())
+
+
+class SlotRunner:
+    """Trials on workers, through long-lived flow runs of the ``trial-slot`` deployment: each slot run takes
+    one job at a time from its mailbox, so a worker starts a process (and imports torch) once per slot,
+    not once per trial.
+
+    A job goes only to a slot run that is running and idle, never to one that
+    waits in the queue: however many slots a pool really has, no job waits
+    behind a slot that never starts. New slot runs are asked for while jobs
+    wait, no more at once than there are workers online (at least one), up to
+    ``max_slots``; those still queued when the sweep ends are cancelled.
+
+    A slot run that crashed (worker lost; see :mod:`mobitune.server_setup`)
+    gives its job back, and another slot resumes it from its last checkpoint,
+    up to :data:`WORKER_ATTEMPTS` times. While jobs wait and no worker polls
+    the pool, it says so after :data:`NO_WORKER_WARNING_SECONDS`, naming the
+    pool and the command that starts a worker; after ``worker_timeout_s`` the
+    waiting jobs count as failed trials, and the sweep ends with the results
+    it has.
     """
 
     poll_seconds = WORKER_POLL_SECONDS
 
-    def __init__(self, deployment: str, client: Any, worker_timeout_s: float) -> None:
-        self.deployment, self.client, self.worker_timeout_s = deployment, client, worker_timeout_s
+    def __init__(self, run: SweepRun, deployment: str, client: Any, worker_timeout_s: float, max_slots: int) -> None:
+        self.run, self.deployment, self.client = run, deployment, client
+        self.worker_timeout_s, self.max_slots = worker_timeout_s, max_slots
         self.pool = client.read_deployment_by_name(deployment).work_pool_name
+        self.pending: collections.deque[SlotJob] = collections.deque()
+        self.slots: list[Slot] = []
+        self.launched = 0
+        self.token = secrets.token_hex(3)  # slot names unique to this process: a resumed sweep has new slots
+        self.ticked_at = self.checked_at = -math.inf
+        self.online = 0
         self.no_worker_since: float | None = None
-        self.checked_at = -math.inf
         self.warned = False
         self.timed_out: list[str] = []
-        self.in_flight: set[Any] = set()  # flow-run ids
-        self.states: dict[Any, Any] = {}
-        self.read_at = -math.inf
 
-    def start(self, request: TrialRequest) -> dict[str, Any]:
-        from prefect.deployments import run_deployment
+    def start(self, request: TrialRequest) -> SlotJob:
+        job = SlotJob(request)
+        self.pending.append(job)
+        return job
 
-        run = run_deployment(
-            self.deployment, parameters=dataclasses.asdict(request), timeout=0, flow_run_name=request.trial_id
-        )
-        self.in_flight.add(run.id)
-        return {"request": request, "run": run, "attempt": 1}
+    def outcome(self, job: SlotJob) -> str | None:
+        self._tick()
+        return job.failure
 
-    def _state(self, run_id: Any) -> Any:
-        """The run's state, from one read of all runs in flight per poll: a 40-trial sweep asks the server
-        once, not 40 times, each time it looks."""
+    def close(self) -> None:
+        """Stop every slot: idle ones end now, queued ones are cancelled so that no worker starts them later."""
+        from prefect.states import Cancelled
+
+        for slot in self.slots:
+            slot.mailbox.send(f"job-{slot.posted}", {"stop": True})
+            if not slot.started:
+                self.client.set_flow_run_state(slot.run_id, Cancelled(message="the sweep has ended"), force=True)
+        self.slots = []
+
+    def _tick(self) -> None:
+        """One look at every slot (a single read of their states), then jobs to idle slots, slots to jobs."""
+        now = time.monotonic()
+        if now - self.ticked_at < self.poll_seconds / 2:
+            return
+        self.ticked_at = now
+        self._read_states()
+        for slot in list(self.slots):
+            if slot.job is not None and (done := slot.mailbox.receive(f"done-{slot.posted - 1}")) is not None:
+                slot.job.failure, slot.job = done["failure"], None
+            if slot.state.is_final():
+                self.slots.remove(slot)
+                if slot.job is not None:
+                    self._give_back(slot)
+            elif slot.job is None and slot.state.is_running() and self.pending:
+                slot.job = self.pending.popleft()
+                slot.mailbox.send(f"job-{slot.posted}", {"request": dataclasses.asdict(slot.job.request)})
+                slot.posted += 1
+        self._check_workers(now)
+        queued = sum(not slot.started for slot in self.slots)
+        while len(self.pending) > queued and queued < max(1, self.online) and len(self.slots) < self.max_slots:
+            self._launch()
+            queued += 1
+        if self.pending and not any(slot.state.is_running() for slot in self.slots):
+            self._waiting(now)
+
+    def _read_states(self) -> None:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-        now = time.monotonic()
-        if run_id not in self.states or now - self.read_at >= self.poll_seconds / 2:
-            self.read_at = now
-            ids = sorted(self.in_flight, key=str)
-            self.states = {}
-            for start in range(0, len(ids), STATE_READ_BATCH):
-                batch = FlowRunFilterId(any_=ids[start : start + STATE_READ_BATCH])
-                runs = self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=batch), limit=STATE_READ_BATCH)
-                self.states.update({run.id: run.state for run in runs})
-        return self.states.get(run_id)
+        ids = [slot.run_id for slot in self.slots]
+        states = {}
+        for start in range(0, len(ids), STATE_READ_BATCH):
+            batch = FlowRunFilterId(any_=ids[start : start + STATE_READ_BATCH])
+            runs = self.client.read_flow_runs(flow_run_filter=FlowRunFilter(id=batch), limit=STATE_READ_BATCH)
+            states.update({run.id: run.state for run in runs})
+        for slot in self.slots:
+            slot.state = states.get(slot.run_id, slot.state)
 
-    def outcome(self, handle: dict[str, Any]) -> str | None:
-        run_id = handle["run"].id
-        state = self._state(run_id)
-        if state is None or not state.is_final():
-            return self._waiting(handle) if state is None or state.is_scheduled() or state.is_pending() else None
-        self.in_flight.discard(run_id)
-        if state.is_completed():
-            return ""
-        if handle["attempt"] < WORKER_ATTEMPTS:
+    def _launch(self) -> None:
+        from prefect.deployments import run_deployment
+
+        self.launched += 1
+        name = f"{self.run.sweep_id}-slot-{self.token}-{self.launched}"
+        parameters = {
+            "sweep_id": self.run.sweep_id,
+            "slot": name,
+            "store_uri": self.run.trial_store,
+            "local_root": str(self.run.root),
+        }
+        flow_run = run_deployment(self.deployment, parameters=parameters, timeout=0, flow_run_name=name)
+        mailbox = Mailbox(self.run.trial_store, self.run.root, self.run.sweep_id, name)
+        self.slots.append(Slot(flow_run.id, mailbox, flow_run.state))
+
+    def _give_back(self, slot: Slot) -> None:
+        """The job of a slot run that ended before answering: to the front of the queue, or failed for good."""
+        job, state = slot.job, slot.state
+        if state.is_completed():  # it gave up idling just as the job was posted: not the job's fault
+            self.pending.appendleft(job)
+        elif job.attempt < WORKER_ATTEMPTS:
             get_run_logger().warning(
-                "%s: flow run %s %s; submitting again", handle["request"].trial_id, run_id, state.name
+                "%s: its slot's flow run %s %s; submitting again", job.request.trial_id, slot.run_id, state.name
             )
-            handle.update(self.start(handle["request"]), attempt=handle["attempt"] + 1)
-            return None
-        return f"its flow run ended {state.name} {WORKER_ATTEMPTS} times"
+            job.attempt += 1
+            self.pending.appendleft(job)
+        else:
+            job.failure = f"its flow run ended {state.name} {WORKER_ATTEMPTS} times"
+
+    def _check_workers(self, now: float) -> None:
+        if now - self.checked_at >= POOL_CHECK_SECONDS:  # one look at the pool, however many jobs wait
+            self.checked_at = now
+            self.online = sum(w.status == "ONLINE" for w in self.client.read_workers_for_work_pool(self.pool))
+            self.no_worker_since = None if self.online else (self.no_worker_since or now)
 
     @property
     def start_worker(self) -> str:
         return f"prefect worker start --pool {self.pool}"
 
-    def _waiting(self, handle: dict[str, Any]) -> str | None:
-        """None while a worker polls the pool (or not for long); else why the run is given up."""
+    def _waiting(self, now: float) -> None:
+        """Jobs wait and no slot runs: say so while no worker polls the pool; give the jobs up after the timeout."""
         from prefect.states import Cancelled
 
-        now = time.monotonic()
-        if now - self.checked_at >= POOL_CHECK_SECONDS:  # one look at the pool, however many runs wait
-            self.checked_at = now
-            online = any(w.status == "ONLINE" for w in self.client.read_workers_for_work_pool(self.pool))
-            self.no_worker_since = None if online else (self.no_worker_since or now)
         if self.no_worker_since is None:
-            return None
+            return
         waited = now - self.no_worker_since
         if waited >= min(NO_WORKER_WARNING_SECONDS, self.worker_timeout_s) and not self.warned:
             self.warned = True
@@ -171,12 +257,15 @@ class WorkerRunner:
                 self.worker_timeout_s,
             )
         if waited < self.worker_timeout_s:
-            return None
-        # cancelled, so that a worker started later does not run a trial the sweep has given up
-        self.client.set_flow_run_state(handle["run"].id, Cancelled(message="no worker"), force=True)
-        self.in_flight.discard(handle["run"].id)
-        self.timed_out.append(handle["request"].trial_id)
-        return f"no worker polled work pool '{self.pool}' for {self.worker_timeout_s} s (sweep.worker_timeout_s)"
+            return
+        for slot in self.slots:  # cancelled, so that a worker started later does not run them
+            self.client.set_flow_run_state(slot.run_id, Cancelled(message="no worker"), force=True)
+        self.slots = []
+        failure = f"no worker polled work pool '{self.pool}' for {self.worker_timeout_s} s (sweep.worker_timeout_s)"
+        while self.pending:
+            job = self.pending.popleft()
+            job.failure = failure
+            self.timed_out.append(job.request.trial_id)
 
 
 @flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
@@ -188,7 +277,7 @@ def sweep(
     backend: Literal["local", "workers"] = "local",
     parallel: int | None = None,
     local_root: str = "artifacts",
-    deployment: str = "trial/trial",
+    deployment: str = "trial-slot/gpu",
     cache: bool = True,
     resume: str | None = None,
 ) -> str:
@@ -221,11 +310,14 @@ def sweep(
     else:
         from prefect.client.orchestration import get_client
 
-        # enumerated trials all go to the pool's queue at once; sampled ones wait for feedback
+        # enumerated trials may all be in flight at once; sampled ones wait for feedback
         slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
         with get_client(sync_client=True) as client:
-            runner = WorkerRunner(deployment, client, params.sweep.worker_timeout_s)
-            run.drive(runner, slots, logger)
+            runner = SlotRunner(run, deployment, client, params.sweep.worker_timeout_s, slots)
+            try:
+                run.drive(runner, slots, logger)
+            finally:
+                runner.close()
     results = run.finish()
     sweep_id, sweep_dir = run.sweep_id, run.sweep_dir
     table = json_safe(display_table(results).to_dict(orient="records"))

@@ -1,4 +1,5 @@
-"""Prefect flow ``trial`` (deployment entry point ``flows/trial.py``) and the local backend's ``trial`` task.
+"""Prefect flows ``trial`` and ``trial-slot`` (deployment entry point ``flows/trial.py``) and the local backend's
+``trial`` task.
 
 Kept apart from :mod:`mobitune.flows` so that a worker's flow-run process
 imports what a trial needs and no more: the sweep side's Optuna, pandas and
@@ -15,6 +16,7 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from mobitune.mailbox import Mailbox
 from mobitune.records import json_safe
 from mobitune.trial import TrialRequest, run_trial_recorded
 
@@ -37,6 +39,36 @@ def trial(
         sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
     )
     return run_trial_recorded(request, EpochProgress(request))
+
+
+SLOT_IDLE_SECONDS = 120.0  # a slot run with no job for this long ends (the sweep starts another if it needs one)
+
+
+@flow(name="trial-slot", log_prints=True)
+def trial_slot(
+    sweep_id: str,
+    slot: str,
+    store_uri: str | None = None,
+    local_root: str = "artifacts",
+    idle_timeout_s: float = SLOT_IDLE_SECONDS,
+) -> int:
+    """One worker slot of a sweep: the trials the sweep posts to this slot's :class:`~mobitune.mailbox.Mailbox`,
+    one after another, each as a ``trial`` subflow named after it; returns how many it ran.
+
+    Why: a flow run costs a worker about 15 s before its trial starts (pickup,
+    a new process, importing torch and Prefect). A slot pays that once and
+    then starts each trial within a second. It ends on the sweep's ``stop``,
+    or after ``idle_timeout_s`` without a job (a sweep that died).
+    """
+    mailbox = Mailbox(store_uri, local_root, sweep_id, slot)
+    served = 0
+    while (job := mailbox.wait(f"job-{served}", idle_timeout_s)) is not None and not job.get("stop"):
+        request = TrialRequest(**job["request"])
+        state = trial.with_options(flow_run_name=request.trial_id)(**dataclasses.asdict(request), return_state=True)
+        failure = "" if state.is_completed() else f"its trial run ended {state.name}: {state.message}"
+        mailbox.send(f"done-{served}", {"failure": failure})
+        served += 1
+    return served
 
 
 @task(name="trial", cache_policy=NO_CACHE)
