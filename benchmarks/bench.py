@@ -375,14 +375,17 @@ def _api(api: str, path: str, body: dict | None = None) -> Any:
         return json.loads(response.read())
 
 
-def _state_times(api: str, run_id: str) -> dict[str, float]:
-    """When a flow run first entered each state type (epoch seconds)."""
-    states = _api(api, f"flow_run_states/?flow_run_id={run_id}")
-    times: dict[str, float] = {}
-    for state in sorted(states, key=lambda s: s["timestamp"]):
-        stamp = datetime.datetime.fromisoformat(state["timestamp"]).timestamp()
-        times.setdefault(state["type"], stamp)
-    return times
+def _timed(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+    """Flow or task runs that ran, in the order they started: when each was created, started and ended."""
+    def stamp(text: str) -> float:
+        return datetime.datetime.fromisoformat(text).timestamp()
+
+    timed = [
+        {"created": stamp(run["created"]), "start": stamp(run["start_time"]), "end": stamp(run["end_time"])}
+        for run in runs
+        if run["start_time"] and run["end_time"]
+    ]
+    return sorted(timed, key=lambda run: run["start"])
 
 
 def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
@@ -391,9 +394,9 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
 
     Where it goes, from the flow runs' state histories: the sweep command's own start (its process, imports,
     until the slot run is asked for); the slot run's start, once per slot (the worker's poll for it, then a new
-    process importing torch and Prefect); per trial, the hand-off (the previous trial subflow's end to the next
-    one's start: the sweep reading the answer, posting the next job, the slot picking it up and creating the
-    subflow run), and the trial subflow itself beside the same trial called directly.
+    process importing torch and Prefect); per trial, the hand-off (the previous trial task's end to the next
+    one's start: the sweep reading the answer, posting the next job, the slot picking it up), and the trial task
+    itself beside the same trial called directly.
     """
     project = work / "workers"
     project.mkdir()
@@ -431,12 +434,8 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
         subprocess.run(sweep, cwd=project, env=env, check=True, capture_output=True)
         sweep_seconds = time.time() - started
 
-        def runs_of(flow: str) -> list[dict[str, float]]:
-            flow_runs = _api(api, "flow_runs/filter", {"flows": {"name": {"any_": [flow]}}})
-            states = [_state_times(api, run["id"]) for run in flow_runs]
-            return sorted((times for times in states if "RUNNING" in times), key=lambda times: times["RUNNING"])
-
-        slots, subflows = runs_of("trial-slot"), runs_of("trial")
+        slots = _timed(_api(api, "flow_runs/filter", {"flows": {"name": {"any_": ["trial-slot"]}}}))
+        tasks = _timed(_api(api, "task_runs/filter", {"flows": {"name": {"any_": ["trial-slot"]}}}))
     finally:
         for process in reversed(processes):
             process.send_signal(signal.SIGINT)
@@ -447,20 +446,20 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
                 process.wait()
     direct = direct_trials_seconds(project / "params.yaml", work / "direct", quiet_env(work))
     first_slot = slots[0]
-    handoffs = [b["RUNNING"] - a["COMPLETED"] for a, b in itertools.pairwise(subflows)]
+    handoffs = [b["start"] - a["end"] for a, b in itertools.pairwise(tasks)]
     timing: dict[str, Any] = {
         "trials": trials,
         "slot_runs": len(slots),
-        "trial_runs": len(subflows),
+        "trial_task_runs": len(tasks),
         "worker_query_seconds": float(query_seconds),
         "sweep_s": sweep_seconds,
         "direct_s": direct,
         "overhead_per_trial_s": (sweep_seconds - direct) / trials,
-        "sweep_start_s": first_slot["SCHEDULED"] - started,
-        "slot_start_s": first_slot["RUNNING"] - first_slot["SCHEDULED"],
+        "sweep_start_s": first_slot["created"] - started,
+        "slot_start_s": first_slot["start"] - first_slot["created"],
         "handoff_s": statistics.median(handoffs),
-        "trial_run_s": statistics.median(times["COMPLETED"] - times["RUNNING"] for times in subflows),
-        "sweep_end_s": started + sweep_seconds - subflows[-1]["COMPLETED"],
+        "trial_run_s": statistics.median(run["end"] - run["start"] for run in tasks),
+        "sweep_end_s": started + sweep_seconds - tasks[-1]["end"],
     }
     log(
         f"sweep of {trials} tiny trials on workers (1 worker, query every {query_seconds} s): {sweep_seconds:.1f}s vs "

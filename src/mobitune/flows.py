@@ -11,7 +11,7 @@ gathers, aggregates and publishes. Two backends, same results:
   otherwise);
 - ``workers``: trials run in long-lived flow runs of the ``trial-slot``
   deployment on work pool ``gpu`` (:class:`SlotRunner`), each trial a ``trial``
-  subflow. A trial whose slot crashed (worker killed) is given to another slot
+  task run there. A trial whose slot crashed (worker killed) is given to another slot
   and resumes from its last per-epoch checkpoint in the artifact store.
 """
 
@@ -44,9 +44,9 @@ from mobitune.records import json_safe
 from mobitune.report import display_table, inline_figures
 from mobitune.storage import check_storage
 from mobitune.trial import TrialRequest
-from mobitune.trial_flow import local_trial
+from mobitune.trial_flow import trial_task
 
-WORKER_POLL_SECONDS = 0.5  # one read of all slot runs' states per poll (SlotRunner._tick)
+WORKER_POLL_SECONDS = 0.25  # one read of all slot runs' states per poll (SlotRunner._tick)
 STATE_READ_BATCH = 200  # flow runs per state read (the server's default page limit)
 POOL_CHECK_SECONDS = 2.0  # while trials wait: how often to ask whether any worker polls their pool
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
@@ -74,7 +74,7 @@ class LocalRunner:
             self.devices.put(device)
 
     def start(self, request: TrialRequest) -> Any:
-        return local_trial.with_options(task_run_name=request.trial_id).submit(request, self.devices)
+        return trial_task.with_options(task_run_name=request.trial_id).submit(request, self.devices)
 
     def outcome(self, future: Any) -> str | None:
         """None while running; else "" when it completed, or why it did not."""
@@ -147,6 +147,7 @@ class SlotRunner:
     def start(self, request: TrialRequest) -> SlotJob:
         job = SlotJob(request)
         self.pending.append(job)
+        self._assign()  # to a slot the last look found idle: no wait for the next poll
         return job
 
     def outcome(self, job: SlotJob) -> str | None:
@@ -177,10 +178,7 @@ class SlotRunner:
                 self.slots.remove(slot)
                 if slot.job is not None:
                     self._give_back(slot)
-            elif slot.job is None and slot.state.is_running() and self.pending:
-                slot.job = self.pending.popleft()
-                slot.mailbox.send(f"job-{slot.posted}", {"request": dataclasses.asdict(slot.job.request)})
-                slot.posted += 1
+        self._assign()
         self._check_workers(now)
         queued = sum(not slot.started for slot in self.slots)
         while len(self.pending) > queued and queued < max(1, self.online) and len(self.slots) < self.max_slots:
@@ -188,6 +186,16 @@ class SlotRunner:
             queued += 1
         if self.pending and not any(slot.state.is_running() for slot in self.slots):
             self._waiting(now)
+
+    def _assign(self) -> None:
+        """Waiting jobs to the slots that run and have none, in the order they were asked for."""
+        for slot in self.slots:
+            if not self.pending:
+                return
+            if slot.job is None and slot.state.is_running():
+                slot.job = self.pending.popleft()
+                slot.mailbox.send(f"job-{slot.posted}", {"request": dataclasses.asdict(slot.job.request)})
+                slot.posted += 1
 
     def _read_states(self) -> None:
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId

@@ -17,7 +17,7 @@ from typing import Any
 from mobitune.records import write_json
 from mobitune.storage import open_store
 
-POLL_SECONDS = 0.2  # a slot's look for its next job
+POLL_SECONDS = 0.1  # a slot's look for its next job
 
 
 class Mailbox:

@@ -1,5 +1,5 @@
-"""Prefect flows ``trial`` and ``trial-slot`` (deployment entry point ``flows/trial.py``) and the local backend's
-``trial`` task.
+"""Prefect flows ``trial`` and ``trial-slot`` (deployment entry point ``flows/trial.py``) and the ``trial`` task
+that both backends run each trial as.
 
 Kept apart from :mod:`mobitune.flows` so that a worker's flow-run process
 imports what a trial needs and no more: the sweep side's Optuna, pandas and
@@ -53,9 +53,10 @@ def trial_slot(
     idle_timeout_s: float = SLOT_IDLE_SECONDS,
 ) -> int:
     """One worker slot of a sweep: the trials the sweep posts to this slot's :class:`~mobitune.mailbox.Mailbox`,
-    one after another, each as a ``trial`` subflow named after it; returns how many it ran.
+    one after another, each a ``trial`` task run named after it (as on the local backend); returns how many
+    it ran.
 
-    Why: a flow run costs a worker about 15 s before its trial starts (pickup,
+    Why: a flow run costs a worker about 12 s before its trial starts (pickup,
     a new process, importing torch and Prefect). A slot pays that once and
     then starts each trial within a second. It ends on the sweep's ``stop``,
     or after ``idle_timeout_s`` without a job (a sweep that died).
@@ -64,16 +65,18 @@ def trial_slot(
     served = 0
     while (job := mailbox.wait(f"job-{served}", idle_timeout_s)) is not None and not job.get("stop"):
         request = TrialRequest(**job["request"])
-        state = trial.with_options(flow_run_name=request.trial_id)(**dataclasses.asdict(request), return_state=True)
-        failure = "" if state.is_completed() else f"its trial run ended {state.name}: {state.message}"
+        state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
+        failure = "" if state.is_completed() else f"its trial task ended {state.name}: {state.message}"
         mailbox.send(f"done-{served}", {"failure": failure})
         served += 1
     return served
 
 
 @task(name="trial", cache_policy=NO_CACHE)
-def local_trial(request: TrialRequest, devices: queue.Queue[str]) -> dict[str, Any]:
-    """A trial on the next free device of this machine."""
+def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -> dict[str, Any]:
+    """A trial on the next free device of ``devices`` (the local backend's slots), or on its own ``device``."""
+    if devices is None:
+        return run_trial_recorded(request, EpochProgress(request))
     device = devices.get()
     try:
         params = {**request.params, "device": device}
