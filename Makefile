@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser run test lint bench
+.PHONY: install browser postgres run test lint bench
 
 install: $(STAMP)
 
@@ -25,8 +25,15 @@ browser:
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "note: Chromium is not installed and could not be: the browser tests will be skipped"
 
+# Debian's PostgreSQL server for tests/test_load.py (the test starts and stops its own cluster); skipped
+# with the reason where it cannot be installed
+postgres:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
+		echo "note: PostgreSQL is not installed and could not be: the load test will be skipped"
+
 # pytest exits 5 when it collects no test: not a failure of the suite
-test: install browser
+test: install browser postgres
 	pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json

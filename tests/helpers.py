@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -202,3 +204,43 @@ class PrefectServer:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def postgres_bin() -> Path | None:
+    """The newest PostgreSQL server binaries of Debian's ``postgresql`` package (not on PATH there)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster on a free loopback port, trusting local connections.
+
+    ``initdb`` refuses to run as root: as root the cluster belongs to Debian's ``postgres`` user.
+    """
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.data = Path(tempfile.mkdtemp(prefix="mobitune-pg-"))
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/prefect"
+
+    def _as_owner(self, *cmd: str) -> subprocess.CompletedProcess:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        return subprocess.run([*prefix, *cmd], capture_output=True, text=True, check=True, timeout=120)
+
+    def start(self) -> Postgres:
+        if os.geteuid() == 0:
+            shutil.chown(self.data, "postgres")
+        cluster = str(self.data / "cluster")
+        self._as_owner(str(self.bindir / "initdb"), "-D", cluster, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.data} -c max_connections=200"
+        log = str(self.data / "postgres.log")
+        self._as_owner(str(self.bindir / "pg_ctl"), "-D", cluster, "-o", options, "-l", log, "-w", "start")
+        self._as_owner(
+            str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "prefect"
+        )
+        return self
+
+    def stop(self) -> None:
+        self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data / "cluster"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(self.data, ignore_errors=True)
