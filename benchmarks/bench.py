@@ -377,6 +377,7 @@ def _api(api: str, path: str, body: dict | None = None) -> Any:
 
 def _timed(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
     """Flow or task runs that ran, in the order they started: when each was created, started and ended."""
+
     def stamp(text: str) -> float:
         return datetime.datetime.fromisoformat(text).timestamp()
 

@@ -297,7 +297,7 @@ def test_without_a_worker_the_sweep_says_so_and_gives_up(
     results = pd.read_csv(sweep_dir / "results.csv")
     assert results["status"].tolist() == ["failed"] and "no worker polled work pool 'gpu'" in results["error"][0]
     runs = run(["prefect", "flow-run", "ls", "--state-type", "SCHEDULED"], project, env_extra=env).stdout
-    assert "warmup-" not in runs and "t000" not in runs, "given-up runs are cancelled, not left to run later"
+    assert "-slot-" not in runs, "the queued slot runs are cancelled, not left to run later"
 
 
 def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
@@ -424,6 +424,8 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
     assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
     assert "resuming from its checkpoint after finetune epoch" in log.read_text()
     sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
+    slots = workers.api_post("flow_runs/filter", {"flow_runs": {"name": {"like_": f"{sweep_dir.name}-slot-"}}})
+    assert slots and not [slot for slot in slots if slot["state_type"] in ("SCHEDULED", "PENDING")], "none queued"
     results = pd.read_csv(sweep_dir / "results.csv")
     assert sorted(results["lr"]) == [0.002, 0.005] and set(results["status"]) == {"ok"}
     for trial_id in results["trial_id"]:
@@ -434,8 +436,8 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
 def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
     workers: PrefectServer, tmp_path: Path, cifar_archive: Path, calibrated_weights: Path
 ) -> None:
-    """The same search through the trial deployment: each promotion is a new flow run that resumes the
-    trial from the checkpoint an earlier flow run left in the artifact store."""
+    """The same search on a worker: each promotion is a new segment that resumes the trial from the checkpoint
+    an earlier one left in the artifact store, and every segment runs in the same long-lived slot run."""
     project = sweep_project(
         tmp_path, cifar_archive, {}, **{"model.pretrained": str(calibrated_weights), "trainable_layers": 2}
     )
@@ -445,8 +447,11 @@ def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
     result = run(["mobitune", "sweep", "--backend", "workers", *three], project, env_extra=env, timeout=540)
     sweep_dir = Path(result.stdout.strip().splitlines()[-1])
     results = check_searched(sweep_dir, trials=3, epochs=3)
-    for trial_id in results.loc[results["status"] == "ok", "trial_id"]:
+    promoted = results.loc[results["status"] == "ok", "trial_id"]
+    for trial_id in promoted:
         assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in log.read_text()
+    # the warmup, 3 first segments and the promotions ran in one slot run (a second may start to stop at once)
+    assert log.read_text().count("submitting flow run") <= 2 < 4 + len(promoted)
 
 
 def test_a_lost_worker_machine_is_crashed_by_the_automation_and_its_trial_finishes_elsewhere(

@@ -2,7 +2,7 @@
 
 - the work pools ``gpu`` (trials) and ``sweeps`` (the orchestrating flow);
 - an automation that marks a flow run ``Crashed`` when its heartbeats stop
-  (a worker machine lost mid-trial), so the sweep submits the trial again and
+  (a worker machine lost mid-trial), so the sweep gives the trial to another slot and
   it resumes from its checkpoint instead of waiting on a run that stays
   ``Running`` forever. Flow runs emit heartbeats when their worker sets
   ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (seconds, at least 30).

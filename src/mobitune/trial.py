@@ -1,8 +1,9 @@
 """One sweep trial, wherever it runs: shared warmup, finetune, results into the artifact store.
 
-The local backend calls :func:`run_trial` from a Prefect task; the workers
-backend runs it as the ``trial`` flow on a worker. Both read and write the
-same keys of the artifact store, so the sweep gathers results the same way.
+Both backends call :func:`run_trial` from the ``trial`` Prefect task: in the
+sweep's process (local), or in a ``trial-slot`` flow run on a worker. Both
+read and write the same keys of the artifact store, so the sweep gathers
+results the same way.
 """
 
 from __future__ import annotations
