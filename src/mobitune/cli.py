@@ -39,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
         help="local: trials in this process, one per device; workers: flow runs on pool `gpu`",
     )
     sweep.add_argument(
-        "--parallel", type=int, default=None, help="concurrent local trials (default: one per GPU, or 1)"
+        "--parallel",
+        type=int,
+        default=None,
+        help="concurrent trials: local, one per GPU or 1 by default; workers, at most this many slot runs",
     )
     sweep.add_argument(
         "--recipe", default=None, help="a recipe (flat YAML of dotted keys), applied before --set: recipes/tuned.yaml"
