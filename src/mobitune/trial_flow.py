@@ -62,14 +62,16 @@ def trial_slot(
     or after ``idle_timeout_s`` without a job (a sweep that died).
     """
     mailbox = Mailbox(store_uri, local_root, sweep_id, slot)
-    served = 0
-    while (job := mailbox.wait(f"job-{served}", idle_timeout_s)) is not None and not job.get("stop"):
+    # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
+    # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist
+    ran: list[Any] = []
+    while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
         request = TrialRequest(**job["request"])
         state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
         failure = "" if state.is_completed() else f"its trial task ended {state.name}: {state.message}"
-        mailbox.send(f"done-{served}", {"failure": failure})
-        served += 1
-    return served
+        mailbox.send(f"done-{len(ran)}", {"failure": failure})
+        ran.append(state)
+    return len(ran)
 
 
 @task(name="trial", cache_policy=NO_CACHE)
