@@ -299,7 +299,8 @@ def direct_trials_seconds(params_file: Path, root: Path, env: dict[str, str]) ->
 import time
 from mobitune.params import load_params
 from mobitune.sweep import expand, new_sweep_id
-from mobitune.trial import TrialRequest, run_trial
+from mobitune.trial import run_trial
+from mobitune.trial_request import TrialRequest
 params = load_params({str(params_file)!r})
 sweep_id = new_sweep_id()
 started = time.perf_counter()
@@ -322,7 +323,8 @@ import json, time, sys
 from pathlib import Path
 from mobitune.params import load_params
 from mobitune.sweep import expand, new_sweep_id
-from mobitune.trial import TrialRequest, run_trial
+from mobitune.trial import run_trial
+from mobitune.trial_request import TrialRequest
 from mobitune.flows import sweep
 from prefect import flow
 params = load_params({str(params_file)!r})

@@ -27,7 +27,8 @@ from mobitune.driver import SweepRun
 from mobitune.params import load_params
 from mobitune.report import best_trial
 from mobitune.sweep import expand
-from mobitune.trial import TrialRequest, run_trial_recorded
+from mobitune.trial import run_trial_recorded
+from mobitune.trial_request import TrialRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACE = [  # the report's axes; lr as the range its Table 1 spans, sampled on a log scale

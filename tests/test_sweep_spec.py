@@ -70,7 +70,7 @@ def test_sweep_ids_are_unique() -> None:
 def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from mobitune.flows import local_devices
+    from mobitune.local_backend import local_devices
 
     assert local_devices(Params().override(["device=cpu"]), None) == ["cpu"]
     assert local_devices(Params().override(["device=cpu"]), 3) == ["cpu"] * 3

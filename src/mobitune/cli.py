@@ -109,7 +109,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _sweep(args: argparse.Namespace) -> str:
     from mobitune.driver import load_record
-    from mobitune.loader import resolve_device
     from mobitune.params import load_params, params_from_dict
     from mobitune.search import Scheduler
     from mobitune.storage import check_storage
@@ -123,7 +122,10 @@ def _sweep(args: argparse.Namespace) -> str:
     else:  # bad params and specs fail before Prefect starts
         params = load_params(args.params, args.overrides, args.recipe)
     Scheduler.create(params)
-    resolve_device(params.device)
+    if args.backend == "local":  # on workers, the device is each worker's
+        from mobitune.loader import resolve_device
+
+        resolve_device(params.device)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -27,7 +27,7 @@ from mobitune.report import SEARCH_RECORD, SweepResults, load_results, write_rep
 from mobitune.search import STUDY_FILE, Scheduler, Segment
 from mobitune.storage import open_store
 from mobitune.sweep import lookup, new_sweep_id, warmup_key
-from mobitune.trial import TRIAL_FILES, TrialRequest, record_failure, trial_key
+from mobitune.trial_request import TRIAL_FILES, TrialRequest, record_failure, trial_key
 
 
 class Runner(Protocol):

@@ -29,10 +29,10 @@ from mobitune import paths
 from mobitune.errors import MobituneError
 from mobitune.params import PARAMS_FILE
 from mobitune.publish import MANIFEST
-from mobitune.records import write_csv, write_json
+from mobitune.records import HISTORY_COLUMNS, write_csv, write_json
 from mobitune.stages import final_metrics
 from mobitune.storage import S3Store
-from mobitune.train import HISTORY_COLUMNS, FitResult
+from mobitune.train import FitResult
 
 WRITTEN = (
     PARAMS_FILE,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-import queue
 import re
 import secrets
 import time
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -36,15 +34,13 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from mobitune.driver import SweepRun
 from mobitune.errors import MobituneError
 from mobitune.form import SweepSettings
-from mobitune.loader import resolve_device
 from mobitune.mailbox import Mailbox
-from mobitune.params import Params, load_params, params_from_dict
+from mobitune.params import load_params, params_from_dict
 from mobitune.publish import publish
 from mobitune.records import json_safe
 from mobitune.report import display_table, inline_figures
 from mobitune.storage import check_storage
-from mobitune.trial import TrialRequest
-from mobitune.trial_flow import trial_task
+from mobitune.trial_request import TrialRequest
 
 WORKER_POLL_SECONDS = 0.25  # one read of all slot runs' states per poll (SlotRunner._tick)
 STATE_READ_BATCH = 200  # flow runs per state read (the server's default page limit)
@@ -52,36 +48,6 @@ POOL_CHECK_SECONDS = 2.0  # while trials wait: how often to ask whether any work
 WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
 NO_WORKER_WARNING_SECONDS = 10  # trials waiting this long with no worker on their pool: say so
 SEARCH_IN_FLIGHT = 4  # random/tpe trials in flight on workers unless --parallel says: each waits for feedback
-
-
-def local_devices(params: Params, parallel: int | None) -> list[str]:
-    """One slot per GPU (or ``parallel`` slots); CPU-only machines default to one at a time."""
-    device = resolve_device(params.device)
-    if device.type == "cuda" and device.index is None:
-        gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return [gpus[i % len(gpus)] for i in range(parallel or len(gpus))]
-    return [str(device)] * (parallel or 1)
-
-
-class LocalRunner:
-    """Trials as Prefect tasks of this process, each on the next free device slot."""
-
-    poll_seconds = 0.2
-
-    def __init__(self, devices: list[str]) -> None:
-        self.devices: queue.Queue[str] = queue.Queue()
-        for device in devices:
-            self.devices.put(device)
-
-    def start(self, request: TrialRequest) -> Any:
-        return trial_task.with_options(task_run_name=request.trial_id).submit(request, self.devices)
-
-    def outcome(self, future: Any) -> str | None:
-        """None while running; else "" when it completed, or why it did not."""
-        state = future.state
-        if not state.is_final():
-            return None
-        return "" if state.is_completed() else f"task {state.name}: {state.message}"
 
 
 @dataclass
@@ -313,6 +279,8 @@ def sweep(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
     )
     if backend == "local":
+        from mobitune.local_backend import LocalRunner, local_devices  # torch: only a local sweep trains here
+
         devices = local_devices(params, parallel)
         run.drive(LocalRunner(devices), len(devices), logger)
     else:

@@ -14,6 +14,16 @@ from typing import Any
 from mobitune.storage import atomic_write_text
 
 STOPPED = "stopped"  # the status of a trial that early stopping ended at a rung (beside train's ok/diverged)
+HISTORY_COLUMNS = (  # one row per epoch of history.csv
+    "step",
+    "phase",
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "seconds",
+)
 
 
 def json_safe(value: Any) -> Any:

@@ -30,16 +30,6 @@ from mobitune.params import Params, PhaseOptions
 
 DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
 EVAL_BATCH_SIZE = 1000
-HISTORY_COLUMNS = (
-    "step",
-    "phase",
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "test_loss",
-    "test_accuracy",
-    "seconds",
-)
 OK, DIVERGED = "ok", "diverged"
 
 

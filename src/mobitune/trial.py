@@ -17,7 +17,6 @@ import json
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,33 +26,13 @@ from mobitune.data import load_dataset, prepare
 from mobitune.loader import resolve_device
 from mobitune.model import load_checkpoint
 from mobitune.params import DataParams, Params, params_from_dict
-from mobitune.records import STOPPED, git_revision, write_csv, write_json
+from mobitune.records import STOPPED, git_revision, write_json
 from mobitune.storage import ArtifactStore, open_store
 from mobitune.sweep import training_config, warmup_key
-from mobitune.train import DIVERGED, HISTORY_COLUMNS, Session, run_finetune, run_warmup
+from mobitune.train import DIVERGED, Session, run_finetune, run_warmup
+from mobitune.trial_request import TrialRequest, final_metrics, record_failure, store_results, trial_key
 
-FAILED = "failed"
-TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
 EpochHook = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class TrialRequest:
-    """Everything a trial needs, as plain data (it travels as Prefect flow parameters)."""
-
-    sweep_id: str
-    trial_id: str
-    params: dict[str, Any]
-    varied: dict[str, Any] = field(default_factory=dict)
-    store_uri: str | None = None
-    local_root: str = "artifacts"
-    warmup_only: bool = False
-    until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
-    use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
-
-
-def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
-    return f"sweeps/{sweep_id}/trials/{trial_id}/{name}".rstrip("/")
 
 
 # the modules whose code decides what a trial computes; a change to any of them invalidates cached results
@@ -163,7 +142,7 @@ def _cached_result(request: TrialRequest, key: str, store: ArtifactStore, local_
         history = list(csv.DictReader(f))
     metrics = {**json.loads((folder / "metrics.json").read_text()), "cached": True}
     print(f"{request.trial_id}: reusing the result of an identical trial ({key})")
-    return _store_results(request, store, local_root, history, metrics)
+    return store_results(request, store, local_root, history, metrics)
 
 
 def _keep_result(request: TrialRequest, key: str, store: ArtifactStore, local_root: Path, metrics: dict) -> None:
@@ -228,8 +207,14 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
         history += result.history
         status = result.status
     seconds = earlier_seconds + time.perf_counter() - started
-    metrics = {**_final(history), "status": status, "seconds": seconds, "cached": False, "git_rev": git_revision()}
-    stored = _store_results(request, store, local_root, history, metrics)
+    metrics = {
+        **final_metrics(history),
+        "status": status,
+        "seconds": seconds,
+        "cached": False,
+        "git_rev": git_revision(),
+    }
+    stored = store_results(request, store, local_root, history, metrics)
     _keep_result(request, result_key, store, local_root, metrics)
     return stored
 
@@ -259,13 +244,6 @@ def run_trial_recorded(request: TrialRequest, on_epoch: EpochHook | None = None)
         return record_failure(request, _failure_reason(exc, request), time.perf_counter() - started)
 
 
-def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> dict[str, Any]:
-    """Store a ``failed`` result for the trial: its reason, no history."""
-    local_root = Path(request.local_root).resolve()
-    metrics = {**_final([]), "status": FAILED, "seconds": seconds, "error": reason}
-    return _store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
-
-
 def _failure_reason(exc: Exception, request: TrialRequest) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
@@ -276,31 +254,3 @@ def _failure_reason(exc: Exception, request: TrialRequest) -> str:
             f"model.image_size={params['model']['image_size']}: lower them for this device ({text})"
         )
     return f"{type(exc).__name__}: {text}"
-
-
-def _final(history: list[dict[str, Any]]) -> dict[str, Any]:
-    last = history[-1] if history else {}
-    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-    epochs = {f"{phase}_epochs": sum(row["phase"] == phase for row in history) for phase in ("warmup", "finetune")}
-    return {**{k: last.get(k) for k in keys}, **epochs, "error": None}
-
-
-def _store_results(
-    request: TrialRequest,
-    store: ArtifactStore,
-    local_root: Path,
-    history: list[dict[str, Any]],
-    metrics: dict[str, Any],
-) -> dict[str, Any]:
-    """Write and store the trial's three files; returns the metrics as stored."""
-    folder = local_root / trial_key(request.sweep_id, request.trial_id)
-    metrics = {"trial_id": request.trial_id, **request.varied, "git_rev": git_revision(), **metrics}
-    write_json(
-        folder / "params.json",
-        {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},
-    )
-    write_csv(folder / "history.csv", history, HISTORY_COLUMNS)
-    write_json(folder / "metrics.json", metrics)  # last: its presence marks the trial complete
-    for name in TRIAL_FILES:
-        store.put_file(trial_key(request.sweep_id, request.trial_id, name), folder / name)
-    return metrics

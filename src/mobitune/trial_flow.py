@@ -18,7 +18,8 @@ from prefect.cache_policies import NO_CACHE
 
 from mobitune.mailbox import Mailbox
 from mobitune.records import json_safe
-from mobitune.trial import TrialRequest, run_trial_recorded
+from mobitune.trial import run_trial_recorded
+from mobitune.trial_request import TrialRequest
 
 
 @flow(name="trial", log_prints=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.errors import MobituneError
-from mobitune.records import git_revision, write_csv, write_json
-from mobitune.train import HISTORY_COLUMNS, FitResult
+from mobitune.records import HISTORY_COLUMNS, git_revision, write_csv, write_json
+from mobitune.train import FitResult
 
 
 def _interrupt(signum: int, frame: Any) -> None:
