@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -148,15 +149,24 @@ class PrefectServer:
 
     def api_post(self, path: str, body: dict) -> Any:
         """POST ``body`` to the server's REST API (as the UI does); the decoded answer."""
-        request = urllib.request.Request(
-            f"{self.api}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
+        data = json.dumps(body).encode()
+        return self._answer(urllib.request.Request(f"{self.api}/{path}", data, {"Content-Type": "application/json"}))
 
     def api_get(self, path: str) -> Any:
-        with urllib.request.urlopen(f"{self.api}/{path}", timeout=30) as response:
-            return json.loads(response.read())
+        return self._answer(urllib.request.Request(f"{self.api}/{path}"))
+
+    @staticmethod
+    def _answer(request: urllib.request.Request) -> Any:
+        """The decoded answer; a 503 is asked again, as Prefect's own client does (the server answers it while
+        SQLite is locked by its background writers, after a busy test)."""
+        for delay in (1, 2, 4, 0):
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as exc:
+                if exc.code != 503 or not delay:
+                    raise
+                time.sleep(delay)
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
