@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser postgres run test lint bench
+.PHONY: install browser postgres run test test-fast contracts lint bench
 
 install: $(STAMP)
 
@@ -32,9 +32,17 @@ postgres:
 		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
 		echo "note: PostgreSQL is not installed and could not be: the load test will be skipped"
 
+# the architecture's import contracts ([tool.importlinter] in pyproject.toml): a wrong arrow fails the build
+contracts: install
+	lint-imports
+
 # pytest exits 5 when it collects no test: not a failure of the suite
-test: install browser postgres
-	pytest $(PYTEST_ARGS) || [ $$? -eq 5 ]
+test: install browser postgres contracts
+	pytest --durations=20 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# the inner loop: unit tests only (no servers, no subprocess training), under 90 s
+test-fast: install contracts
+	pytest -m "not e2e" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json
 bench: install

@@ -36,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mobitune.data import Dataset, Split, load_dataset, prepare
-from mobitune.loader import BatchTransform, DeviceSplit, resolve_device
-from mobitune.model import MobileNetClassifier, set_trainable_blocks
 from mobitune.params import Params
-from mobitune.train import Session, evaluate, fit, train_one_epoch, warmup_phase
+from mobitune.training.batches import BatchTransform, DeviceSplit, resolve_device
+from mobitune.training.data import Dataset, Split, load_dataset, prepare
+from mobitune.training.loop import Session, evaluate, fit, train_one_epoch, warmup_phase
+from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -298,9 +298,9 @@ def direct_trials_seconds(params_file: Path, root: Path, env: dict[str, str]) ->
     script = f"""
 import time
 from mobitune.params import load_params
-from mobitune.sweep import expand, new_sweep_id
-from mobitune.trial import run_trial
-from mobitune.trial_request import TrialRequest
+from mobitune.sweep.plan import expand, new_sweep_id
+from mobitune.sweep.trial import run_trial
+from mobitune.sweep.trial_files import TrialRequest
 params = load_params({str(params_file)!r})
 sweep_id = new_sweep_id()
 started = time.perf_counter()
@@ -322,10 +322,10 @@ def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any
 import json, time, sys
 from pathlib import Path
 from mobitune.params import load_params
-from mobitune.sweep import expand, new_sweep_id
-from mobitune.trial import run_trial
-from mobitune.trial_request import TrialRequest
-from mobitune.flows import sweep
+from mobitune.sweep.plan import expand, new_sweep_id
+from mobitune.sweep.trial import run_trial
+from mobitune.sweep.trial_files import TrialRequest
+from mobitune.orchestration.sweep_flow import sweep
 from prefect import flow
 params = load_params({str(params_file)!r})
 @flow

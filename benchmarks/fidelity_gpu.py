@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from mobitune.data import load_dataset, prepare
-from mobitune.loader import resolve_device
 from mobitune.params import load_params
-from mobitune.train import Session, run_finetune, run_warmup
+from mobitune.training.batches import resolve_device
+from mobitune.training.data import load_dataset, prepare
+from mobitune.training.loop import Session, run_finetune, run_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("report", "tuned")

@@ -4,7 +4,7 @@ Run on real images with the stand-in weights (see ``../shared/data/README.md``):
 ``python benchmarks/search_study.py --images cifar10-jpeg.tar.gz --weights mobilenet_v2-imagenet-standin.pth``
 (``benchmarks/gpu_check.sh search`` finds the files on a GPU machine).
 
-Each study is a real sweep driven by :class:`mobitune.driver.SweepRun`, the
+Each study is a real sweep driven by :class:`mobitune.sweep.run.SweepRun`, the
 code the ``sweep`` flow runs, with trials executed in this process one at a
 time (no Prefect: the GPU image has none), so every study gets a sweep folder
 with its ``results.csv``, ``search.json`` and ``report.md``. Studies run in
@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mobitune.driver import SweepRun
 from mobitune.params import load_params
-from mobitune.report import best_trial
-from mobitune.sweep import expand
-from mobitune.trial import run_trial_recorded
-from mobitune.trial_request import TrialRequest
+from mobitune.sweep.plan import expand
+from mobitune.sweep.results import best_trial
+from mobitune.sweep.run import SweepRun
+from mobitune.sweep.trial import run_trial_recorded
+from mobitune.sweep.trial_files import TrialRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACE = [  # the report's axes; lr as the range its Table 1 spans, sampled on a log scale

@@ -2,10 +2,10 @@
 
 Run: ``mobitune sweep [--set key=value ...] [--backend local|workers]``, or
 ``python flows/sweep.py``; deployed by ``prefect deploy --all`` (prefect.yaml).
-The flow itself lives in ``mobitune.flows`` so the CLI and tests import it.
+The flow itself lives in ``mobitune.orchestration.sweep_flow`` so the CLI and tests import it.
 """
 
-from mobitune.flows import sweep
+from mobitune.orchestration.sweep_flow import sweep
 
 if __name__ == "__main__":
     print(sweep())

@@ -6,9 +6,9 @@ deployment (prefect.yaml); ``python flows/trial.py`` runs the base config of
 params.yaml alone.
 """
 
+from mobitune.orchestration.trial_flow import trial, trial_slot
 from mobitune.params import load_params
-from mobitune.sweep import new_sweep_id
-from mobitune.trial_flow import trial, trial_slot
+from mobitune.sweep.plan import new_sweep_id
 
 __all__ = ["trial", "trial_slot"]
 

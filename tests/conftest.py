@@ -44,6 +44,17 @@ from datasets import write_cifar_archive  # noqa: E402
 from helpers import ROOT, PrefectServer, free_port, run  # noqa: E402
 
 
+E2E_MODULES = {"test_sweep_flows", "test_faults", "test_load", "test_browser", "test_services"}
+SERVER_FIXTURES = {"s3", "s3_server", "http_root", "prefect_server", "workers", "dvc_project", "postgres", "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out."""
+    for item in items:
+        if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ``cifar-10-python.tar.gz`` in the official format (5x200 train, 500 test)."""
@@ -63,8 +74,8 @@ def calibrated_weights(tmp_path_factory: pytest.TempPathFactory, cifar_archive: 
     import torch
     import torchvision
 
-    from mobitune.data import decode
-    from mobitune.loader import BatchTransform
+    from mobitune.training.batches import BatchTransform
+    from mobitune.training.data import decode
 
     torch.manual_seed(0)
     net = torchvision.models.mobilenet_v2()

@@ -12,7 +12,7 @@ import pytest
 from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser
 from helpers import PrefectServer, run, sweep_project, tiny_params, write_params
 
-from mobitune.flows import artifact_key
+from mobitune.orchestration.sweep_flow import artifact_key
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ import pytest
 from datasets import CLASSES, tar_folder, write_image_folder
 from helpers import closed_port_url
 
-from mobitune.data import DataError, decode, load_dataset, prepare
-from mobitune.fetch import FetchError
+from mobitune.storage.fetch import FetchError
+from mobitune.training.data import DataError, decode, load_dataset, prepare
 
 
 def md5(path: Path) -> str:

@@ -17,7 +17,7 @@ def stages_run(output: str) -> list[str]:
 
 
 def test_dvc_yaml_declares_the_paths_the_stages_write() -> None:
-    from mobitune import paths
+    from mobitune.pipeline import paths
 
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     declared = set()
@@ -28,7 +28,7 @@ def test_dvc_yaml_declares_the_paths_the_stages_write() -> None:
     written = {str(v) for k, v in vars(paths).items() if k.isupper() and k != "DATA"}
     assert declared == written
     for name, stage in dvc.items():
-        assert stage["cmd"] == f"python -m mobitune.stages.{name}"
+        assert stage["cmd"] == f"python -m mobitune.pipeline.stages.{name}"
         for dep in stage["deps"]:
             assert dep in written or (ROOT / dep).exists(), dep
 

@@ -141,11 +141,11 @@ def test_two_sweeps_at_once_never_overwrite_each_other(tmp_path: Path, cifar_arc
 
 OOM_SCRIPT = """
 import json, resource, sys
-from mobitune.local_backend import local_devices  # import torch and everything else before the cap
+from mobitune.orchestration.local_runner import local_devices  # import torch and everything else before the cap
 from mobitune.params import load_params
-from mobitune.sweep import expand
-from mobitune.trial import run_trial_recorded
-from mobitune.trial_request import TrialRequest
+from mobitune.sweep.plan import expand
+from mobitune.sweep.trial import run_trial_recorded
+from mobitune.sweep.trial_files import TrialRequest
 
 def vm_bytes():
     with open("/proc/self/status") as status:

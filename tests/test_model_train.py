@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,12 @@ import pytest
 import torch
 from helpers import closed_port_url
 
-from mobitune.data import load_dataset, prepare
-from mobitune.evaluate import evaluate_checkpoint
-from mobitune.loader import BatchTransform, DeviceSplit, augment_batch, resolve_device
-from mobitune.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
 from mobitune.params import AugmentParams, Params
-from mobitune.train import Session, run_finetune, run_warmup
+from mobitune.training.batches import BatchTransform, DeviceSplit, augment_batch, resolve_device
+from mobitune.training.data import load_dataset, prepare
+from mobitune.training.evaluate import evaluate_checkpoint
+from mobitune.training.loop import Session, run_finetune, run_warmup
+from mobitune.training.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
 
 
 @pytest.fixture(scope="module")
@@ -81,17 +80,17 @@ def test_frozen_features_keep_their_weights_and_statistics(prepared: Path) -> No
 def test_state_dict_paths_load_with_weights_only(tmp_path: Path) -> None:
     source = MobileNetClassifier(10, 32, 0.2)
     torch.save(source.state_dict(), tmp_path / "weights.pt")
-    model = build_model(replace(Params().model, pretrained=str(tmp_path / "weights.pt")), 10)
+    model = build_model(Params().model.model_copy(update={"pretrained": str(tmp_path / "weights.pt")}), 10)
     assert torch.equal(model.features[5].conv[0][0].weight, source.features[5].conv[0][0].weight)
 
 
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path: Path) -> None:
     (tmp_path / "weights.pt").write_bytes(b"definitely not a checkpoint")
     with pytest.raises(ModelError, match="weights.pt: not a PyTorch checkpoint or state dict"):
-        build_model(replace(Params().model, pretrained=str(tmp_path / "weights.pt")), 10)
+        build_model(Params().model.model_copy(update={"pretrained": str(tmp_path / "weights.pt")}), 10)
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ModelError, match="not a MobileNetV2 state dict"):
-        build_model(replace(Params().model, pretrained=str(tmp_path / "other.pt")), 10)
+        build_model(Params().model.model_copy(update={"pretrained": str(tmp_path / "other.pt")}), 10)
 
 
 def test_imagenet_offline_says_how_to_seed_the_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -167,7 +166,7 @@ def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) ->
     session = session_for(params, prepared, train_limit=128)
     run_warmup(params, session, tmp_path / "warmup.pt")
     first = run_finetune(
-        replace(params, finetune=replace(params.finetune, epochs=1)),
+        params.override(["finetune.epochs=1"]),
         session,
         tmp_path / "warmup.pt",
         tmp_path / "finetune.pt",
@@ -181,7 +180,7 @@ def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) ->
 def test_cached_features_train_the_head_exactly_like_the_full_forward(
     prepared: Path, calibrated_weights: Path, tmp_path: Path
 ) -> None:
-    from mobitune.train import fit, warmup_phase
+    from mobitune.training.loop import fit, warmup_phase
 
     params = small_params(calibrated_weights)
     session = session_for(params, prepared, train_limit=256)
@@ -205,11 +204,11 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
 
 
 def test_learning_rate_schedules_on_fixed_steps() -> None:
-    from mobitune.params import PhaseOptions
-    from mobitune.train import lr_multiplier
+    from mobitune.params import OptimizationParams
+    from mobitune.training.loop import lr_multiplier
 
     def curve(total: int = 10, **options: object) -> list[float]:
-        return [lr_multiplier(PhaseOptions(**options), step, total) for step in range(total)]
+        return [lr_multiplier(OptimizationParams(**options), step, total) for step in range(total)]
 
     assert curve() == [1.0] * 10
     assert curve(warmup_steps=4)[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
@@ -225,7 +224,7 @@ def test_learning_rate_schedules_on_fixed_steps() -> None:
 
 
 def test_weight_decay_spares_biases_and_norms_and_the_schedule_drives_the_rate() -> None:
-    from mobitune.train import finetune_phase, make_optimizer
+    from mobitune.training.loop import finetune_phase, make_optimizer
 
     params = small_params(**{"finetune.weight_decay": 0.05, "finetune.schedule": "cosine", "trainable_layers": 2})
     model = build_model(params.model, 10)
@@ -248,7 +247,7 @@ def test_label_smoothing_trains_but_reports_plain_cross_entropy() -> None:
     """With a learning rate of 0 the weights stay put: the loss reported is their plain cross-entropy."""
     import torch.nn.functional as F
 
-    from mobitune.train import train_one_epoch
+    from mobitune.training.loop import train_one_epoch
 
     torch.manual_seed(0)
     features = torch.randn(300, 8)

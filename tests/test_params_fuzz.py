@@ -1,4 +1,4 @@
-"""Fuzz the params loader: any YAML loads into valid params or raises ParamsError, nothing else."""
+"""Fuzz the params loader: any YAML raises ParamsError or loads into params that dump and re-load to themselves."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mobitune.params import Params, ParamsError, parse_params, sweepable_keys
+from mobitune.params import Params, ParamsError, parse_params, set_dotted, sweepable_keys
 
 KEYS = sorted(
     {
@@ -44,21 +44,20 @@ values = st.recursive(
 def nest(flat: dict[str, object]) -> dict[str, object]:
     tree: dict[str, object] = {}
     for dotted, value in flat.items():
-        node = tree
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            child = node.get(part)
-            node[part] = child = child if isinstance(child, dict) else {}
-            node = child
-        node[leaf] = value
+        set_dotted(tree, dotted, value)
     return tree
 
 
 def outcome(text: str) -> None:
+    """Either a clear ParamsError, or params that dump and load back to themselves."""
     try:
-        assert isinstance(parse_params(text), Params)
+        params = parse_params(text)
     except ParamsError:
-        pass
+        return
+    assert isinstance(params, Params)
+    dumped = yaml.safe_dump(params.to_dict())
+    assert parse_params(dumped) == params
+    assert yaml.safe_dump(parse_params(dumped).to_dict()) == dumped
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -71,3 +70,14 @@ def test_structured_yaml_loads_or_raises_params_error(flat: dict[str, object]) -
 @given(st.text(max_size=80))
 def test_arbitrary_text_loads_or_raises_params_error(text: str) -> None:
     outcome(text)
+
+
+PLAUSIBLE = st.sampled_from(
+    [0, 1, 2, 5, 17, 0.001, 0.5, True, False, None, "first", "last", "cosine", "frozen", "none"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(sweepable_keys())), PLAUSIBLE, max_size=5))
+def test_plausible_values_round_trip(flat: dict[str, object]) -> None:
+    outcome(yaml.safe_dump(nest(flat)))

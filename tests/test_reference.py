@@ -8,8 +8,9 @@ import re
 import pandas as pd
 import pytest
 
-from mobitune import reference
-from mobitune.report import SweepResults, report_markdown
+from mobitune.sweep import lab_report
+from mobitune.sweep.report import report_markdown
+from mobitune.sweep.results import SweepResults
 
 # SEED-REPORT.md, Tables 1-3, as printed there (accuracies in %)
 PRINTED = {
@@ -25,10 +26,10 @@ PRINTED = {
 def test_tables_hold_the_reports_numbers(axis: str) -> None:
     for printed in PRINTED[axis].split(" | "):
         value, train_loss, test_loss, train_acc, test_acc = map(float, printed.split())
-        row = reference.report_row(axis, value)
+        row = lab_report.report_row(axis, value)
         expected = (train_loss, test_loss, train_acc / 100, test_acc / 100)
         assert row is not None and tuple(vars(row).values()) == pytest.approx(expected, abs=1e-9), printed
-    assert len(reference.TABLES[axis]) == len(PRINTED[axis].split(" | "))
+    assert len(lab_report.TABLES[axis]) == len(PRINTED[axis].split(" | "))
 
 
 def _results(rows: list[dict]) -> SweepResults:
@@ -80,7 +81,7 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
 
 def test_axes_the_report_lacks_get_no_comparison() -> None:
     dropout = pd.DataFrame({"model.dropout": [0.1], "status": ["ok"]})
-    assert reference.comparison_table("model.dropout", dropout) is None
-    assert reference.headline(dropout, {"model.dropout": 0.2}) is None
+    assert lab_report.comparison_table("model.dropout", dropout) is None
+    assert lab_report.headline(dropout, {"model.dropout": 0.2}) is None
     other_lr = pd.DataFrame({"lr": [0.01], "status": ["ok"], "test_accuracy": [0.5]})
-    assert reference.headline(other_lr, {"lr": 0.01}).endswith("This sweep has no finished trial of that config.")
+    assert lab_report.headline(other_lr, {"lr": 0.01}).endswith("This sweep has no finished trial of that config.")

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from mobitune.params import EarlyStopParams, Params
-from mobitune.search import Scheduler, Segment, promoted, rungs
+from mobitune.sweep.scheduler import Scheduler, Segment, promoted, rungs
 
 LR_RANGE = "sweep.lr={low: 0.0001, high: 0.05, log: true}"
 
@@ -19,7 +19,7 @@ def params(*overrides: str) -> Params:
 
 
 def asha(**keys: int) -> EarlyStopParams:
-    return EarlyStopParams("asha", **keys)
+    return EarlyStopParams(method="asha", **keys)
 
 
 def test_rungs_grow_by_the_reduction_below_the_full_run() -> None:
@@ -27,7 +27,7 @@ def test_rungs_grow_by_the_reduction_below_the_full_run() -> None:
     assert rungs(10, asha()) == [1, 3, 9]
     assert rungs(20, asha(min_epochs=2, reduction=2)) == [2, 4, 8, 16]
     assert rungs(3, asha(min_epochs=3)) == []
-    assert rungs(9, EarlyStopParams("none")) == []
+    assert rungs(9, EarlyStopParams(method="none")) == []
 
 
 @pytest.mark.parametrize(

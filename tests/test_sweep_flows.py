@@ -19,7 +19,7 @@ import pytest
 from datasets import write_cifar_archive
 from helpers import GPU_WORKER, VENV_BIN, PrefectServer, free_port, run, sweep_project
 
-from mobitune.flows import artifact_key
+from mobitune.orchestration.sweep_flow import artifact_key
 
 # 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
 FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mobitune.params import Params, ParamsError
-from mobitune.sweep import expand, new_sweep_id, warmup_key
+from mobitune.sweep.plan import expand, new_sweep_id, warmup_key
 
 
 def test_the_report_study_runs_the_base_config_once() -> None:
@@ -70,7 +70,7 @@ def test_sweep_ids_are_unique() -> None:
 def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from mobitune.local_backend import local_devices
+    from mobitune.orchestration.local_runner import local_devices
 
     assert local_devices(Params().override(["device=cpu"]), None) == ["cpu"]
     assert local_devices(Params().override(["device=cpu"]), 3) == ["cpu"] * 3
@@ -82,7 +82,7 @@ def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mobitune import trial
+    from mobitune.sweep import trial
 
     params = Params()
     key = trial.result_cache_key(params, None, "data-a")

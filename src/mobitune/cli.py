@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> str:
-    from mobitune.driver import load_record
     from mobitune.params import load_params, params_from_dict
-    from mobitune.search import Scheduler
-    from mobitune.storage import check_storage
+    from mobitune.storage.stores import check_storage
+    from mobitune.sweep.run import load_record
+    from mobitune.sweep.scheduler import Scheduler
 
     if args.parallel is not None and args.parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
@@ -123,13 +123,13 @@ def _sweep(args: argparse.Namespace) -> str:
         params = load_params(args.params, args.overrides, args.recipe)
     Scheduler.create(params)
     if args.backend == "local":  # on workers, the device is each worker's
-        from mobitune.loader import resolve_device
+        from mobitune.training.batches import resolve_device
 
         resolve_device(params.device)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    from mobitune.flows import sweep
+    from mobitune.orchestration.sweep_flow import sweep
 
     return sweep(
         overrides=args.overrides,
@@ -145,7 +145,7 @@ def _sweep(args: argparse.Namespace) -> str:
 
 
 def _setup(heartbeat_timeout_s: int) -> str:
-    from mobitune.server_setup import HEARTBEAT_SECONDS, setup_server
+    from mobitune.orchestration.server_setup import HEARTBEAT_SECONDS, setup_server
 
     if heartbeat_timeout_s < 2 * HEARTBEAT_SECONDS:
         raise MobituneError(
@@ -156,7 +156,7 @@ def _setup(heartbeat_timeout_s: int) -> str:
 
 
 def _exp_import(source: str) -> str:
-    from mobitune.exp_import import import_sweep
+    from mobitune.pipeline.exp_import import import_sweep
 
     saved = import_sweep(source)
     if not saved:
@@ -172,7 +172,7 @@ def _recipe_arguments(path: Path) -> str:
 
 
 def _sweep_record(sweep_dir: Path) -> dict:
-    from mobitune.publish import SWEEP_RECORD
+    from mobitune.sweep.publish import SWEEP_RECORD
 
     record_path = sweep_dir / SWEEP_RECORD
     if not record_path.exists():
@@ -182,8 +182,9 @@ def _sweep_record(sweep_dir: Path) -> dict:
 
 def _report(sweep_dir: Path) -> Path:
     """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune)."""
-    from mobitune.publish import write_manifest
-    from mobitune.report import load_results, write_report
+    from mobitune.sweep.publish import write_manifest
+    from mobitune.sweep.report import write_report
+    from mobitune.sweep.results import load_results
 
     record = _sweep_record(sweep_dir)
     write_report(load_results(sweep_dir, record), sweep_dir, record["sweep_id"])
@@ -192,7 +193,7 @@ def _report(sweep_dir: Path) -> Path:
 
 
 def _push(sweep_dir: Path, to: str | None) -> str:
-    from mobitune.publish import publish, write_manifest
+    from mobitune.sweep.publish import publish, write_manifest
 
     uri = to or _sweep_record(sweep_dir)["storage_uri"]
     if not uri:

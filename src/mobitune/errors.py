@@ -9,3 +9,11 @@ class MobituneError(Exception):
     """
 
     exit_code = 2
+
+
+class StorageError(MobituneError):
+    """S3 or the local artifact folder cannot be used; the message says what to do."""
+
+
+class EndpointUnreachable(StorageError):
+    """The S3 endpoint did not answer, even after retries with back-off."""

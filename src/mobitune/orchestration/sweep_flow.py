@@ -1,0 +1,125 @@
+"""Prefect flow ``sweep`` (deployment entry point ``flows/sweep.py``); the ``trial`` flow it fans out to is in
+:mod:`mobitune.orchestration.trial_flow`.
+
+``sweep`` asks its :class:`~mobitune.sweep.scheduler.Scheduler` for trial segments
+(enumerated or sampled trials, early-stopping rungs, a budget), trains each
+distinct warmup once before the trials that share it, fans the segments out,
+gathers, aggregates and publishes. Two backends, same results:
+
+- ``local``: trials are Prefect tasks in this process, one per device at a time
+  (one per GPU; on a CPU-only machine one at a time unless ``parallel`` says
+  otherwise);
+- ``workers``: trials run in long-lived flow runs of the ``trial-slot``
+  deployment on work pool ``gpu`` (:class:`SlotRunner`), each trial a ``trial``
+  task run there. A trial whose slot crashed (worker killed) is given to another slot
+  and resumes from its last per-epoch checkpoint in the artifact store.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from mobitune.errors import MobituneError
+from mobitune.orchestration.form import SweepSettings
+from mobitune.orchestration.presentation import display_table, inline_figures
+from mobitune.orchestration.slots import SlotRunner
+from mobitune.params import load_params, params_from_dict
+from mobitune.storage.records import json_safe
+from mobitune.storage.stores import check_storage
+from mobitune.sweep.publish import publish
+from mobitune.sweep.run import SweepRun
+
+SEARCH_IN_FLIGHT = 4  # random/tpe trials in flight on workers unless --parallel says: each waits for feedback
+
+
+@flow(name="sweep", log_prints=True, task_runner=ThreadPoolTaskRunner())
+def sweep(
+    settings: SweepSettings | None = None,
+    overrides: list[str] | None = None,
+    recipe: str | None = None,
+    params_file: str = "params.yaml",
+    backend: Literal["local", "workers"] = "local",
+    parallel: int | None = None,
+    local_root: str = "artifacts",
+    deployment: str = "trial-slot/gpu",
+    cache: bool = True,
+    resume: str | None = None,
+) -> str:
+    """The whole study of ``params.sweep`` (``recipe``, then ``settings``, then ``overrides``, on
+    ``params_file``); returns its folder. ``settings`` is the deployment form's typed view of the main keys.
+
+    ``cache``: reuse the stored result of a trial whose config, data and training code are unchanged
+    (False trains every trial and its warmup again, and refreshes what is stored). ``resume``: the id of
+    a sweep whose process died; it continues in its own folder with the params it started with.
+    """
+    logger = get_run_logger()
+    if resume:
+        run = SweepRun.resume(Path(local_root), resume, backend, cache)
+        params = params_from_dict(run.record["params"])
+    else:
+        overrides = [*(settings.overrides() if settings else []), *(overrides or [])]
+        params = load_params(params_file, overrides, recipe)
+    warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
+    if warning:
+        logger.warning(warning)
+    if not resume:
+        run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache)
+    planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
+    logger.info(
+        "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
+    )
+    if backend == "local":
+        from mobitune.orchestration.local_runner import (  # torch: only a local sweep trains here
+            LocalRunner,
+            local_devices,
+        )
+
+        devices = local_devices(params, parallel)
+        run.drive(LocalRunner(devices), len(devices), logger)
+    else:
+        from prefect.client.orchestration import get_client
+
+        # enumerated trials may all be in flight at once; sampled ones wait for feedback
+        slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
+        with get_client(sync_client=True) as client:
+            runner = SlotRunner(run, deployment, client, params.sweep.worker_timeout_s, slots)
+            try:
+                run.drive(runner, slots, logger)
+            finally:
+                runner.close()
+    results = run.finish()
+    sweep_id, sweep_dir = run.sweep_id, run.sweep_dir
+    table = json_safe(display_table(results).to_dict(orient="records"))
+    key = artifact_key(sweep_id)
+    create_table_artifact(table, key=f"{key}-results", description=f"Sweep {sweep_id}: one row per trial")
+    report = inline_figures((sweep_dir / "report.md").read_text(), sweep_dir)
+    create_markdown_artifact(report, key=f"{key}-report", description=f"Sweep {sweep_id} report")
+    if params.storage.uri:
+        logger.info("published to %s", publish(sweep_dir, params.storage.uri))
+    else:
+        logger.info("results in %s", sweep_dir)
+    given_up = [t for t in runner.timed_out if not t.startswith("warmup-")] if backend == "workers" else []
+    if given_up:
+        raise NoWorkerError(
+            f"{len(given_up)} trial(s) never started: no worker polled work pool '{runner.pool}' "
+            f"for {params.sweep.worker_timeout_s} s (sweep.worker_timeout_s). The trials that finished are in "
+            f"{sweep_dir}. Start a worker in the project root with: {runner.start_worker}"
+        )
+    return str(sweep_dir)
+
+
+def artifact_key(sweep_id: str) -> str:
+    """``sweep-<id>``: each sweep's artifacts under keys of their own (Prefect allows a-z, 0-9 and dashes)."""
+    return "sweep-" + re.sub(r"[^a-z0-9-]+", "-", sweep_id.lower())
+
+
+class NoWorkerError(MobituneError):
+    """Trials were given up because no worker polled their work pool; the sweep's other results are kept."""
+
+    exit_code = 4

@@ -1,0 +1,125 @@
+"""Prefect flows ``trial`` and ``trial-slot`` (deployment entry point ``flows/trial.py``) and the ``trial`` task
+that both backends run each trial as.
+
+Kept apart from :mod:`mobitune.orchestration.sweep_flow` so that a worker's flow-run process
+imports what a trial needs and no more: the sweep side's Optuna, pandas and
+matplotlib would add about a second to every trial's start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mobitune.orchestration.mailbox import Mailbox
+from mobitune.storage.records import json_safe
+from mobitune.sweep.trial import run_trial_recorded
+from mobitune.sweep.trial_files import TrialRequest
+
+
+@flow(name="trial", log_prints=True)
+def trial(
+    sweep_id: str,
+    trial_id: str,
+    params: dict[str, Any],
+    varied: dict[str, Any] | None = None,
+    store_uri: str | None = None,
+    local_root: str = "artifacts",
+    warmup_only: bool = False,
+    until: int | None = None,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
+    (resuming from its checkpoint in the store), store params/history/metrics."""
+    request = TrialRequest(
+        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
+    )
+    return run_trial_recorded(request, EpochProgress(request))
+
+
+SLOT_IDLE_SECONDS = 120.0  # a slot run with no job for this long ends (the sweep starts another if it needs one)
+
+
+@flow(name="trial-slot", log_prints=True)
+def trial_slot(
+    sweep_id: str,
+    slot: str,
+    store_uri: str | None = None,
+    local_root: str = "artifacts",
+    idle_timeout_s: float = SLOT_IDLE_SECONDS,
+) -> int:
+    """One worker slot of a sweep: the trials the sweep posts to this slot's
+    :class:`~mobitune.orchestration.mailbox.Mailbox`, one after another, each a ``trial`` task run named after
+    it (as on the local backend); returns how many it ran.
+
+    Why: a flow run costs a worker about 12 s before its trial starts (pickup,
+    a new process, importing torch and Prefect). A slot pays that once and
+    then starts each trial within a second. It ends on the sweep's ``stop``,
+    or after ``idle_timeout_s`` without a job (a sweep that died).
+    """
+    mailbox = Mailbox(store_uri, local_root, sweep_id, slot)
+    # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
+    # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist
+    ran: list[Any] = []
+    while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
+        request = TrialRequest(**job["request"])
+        state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
+        failure = "" if state.is_completed() else f"its trial task ended {state.name}: {state.message}"
+        mailbox.send(f"done-{len(ran)}", {"failure": failure})
+        ran.append(state)
+    return len(ran)
+
+
+@task(name="trial", cache_policy=NO_CACHE)
+def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -> dict[str, Any]:
+    """A trial on the next free device of ``devices`` (the local backend's slots), or on its own ``device``."""
+    if devices is None:
+        return run_trial_recorded(request, EpochProgress(request))
+    device = devices.get()
+    try:
+        params = {**request.params, "device": device}
+        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
+    finally:
+        devices.put(device)
+
+
+class EpochProgress:
+    """A trial's finetune epochs on its run page: a progress artifact moved on after each epoch, and a table
+    artifact of the epochs so far (the printed epoch lines are in the run's logs through ``log_prints``)."""
+
+    def __init__(self, request: TrialRequest) -> None:
+        self.trial_id = request.trial_id
+        self.epochs = request.params["finetune"]["epochs"]
+        self.rows: list[dict[str, Any]] = []
+        self.progress_id: Any = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        percent = 100.0 * row["epoch"] / max(1, self.epochs)
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")
+        else:
+            update_progress_artifact(self.progress_id, percent)
+        create_table_artifact(
+            json_safe(epoch_rows(self.rows)), description=f"{self.trial_id}: epoch {row['epoch']}/{self.epochs}"
+        )
+
+
+def epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch history rows as people read them: accuracies in %, losses to 4 decimals."""
+    return [
+        {
+            "epoch": f"{row['phase']} {row['epoch']}",
+            "train_accuracy %": round(row["train_accuracy"] * 100, 2),
+            "test_accuracy %": round(row["test_accuracy"] * 100, 2),
+            "train_loss": round(row["train_loss"], 4),
+            "test_loss": round(row["test_loss"], 4),
+            "seconds": round(row["seconds"], 1),
+        }
+        for row in history
+    ]

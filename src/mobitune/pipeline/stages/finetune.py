@@ -1,0 +1,23 @@
+"""DVC stage ``finetune``: unfreeze ``trainable_layers`` blocks and train on from warmup.
+
+Run: ``python -m mobitune.pipeline.stages.finetune`` (or ``dvc repro finetune``).
+"""
+
+from mobitune.params import load_params
+from mobitune.pipeline import paths
+from mobitune.pipeline.stages import run_stage, write_phase_outputs
+from mobitune.training.batches import resolve_device
+from mobitune.training.data import load_dataset
+from mobitune.training.loop import Session, run_finetune
+
+
+def main() -> None:
+    params = load_params()
+    dataset = load_dataset(paths.PREPARED, params.data.train_limit, params.data.test_limit)
+    session = Session.create(params, dataset, resolve_device(params.device))
+    result = run_finetune(params, session, paths.WARMUP_CHECKPOINT, paths.FINETUNE_CHECKPOINT)
+    write_phase_outputs(result, paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS)
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,171 @@
+"""A sweep's markdown report beside the lab report's numbers, and writing it with results.csv and the figures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mobitune.sweep import lab_report
+from mobitune.sweep.figures import curves_figure, search_figure, summary_figure
+from mobitune.sweep.results import SweepResults, axis_table, best_trial
+
+
+def rung_table(search: Mapping[str, Any]) -> pd.DataFrame:
+    """Per rung: how many trials reached it, continued and stopped, and the accuracies that decided."""
+    decisions = pd.DataFrame(search["decisions"], columns=["rung", "trial_id", "test_accuracy", "promoted"])
+    rows = []
+    for rung, group in decisions.groupby("rung", sort=True):
+        kept = group[group["promoted"]]
+        rows.append(
+            {
+                "rung (finetune epochs)": int(rung),
+                "reached": len(group),
+                "continued": len(kept),
+                "stopped": len(group) - len(kept),
+                "best test acc": group["test_accuracy"].max() * 100,
+                "lowest continued test acc": kept["test_accuracy"].min() * 100 if len(kept) else math.nan,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def search_markdown(results: SweepResults, figures: list[str]) -> list[str]:
+    """The section of a searched or early-stopped sweep: spend, rungs, the accuracy picture, axis importance."""
+    search = results.search or {}
+    spent, full = search["finetune_epochs_spent"], search["finetune_epochs_full"]
+    early = search["early_stop"]
+    lines = ["## Search", ""]
+    if early["method"] != "none":
+        lines += [
+            f"Early stopping: {early['method']}, rungs at finetune epochs {search['rungs']} "
+            f"(min_epochs {early['min_epochs']}, reduction {early['reduction']}) of {search['full_epochs']}.",
+            "",
+        ]
+    share = f" ({spent / full:.0%})" if full else ""
+    lines += [f"Finetune epochs spent: **{spent}** of the {full} that {len(results.table)} full trials take{share}."]
+    if search["budget_epochs"] is not None:
+        lines[-1] += f" Budget: {search['budget_epochs']} epochs."
+    lines += [""]
+    if search["decisions"]:
+        lines += [markdown_table(rung_table(search)), ""]
+    if search["importance"]:
+        importance = pd.DataFrame(
+            {"axis": list(search["importance"]), "importance": list(search["importance"].values())}
+        )
+        lines += [
+            f"Importance of each axis (Optuna, PED-ANOVA) for the test accuracy after finetune epoch "
+            f"{search['importance_at_epoch']}, which every trial reached:",
+            "",
+            markdown_table(importance),
+            "",
+        ]
+    lines += [f"![search]({path})" for path in figures] + [""]
+    return lines
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """Losses to 4 decimals, accuracies (%) to 2, differences signed; other numbers to 4 digits."""
+
+    def cell(value: Any, column: str) -> str:
+        if isinstance(value, float):
+            if math.isnan(value):
+                return ""
+            if column.startswith("Δ"):
+                return f"{value:+.2f}"
+            if "loss" in column:
+                return f"{value:.4f}"
+            if "acc" in column:
+                return f"{value:.2f}"
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    columns = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(v, c) for v, c in zip(row, columns, strict=True)) + " |"
+        for row in frame.itertuples(index=False)
+    ]
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    """A sampled float as people read it (0.003029); other values as they are."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, list[str]]) -> str:
+    """The markdown report: best config, results table, per-axis tables and figures."""
+    table = results.table
+    counts = table["status"].value_counts().to_dict()
+    lines = [
+        f"# Sweep {sweep_id}",
+        "",
+        f"{len(table)} trials ({results.mode}): "
+        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + "."
+        + (f" {int(table['cached'].sum())} reused from the trial cache (`cached`)." if table["cached"].any() else ""),
+        "",
+    ]
+    best = best_trial(results)
+    if best is not None:
+        config = ", ".join(f"{axis}={_short(best[axis])}" for axis in results.axes)
+        lines += [
+            f"**Best config:** {config} (trial `{best['trial_id']}`, seed {best['seed']}): "
+            f"test accuracy {best['test_accuracy'] * 100:.2f}%, test loss {best['test_loss']:.4f}.",
+            "",
+        ]
+    else:
+        lines += ["**No trial finished successfully.**", ""]
+    seed_report = lab_report.headline(table, results.base)
+    if seed_report:
+        lines += [seed_report, ""]
+    shown = table.drop(columns=["error"])
+    shown[["train_accuracy", "test_accuracy"]] *= 100
+    lines += ["## All trials", "", "Accuracies in %; final epoch.", "", markdown_table(shown), ""]
+    failed = table[table["error"].notna()]
+    if len(failed):
+        lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
+    if results.search is not None:
+        lines += search_markdown(results, figures.get("search", []))
+    for axis in [] if results.sampled else results.axes:
+        ours = axis_table(results, axis)
+        lines += [f"## {axis}", "", "Accuracies in %; final epoch; mean over seeds (std: their spread).", ""]
+        lines += [markdown_table(ours), ""]
+        beside = lab_report.comparison_table(axis, ours)
+        if beside is not None:
+            lines += [
+                f"Beside the report's {lab_report.TABLE_NAMES[axis]} (Δ: ours minus the report's, in points; "
+                "the report does not say how long its sweep trials trained or on what resolution):",
+                "",
+                markdown_table(beside),
+                "",
+            ]
+        lines += [f"![{axis}]({path})" for path in figures.get(axis, [])] + [""]
+    return "\n".join(lines)
+
+
+def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str) -> list[Path]:
+    """results.csv, figures/*.png and report.md in ``sweep_dir``; returns the files written."""
+    written = [sweep_dir / "results.csv"]
+    results.table.to_csv(written[0], index=False)
+    figures: dict[str, list[str]] = {}
+    (sweep_dir / "figures").mkdir(exist_ok=True)
+    if results.search is not None:
+        relative = "figures/search.png"
+        search_figure(results).savefig(sweep_dir / relative, dpi=110)
+        figures["search"] = [relative]
+        written.append(sweep_dir / relative)
+    for axis in [] if results.sampled else results.axes:
+        slug = axis.replace(".", "_")
+        for kind, build in (("curves", curves_figure), ("summary", summary_figure)):
+            relative = f"figures/{slug}_{kind}.png"
+            build(results, axis).savefig(sweep_dir / relative, dpi=110)
+            figures.setdefault(axis, []).append(relative)
+            written.append(sweep_dir / relative)
+    (sweep_dir / "report.md").write_text(report_markdown(results, sweep_id, figures))
+    written.append(sweep_dir / "report.md")
+    return written

@@ -1,0 +1,87 @@
+"""A sweep's results as one tidy table: every trial's params, final metrics, epochs and status, read from its
+folder; the per-axis tables (the report's Tables 1-3) and the best trial."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mobitune.params import get_dotted
+
+METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
+
+
+@dataclass
+class SweepResults:
+    table: pd.DataFrame  # one row per trial
+    histories: dict[str, pd.DataFrame]  # trial_id -> per-epoch history (both phases)
+    axes: list[str]  # the swept keys, in the spec's order
+    base: dict[str, Any]  # the base value of every axis
+    mode: str
+    search: dict[str, Any] | None = None  # search.json, if the sweep searched or stopped trials early
+
+    @property
+    def sampled(self) -> bool:
+        return self.mode in ("random", "tpe")
+
+
+def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
+    """Read every trial's params.json, metrics.json and history.csv from a sweep folder.
+
+    ``record`` is the sweep's ``sweep.json``: its trials, axes, base values and mode.
+    """
+    axes, base, mode = record["axes"], record["base"], record["mode"]
+    rows, histories = [], {}
+    for trial_id in [trial["trial_id"] for trial in record["trials"]]:
+        folder = sweep_dir / "trials" / trial_id
+        params = json.loads((folder / "params.json").read_text())["params"]
+        metrics = json.loads((folder / "metrics.json").read_text())
+        row = {"trial_id": trial_id, **{axis: get_dotted(params, axis) for axis in axes}, "seed": params["seed"]}
+        history = pd.read_csv(folder / "history.csv")
+        histories[trial_id] = history
+        row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
+        row.update({f"{phase}_epochs": int((history["phase"] == phase).sum()) for phase in ("warmup", "finetune")})
+        row.update({key: metrics.get(key) for key in ("seconds", "status", "error")})
+        row["cached"] = bool(metrics.get("cached", False))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    for column in METRIC_COLUMNS + ["seconds"]:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    search_path = sweep_dir / SEARCH_RECORD
+    search = json.loads(search_path.read_text()) if search_path.exists() else None
+    return SweepResults(table, histories, axes, base, mode, search)
+
+
+def axis_rows(results: SweepResults, axis: str) -> pd.DataFrame:
+    """Trials that show the effect of ``axis``: the others at base (one-at-a-time) or all (grid)."""
+    table = results.table
+    if results.mode == "one-at-a-time":
+        for other in results.axes:
+            if other != axis:
+                table = table[table[other] == results.base[other]]
+    return table
+
+
+def axis_table(results: SweepResults, axis: str) -> pd.DataFrame:
+    """The report's Tables 1-3: final losses and accuracies (%) per value, mean over seeds/others."""
+    rows = axis_rows(results, axis)
+    grouped = rows.groupby(axis, sort=True)
+    table = grouped[METRIC_COLUMNS].mean()
+    table["train_accuracy"] *= 100
+    table["test_accuracy"] *= 100
+    if grouped.size().max() > 1:
+        table["test_accuracy_std"] = grouped["test_accuracy"].std() * 100
+    table["status"] = grouped["status"].agg(lambda s: ", ".join(sorted(set(s))))
+    table["trials"] = grouped.size()
+    return table.reset_index()
+
+
+def best_trial(results: SweepResults) -> pd.Series | None:
+    ok = results.table[results.table["status"] == "ok"].dropna(subset=["test_accuracy"])
+    return None if ok.empty else ok.loc[ok["test_accuracy"].idxmax()]

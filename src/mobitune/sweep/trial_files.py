@@ -1,0 +1,72 @@
+"""What a trial is and leaves, as plain data and files: its request, its keys in the artifact store, its three
+result files.
+
+Apart from :mod:`mobitune.sweep.trial` (which trains, and so imports torch) so that the sweep process, which only
+asks for trials and reads their results, starts without importing torch and torchvision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mobitune.storage.records import HISTORY_COLUMNS, git_revision, write_csv, write_json
+from mobitune.storage.stores import ArtifactStore, open_store
+
+FAILED = "failed"
+TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """Everything a trial needs, as plain data (it travels as JSON to a worker's slot run)."""
+
+    sweep_id: str
+    trial_id: str
+    params: dict[str, Any]
+    varied: dict[str, Any] = field(default_factory=dict)
+    store_uri: str | None = None
+    local_root: str = "artifacts"
+    warmup_only: bool = False
+    until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
+    use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
+
+
+def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
+    return f"sweeps/{sweep_id}/trials/{trial_id}/{name}".rstrip("/")
+
+
+def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> dict[str, Any]:
+    """Store a ``failed`` result for the trial: its reason, no history."""
+    local_root = Path(request.local_root).resolve()
+    metrics = {**final_metrics([]), "status": FAILED, "seconds": seconds, "error": reason}
+    return store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
+
+
+def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+    epochs = {f"{phase}_epochs": sum(row["phase"] == phase for row in history) for phase in ("warmup", "finetune")}
+    return {**{k: last.get(k) for k in keys}, **epochs, "error": None}
+
+
+def store_results(
+    request: TrialRequest,
+    store: ArtifactStore,
+    local_root: Path,
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """Write and store the trial's three files; returns the metrics as stored."""
+    folder = local_root / trial_key(request.sweep_id, request.trial_id)
+    metrics = {"trial_id": request.trial_id, **request.varied, "git_rev": git_revision(), **metrics}
+    write_json(
+        folder / "params.json",
+        {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},
+    )
+    write_csv(folder / "history.csv", history, HISTORY_COLUMNS)
+    write_json(folder / "metrics.json", metrics)  # last: its presence marks the trial complete
+    for name in TRIAL_FILES:
+        store.put_file(trial_key(request.sweep_id, request.trial_id, name), folder / name)
+    return metrics

@@ -1,0 +1,366 @@
+"""One training loop for warmup and finetune: per-epoch history, checkpoints, divergence.
+
+The two phases differ only in which blocks are trainable and in their
+hyperparameters (:class:`PhaseConfig`). Loss and accuracy are accumulated on
+the device and read once per epoch; the only other host sync is a NaN/inf
+test of the running loss every ``DIVERGENCE_CHECK_EVERY`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mobitune.params import OptimizationParams, Params
+from mobitune.training.batches import BatchTransform, DeviceSplit
+from mobitune.training.checkpoints import DIVERGED, OK, load_trained_model, resume_state, save_checkpoint
+from mobitune.training.data import Dataset
+from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_blocks
+
+DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    name: str
+    epochs: int
+    lr: float
+    batch_size: int
+    trainable_blocks: int
+    unfreeze_from: str
+    options: OptimizationParams = OptimizationParams()
+    frozen_batchnorm: bool = False
+
+
+def warmup_phase(params: Params) -> PhaseConfig:
+    return PhaseConfig(
+        "warmup",
+        params.warmup.epochs,
+        params.warmup.lr,
+        params.warmup.batch_size,
+        0,
+        params.model.unfreeze_from,
+        params.warmup,
+    )
+
+
+def finetune_phase(params: Params) -> PhaseConfig:
+    return PhaseConfig(
+        "finetune",
+        params.finetune.epochs,
+        params.lr,
+        params.batch_size,
+        params.trainable_layers,
+        params.model.unfreeze_from,
+        params.finetune,
+        params.finetune.batchnorm == "frozen",
+    )
+
+
+def lr_multiplier(options: OptimizationParams, step: int, total_steps: int) -> float:
+    """The factor on the phase's peak learning rate before optimiser step ``step`` (0-based).
+
+    ``constant`` and ``cosine`` first ramp linearly over ``warmup_steps``;
+    ``onecycle`` rises from 1/25 of the peak along a half cosine over
+    ``warmup_steps`` (default: 30% of the phase), then falls to ~0 the same way,
+    as ``torch.optim.lr_scheduler.OneCycleLR`` does, without cycling momentum.
+    """
+    if options.schedule == "onecycle":
+        rise = options.warmup_steps or max(1, round(0.3 * total_steps))
+        start, end = 1 / 25, 1 / 25 / 1e4
+        if step < rise:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / rise)) / 2
+        fall = max(1, total_steps - rise)
+        return end + (1 - end) * (1 + math.cos(math.pi * min(step - rise, fall) / fall)) / 2
+    if step < options.warmup_steps:
+        return (step + 1) / options.warmup_steps
+    if options.schedule == "cosine":
+        span = max(1, total_steps - options.warmup_steps)
+        return (1 + math.cos(math.pi * min(step - options.warmup_steps, span) / span)) / 2
+    return 1.0
+
+
+def make_optimizer(
+    model: torch.nn.Module, phase: PhaseConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over the trainable parameters (decay on weights, never on biases or norms) and its schedule.
+
+    With ``weight_decay`` 0 and a constant schedule this is the report's Adam.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim > 1], "weight_decay": phase.options.weight_decay},
+        {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr)
+    total = phase.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(phase.options, step, total))
+    return optimizer, scheduler
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    status: str
+
+
+@dataclass
+class Session:
+    """What every phase needs: data on the device, its transform, the device."""
+
+    dataset: Dataset
+    device: torch.device
+    train: DeviceSplit
+    test: DeviceSplit
+    train_transform: Callable[..., torch.Tensor]  # (uint8 batch, generator) -> model input
+    test_transform: Callable[..., torch.Tensor]
+
+    @classmethod
+    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> Session:
+        size = params.model.image_size
+        return cls(
+            dataset=dataset,
+            device=device,
+            train=DeviceSplit.from_split(dataset.train, device),
+            test=DeviceSplit.from_split(dataset.test, device),
+            train_transform=BatchTransform(device, size, params.augment),
+            test_transform=BatchTransform(device, size),
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def _unchanged(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    return batch
+
+
+@torch.no_grad()
+def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Session | None:
+    """For a phase with every feature layer frozen and no augmentation: features once.
+
+    Such a model maps each image to the same pooled 1280-d feature every
+    epoch, so one inference pass replaces ``epochs`` passes through the
+    backbone and each epoch trains only the head. Returns the session of
+    features (for ``model.classifier``), or None when the phase does not qualify.
+    """
+    if model.frozen_prefix < len(model.features) or getattr(session.train_transform, "augments", False):
+        return None
+    model.eval()
+
+    def features(split: DeviceSplit, name: str) -> DeviceSplit:
+        chunks = []
+        with tqdm(total=len(split), desc=f"frozen features, {name} (once)", unit="img", disable=None) as bar:
+            for images, _ in split.batches(EVAL_BATCH_SIZE):
+                with session.autocast():
+                    chunks.append(model.pool(model.features(session.test_transform(images))).flatten(1).float())
+                bar.update(len(images))
+        return DeviceSplit(torch.cat(chunks), split.labels)
+
+    train, test = features(session.train, "train"), features(session.test, "test")
+    return Session(session.dataset, session.device, train, test, _unchanged, _unchanged)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    session: Session,
+    batch_size: int,
+    generator: torch.Generator,
+    desc: str,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[float, float]:
+    """Returns mean train loss and accuracy; the loss is NaN/inf if training diverged.
+
+    The loss reported is plain cross-entropy, comparable across runs and with
+    the test loss, even when the loss optimised is label-smoothed.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=session.device)
+    correct = torch.zeros((), device=session.device, dtype=torch.int64)
+    seen = 0
+    steps = math.ceil(len(session.train) / batch_size)
+    with tqdm(total=steps, desc=desc, unit="batch", disable=None, leave=False) as bar:
+        for step, (images, labels) in enumerate(session.train.batches(batch_size, generator), start=1):
+            x = session.train_transform(images, generator)
+            with session.autocast():
+                logits = model(x)
+                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if label_smoothing:
+                loss = F.cross_entropy(logits.detach().float(), labels)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            seen += len(labels)
+            bar.update()
+            if step % DIVERGENCE_CHECK_EVERY == 0 and not torch.isfinite(loss_sum):  # host sync
+                break
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module, session: Session, batch_size: int = EVAL_BATCH_SIZE
+) -> tuple[float, float, torch.Tensor]:
+    """Mean test loss, accuracy and the predicted class of every test image."""
+    model.eval()
+    loss_sum = torch.zeros((), device=session.device)
+    predictions = []
+    for images, labels in session.test.batches(batch_size):
+        with session.autocast():
+            logits = model(session.test_transform(images))
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+        predictions.append(logits.argmax(1))
+    predicted = torch.cat(predictions)
+    accuracy = (predicted == session.test.labels).float().mean().item()
+    return loss_sum.item() / len(session.test), accuracy, predicted.cpu()
+
+
+def fit(
+    model: MobileNetClassifier,
+    phase: PhaseConfig,
+    session: Session,
+    *,
+    seed: int,
+    checkpoint_path: Path,
+    record: dict[str, Any],
+    step_offset: int = 0,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    cache_features: bool = True,
+    until: int | None = None,
+) -> FitResult:
+    """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
+
+    ``until`` stops after that many epochs (an early-stopping rung); the
+    schedule is still the whole phase's, so a later resume continues it exactly.
+    ``record`` (params, classes) is stored in every checkpoint so a resumed or
+    evaluated run cannot silently change its configuration. ``on_checkpoint``
+    gets each epoch's history row once its checkpoint is written.
+    """
+    set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
+    model.frozen_batchnorm = phase.frozen_batchnorm
+    model.to(session.device, memory_format=torch.channels_last)
+    runner: torch.nn.Module = model
+    cached = frozen_feature_session(model, session) if cache_features and phase.epochs else None
+    if cached is not None:
+        runner, session = model.classifier, cached
+    optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(session.train) / phase.batch_size))
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = list(resume["history"])
+    generator = torch.Generator(device=session.device)
+    status = OK
+
+    def checkpoint() -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
+
+    first_epoch = len(history) + 1
+    last_epoch = phase.epochs if until is None else min(until, phase.epochs)
+    for epoch in range(first_epoch, last_epoch + 1):
+        started = time.perf_counter()
+        # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
+        torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
+        train_loss, train_accuracy = train_one_epoch(
+            runner,
+            optimizer,
+            session,
+            phase.batch_size,
+            generator,
+            f"{phase.name} {epoch}/{phase.epochs}",
+            scheduler,
+            phase.options.label_smoothing,
+        )
+        row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
+        row.update(train_loss=train_loss, train_accuracy=train_accuracy)
+        if math.isfinite(train_loss):
+            test_loss, test_accuracy, _ = evaluate(runner, session)
+        else:
+            status = DIVERGED
+            test_loss = test_accuracy = math.nan
+        row.update(test_loss=test_loss, test_accuracy=test_accuracy, seconds=time.perf_counter() - started)
+        history.append(row)
+        checkpoint()
+        if on_checkpoint is not None:
+            on_checkpoint(row)
+        # after the checkpoint is stored, so the line means the epoch is safe; print, not tqdm.write: the bar
+        # is closed, and a Prefect run with log_prints records printed lines, so its page shows its epochs
+        print(
+            f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
+            f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s",
+            flush=True,
+        )
+        if status == DIVERGED:
+            print(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged", flush=True)
+            break
+    if first_epoch > last_epoch:
+        checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
+    return FitResult(history, status)
+
+
+def _record(params: Params, session: Session) -> dict[str, Any]:
+    return {"params": params.to_dict(), "classes": session.dataset.classes}
+
+
+def run_warmup(params: Params, session: Session, checkpoint_path: Path, resume: bool = False) -> FitResult:
+    """Phase 1: all features frozen, only the new head trains."""
+    torch.manual_seed(params.seed)
+    model = build_model(params.model, len(session.dataset.classes))
+    resumed = resume_state(checkpoint_path, "warmup") if resume else None
+    return fit(
+        model,
+        warmup_phase(params),
+        session,
+        seed=params.seed,
+        checkpoint_path=checkpoint_path,
+        record=_record(params, session),
+        resume=resumed,
+    )
+
+
+def run_finetune(
+    params: Params,
+    session: Session,
+    warmup_checkpoint: Path,
+    checkpoint_path: Path,
+    resume: bool = False,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    until: int | None = None,
+) -> FitResult:
+    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``: see :func:`fit`)."""
+    torch.manual_seed(params.seed)
+    model, warm = load_trained_model(warmup_checkpoint, params, len(session.dataset.classes))
+    resumed = resume_state(checkpoint_path, "finetune") if resume else None
+    return fit(
+        model,
+        finetune_phase(params),
+        session,
+        seed=params.seed + 1,
+        checkpoint_path=checkpoint_path,
+        record=_record(params, session),
+        step_offset=len(warm["history"]),
+        resume=resumed,
+        on_checkpoint=on_checkpoint,
+        until=until,
+    )
