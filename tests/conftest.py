@@ -43,7 +43,6 @@ os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use 
 from datasets import write_cifar_archive  # noqa: E402
 from helpers import ROOT, PrefectServer, free_port, run  # noqa: E402
 
-
 E2E_MODULES = {"test_sweep_flows", "test_faults", "test_load", "test_browser", "test_services"}
 SERVER_FIXTURES = {"s3", "s3_server", "http_root", "prefect_server", "workers", "dvc_project", "postgres", "browser"}
 
@@ -158,6 +157,14 @@ def dvc_project(tmp_path: Path) -> Path:
     shutil.copy(ROOT / ".dvc" / "config", project / ".dvc" / "config")  # no analytics; the offline plot page
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")
     return project
+
+
+@pytest.fixture
+def shared_prefect(prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch) -> PrefectServer:
+    """Sweeps the test starts use the session's Prefect server, not a temporary one each (~10 s per command):
+    for tests about something else. ``local_sweep`` keeps the temporary server, so that path stays tested."""
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api)
+    return prefect_server
 
 
 @pytest.fixture

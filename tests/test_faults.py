@@ -14,13 +14,15 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from helpers import VENV_BIN, MotoProcess, run, sweep_project, tiny_params, write_params
+from helpers import VENV_BIN, MotoProcess, PrefectServer, run, sweep_project, tiny_params, write_params
 
 SECRET = os.environ["AWS_SECRET_ACCESS_KEY"]
 TWO_TRIALS = {"lr": [0.005, 0.001]}
 
 
-def test_s3_down_during_the_sweep_then_pushed_later(tmp_path: Path, cifar_archive: Path) -> None:
+def test_s3_down_during_the_sweep_then_pushed_later(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
     server = MotoProcess(tmp_path)  # not started: the endpoint is down before and during publishing
     project = sweep_project(tmp_path, cifar_archive, TWO_TRIALS)
     env = {"AWS_ENDPOINT_URL": server.endpoint}
@@ -115,7 +117,9 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
     assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 6
 
 
-def test_two_sweeps_at_once_never_overwrite_each_other(tmp_path: Path, cifar_archive: Path, s3) -> None:
+def test_two_sweeps_at_once_never_overwrite_each_other(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path, s3
+) -> None:
     bucket = s3.bucket("shared")
     project = sweep_project(tmp_path, cifar_archive, TWO_TRIALS)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": s3.endpoint}

@@ -1,5 +1,7 @@
 """A load test on a production-shaped fleet: a Prefect server on a real PostgreSQL (Debian's package, started
-here), four `prefect worker` processes, a 40-trial sweep, and workers lost mid-trial at random."""
+here), four `prefect worker` processes, a 40-trial sweep, and worker machines lost mid-trial at random: nothing
+reports those crashes, so the heartbeat automation of `mobitune setup` marks their runs Crashed, the sweep
+submits each trial again, and another worker resumes it from its checkpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from helpers import GPU_WORKER, Postgres, PrefectServer, postgres_bin, run, swee
 TRIALS = 40
 WORKERS = 4
 KILLS = 2  # bounded: each lost worker is replaced, so the fleet stays at four
-FINETUNE_EPOCHS = 3
+FINETUNE_EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,10 @@ def test_forty_trials_on_postgres_with_lost_workers_are_each_run_once(postgres: 
     try:
         server_log = fleet.start("server", server_cmd, tmp_path)
         fleet.wait_healthy(timeout=120)
-        run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env)
+        first = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
+        again = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
+        assert "automation 'mobitune: crash flow runs whose heartbeats stopped': created" in first
+        assert "work pool gpu: exists" in again and "heartbeats stopped': updated" in again, "setup is idempotent"
         run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
         live: dict[Path, subprocess.Popen] = {}
 
@@ -115,6 +120,10 @@ def test_forty_trials_on_postgres_with_lost_workers_are_each_run_once(postgres: 
             history = pd.read_csv(sweep_dir / "trials" / trial_id / "history.csv")
             assert history["step"].tolist() == list(range(1, FINETUNE_EPOCHS + 2)), f"{trial_id}: each epoch once"
         resubmitted = len(re.findall(r"Crashed; submitting again", sweep_log))
+        assert resubmitted >= KILLS, "each lost machine's trial is crashed by the automation and submitted again"
+        worker_logs = [*project.glob("worker-*.log"), *project.glob("replacement-*.log")]
+        resumed = sum(log.read_text().count("resuming from its checkpoint after finetune epoch") for log in worker_logs)
+        assert resumed >= 1, "a lost trial resumes from its checkpoint on another worker"
         assert "database is locked" not in server_log.read_text()
         print(
             f"load test: {TRIALS} trials, {WORKERS} workers on PostgreSQL, {KILLS} lost mid-trial, "

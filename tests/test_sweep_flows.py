@@ -108,7 +108,9 @@ def test_no_secret_in_logs_artifacts_or_reports(local_sweep: dict) -> None:
     assert len(local) > 10 and not [p for p in local if secret in p.read_bytes()]
 
 
-def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: Path) -> None:
+def test_failed_and_diverged_trials_are_results(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
     project = sweep_project(
         tmp_path,
         cifar_archive,
@@ -168,7 +170,7 @@ def check_searched(sweep_dir: Path, trials: int, epochs: int) -> pd.DataFrame:
 
 
 def test_random_search_with_asha_stops_trials_early_and_resumes_the_promoted(
-    tmp_path: Path, cifar_archive: Path, calibrated_weights: Path
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path, calibrated_weights: Path
 ) -> None:
     project = sweep_project(
         tmp_path, cifar_archive, {}, **{"model.pretrained": str(calibrated_weights), "trainable_layers": 2}
@@ -186,8 +188,10 @@ def test_random_search_with_asha_stops_trials_early_and_resumes_the_promoted(
     assert (sweep_dir / "report.md").read_bytes() == report, "the search section is rebuilt from the folder alone"
 
 
-def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(tmp_path: Path, cifar_archive: Path) -> None:
-    """SIGKILL the sweep's process (and its Prefect server) once its first trial finished and the second
+def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """SIGKILL the sweep's process once its first trial finished and the second
     has a checkpoint: --resume finishes it, the first trial's files untouched, the second from its checkpoint."""
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -304,21 +308,21 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
     prefect_server: PrefectServer, tmp_path: Path
 ) -> None:
     """Results are keyed by config, the data's content and the training code: the same sweep again is all
-    `cached: true` and quick; the same path with other bytes, or --no-cache, trains again."""
+    `cached: true` with the same metrics; the same path with other bytes, or --no-cache, trains again. (How much
+    faster a cached sweep is, is measured in benchmarks/, not timed here.)"""
     archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 200, 500)
-    project = sweep_project(tmp_path, archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 6, "batch_size": 25})
-    env = {"PREFECT_API_URL": prefect_server.api}  # a running server: the timings are the sweep's, not start-up
+    project = sweep_project(tmp_path, archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 2, "batch_size": 25})
+    env = {"PREFECT_API_URL": prefect_server.api}
 
-    def sweep(*extra: str) -> tuple[pd.DataFrame, float]:
-        started = time.monotonic()
-        result = run(["mobitune", "sweep", *extra], project, env_extra=env)
-        elapsed = time.monotonic() - started
-        return pd.read_csv(Path(result.stdout.strip().splitlines()[-1]) / "results.csv"), elapsed
+    def sweep(*extra: str) -> tuple[pd.DataFrame, str]:
+        result = run(["mobitune", "sweep", *extra], project, env_extra={**env, "PREFECT_LOGGING_LEVEL": "INFO"})
+        return pd.read_csv(Path(result.stdout.strip().splitlines()[-1]) / "results.csv"), result.stdout + result.stderr
 
-    first, first_seconds = sweep()
-    again, again_seconds = sweep()
+    first, _ = sweep()
+    again, log = sweep()
     assert not first["cached"].any() and again["cached"].all()
-    assert again_seconds < 0.3 * first_seconds, (again_seconds, first_seconds)
+    assert "warmup 1/1" not in log and "finetune 1/2" not in log, "nothing trained again"
+    assert log.count("reusing the result of an identical trial") == 2
     for metric in METRICS:
         assert again[metric].tolist() == first[metric].tolist()
     one = ("--set", "sweep.lr=[0.005]")  # the first trial alone: its cache key is the same as above
@@ -452,37 +456,6 @@ def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
         assert f"{trial_id}: resuming from its checkpoint after finetune epoch 1" in log.read_text()
     # the warmup, 3 first segments and the promotions ran in one slot run (a second may start to stop at once)
     assert log.read_text().count("submitting flow run") <= 2 < 4 + len(promoted)
-
-
-def test_a_lost_worker_machine_is_crashed_by_the_automation_and_its_trial_finishes_elsewhere(
-    workers: PrefectServer, tmp_path: Path, cifar_archive: Path
-) -> None:
-    """SIGKILL a worker and its flow-run process mid-finetune, so nothing reports the crash (a lost machine):
-    the run's heartbeats stop, the automation of `mobitune setup` marks it Crashed, the sweep submits it
-    again, and a second worker resumes it from its checkpoint; the trial appears once, each epoch once."""
-    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]}, **{"finetune.epochs": 6, "batch_size": 25})
-    env = {"PREFECT_API_URL": workers.api}
-    first = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
-    again = run(["mobitune", "setup", "--heartbeat-timeout-s", "60"], project, env_extra=env).stdout
-    assert "automation 'mobitune: crash flow runs whose heartbeats stopped': created" in first
-    assert "work pool gpu: exists" in again and "heartbeats stopped': updated" in again, "setup is idempotent"
-    beating = {**env, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
-    doomed = workers.deploy_with_worker(project, beating, name="doomed")
-    sweep = workers.start_sweep(project, beating)
-    workers.wait_for("finetune 1/6", doomed, sweep, project)  # a checkpoint is stored, a heartbeat was sent
-    engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
-    os.killpg(workers.processes[-1].pid, signal.SIGKILL)
-    for pid in engines:
-        os.kill(int(pid), signal.SIGKILL)
-    rescuer = workers.start("rescuer", GPU_WORKER, project, {**beating, "PREFECT_LOGGING_LEVEL": "INFO"})
-    assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
-    assert "Crashed; submitting again" in (project / "sweep.log").read_text()
-    assert "resuming from its checkpoint after finetune epoch" in rescuer.read_text()
-    sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
-    results = pd.read_csv(sweep_dir / "results.csv")
-    assert results["status"].tolist() == ["ok"]
-    history = pd.read_csv(sweep_dir / "trials" / results["trial_id"][0] / "history.csv")
-    assert history["step"].tolist() == list(range(1, 8)), "one warmup + six finetune epochs, none twice"
 
 
 def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
