@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from mobitune.params import Params
 from mobitune.training.batches import BatchTransform, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
-from mobitune.training.loop import Session, evaluate, fit, train_one_epoch, warmup_phase
+from mobitune.training.loop import DeviceData, evaluate, fit, train_one_epoch, warmup_phase
 from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,16 +131,16 @@ def alternate(runs: dict[str, Callable[[], None]], repeats: int, device: torch.d
     return times
 
 
-def bench_training(session: Session, images: int, batch: int, repeats: int, log: Callable) -> dict[str, Any]:
-    device = session.device
-    subset = DeviceSplit(session.train.images[:images], session.train.labels[:images])
-    sub_session = Session(
-        session.dataset, device, subset, session.test, session.train_transform, session.test_transform
+def bench_training(device_data: DeviceData, images: int, batch: int, repeats: int, log: Callable) -> dict[str, Any]:
+    device = device_data.device
+    subset = DeviceSplit(device_data.train.images[:images], device_data.train.labels[:images])
+    sub_data = DeviceData(
+        device_data.dataset, device, subset, device_data.test, device_data.train_transform, device_data.test_transform
     )
-    x_plain = session.test_transform(subset.images)  # pre-normalised float, channels_last
+    x_plain = device_data.test_transform(subset.images)  # pre-normalised float, channels_last
     results: dict[str, Any] = {}
     for mode in MODES:
-        rates = _train_pair(mode, sub_session, x_plain, images, batch, repeats)
+        rates = _train_pair(mode, sub_data, x_plain, images, batch, repeats)
         results[mode] = {
             **{f"{k}_images_per_s": v for k, v in rates.items()},
             "ratio": rates["mobitune"] / rates["plain"],
@@ -154,44 +154,48 @@ def bench_training(session: Session, images: int, batch: int, repeats: int, log:
 
 
 def _train_pair(
-    mode: str, session: Session, x_plain: torch.Tensor, images: int, batch: int, repeats: int
+    mode: str, device_data: DeviceData, x_plain: torch.Tensor, images: int, batch: int, repeats: int
 ) -> dict[str, float]:
-    ours, plain = make_model(mode, session.device), make_model(mode, session.device)
+    ours, plain = make_model(mode, device_data.device), make_model(mode, device_data.device)
     optimizer = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=1e-3)
-    generator = torch.Generator(device=session.device).manual_seed(0)
+    generator = torch.Generator(device=device_data.device).manual_seed(0)
     times = alternate(
         {
-            "mobitune": lambda: train_one_epoch(ours, optimizer, session, batch, generator, mode),
-            "plain": lambda: plain_train(plain, x_plain, session.train.labels, batch, session.autocast),
+            "mobitune": lambda: train_one_epoch(ours, optimizer, device_data, batch, generator, mode),
+            "plain": lambda: plain_train(plain, x_plain, device_data.train.labels, batch, device_data.autocast),
         },
         repeats,
-        session.device,
+        device_data.device,
     )
     return {name: median_rate(images, t) for name, t in times.items()}
 
 
-def bench_warmup_phase(session: Session, images: int, epochs: int, repeats: int, log: Callable) -> dict[str, Any]:
+def bench_warmup_phase(
+    device_data: DeviceData, images: int, epochs: int, repeats: int, log: Callable
+) -> dict[str, Any]:
     """A whole warmup phase (train + test evaluation each epoch): mobitune's ``fit``, which
     computes the frozen features once, against the plain loop doing every epoch in full."""
-    train = DeviceSplit(session.train.images[:images], session.train.labels[:images])
-    test = DeviceSplit(session.test.images[:1000], session.test.labels[:1000])
-    sub_session = Session(session.dataset, session.device, train, test, session.train_transform, session.test_transform)
-    x_train, x_test = session.test_transform(train.images), session.test_transform(test.images)
+    train = DeviceSplit(device_data.train.images[:images], device_data.train.labels[:images])
+    test = DeviceSplit(device_data.test.images[:1000], device_data.test.labels[:1000])
+    sub_data = DeviceData(
+        device_data.dataset, device_data.device, train, test, device_data.train_transform, device_data.test_transform
+    )
+    x_train, x_test = device_data.test_transform(train.images), device_data.test_transform(test.images)
     phase = warmup_phase(Params().override([f"warmup.epochs={epochs}"]))
 
     def plain() -> None:
-        model = make_model("warmup", session.device)
+        model = make_model("warmup", device_data.device)
         for _ in range(epochs):
-            plain_train(model, x_train, train.labels, 192, session.autocast)
-            plain_eval(model, x_test, 1000, session.autocast)
+            plain_train(model, x_train, train.labels, 192, device_data.autocast)
+            plain_eval(model, x_test, 1000, device_data.autocast)
 
     with tempfile.TemporaryDirectory() as tmp:
         times = alternate(
             {
                 "mobitune": lambda: fit(
-                    make_model("warmup", session.device),
+                    make_model("warmup", device_data.device),
                     phase,
-                    sub_session,
+                    sub_data,
                     seed=0,
                     checkpoint_path=Path(tmp) / "w.pt",
                     record={},
@@ -199,7 +203,7 @@ def bench_warmup_phase(session: Session, images: int, epochs: int, repeats: int,
                 "plain": plain,
             },
             repeats,
-            session.device,
+            device_data.device,
         )
     seconds = {name: statistics.median(t) for name, t in times.items()}
     result = {
@@ -215,18 +219,18 @@ def bench_warmup_phase(session: Session, images: int, epochs: int, repeats: int,
     return result
 
 
-def bench_eval(session: Session, repeats: int, log: Callable) -> dict[str, Any]:
-    model = make_model("warmup", session.device)
-    x_plain = session.test_transform(session.test.images)
+def bench_eval(device_data: DeviceData, repeats: int, log: Callable) -> dict[str, Any]:
+    model = make_model("warmup", device_data.device)
+    x_plain = device_data.test_transform(device_data.test.images)
     times = alternate(
         {
-            "mobitune": lambda: evaluate(model, session),
-            "plain": lambda: plain_eval(model, x_plain, 1000, session.autocast),
+            "mobitune": lambda: evaluate(model, device_data),
+            "plain": lambda: plain_eval(model, x_plain, 1000, device_data.autocast),
         },
         repeats,
-        session.device,
+        device_data.device,
     )
-    rates = {name: median_rate(len(session.test), t) for name, t in times.items()}
+    rates = {name: median_rate(len(device_data.test), t) for name, t in times.items()}
     result = {**{f"{k}_images_per_s": v for k, v in rates.items()}, "ratio": rates["mobitune"] / rates["plain"]}
     log(
         f"eval           mobitune {rates['mobitune']:9.0f} img/s   plain {rates['plain']:9.0f} img/s   "
@@ -474,12 +478,12 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
     return timing
 
 
-def bench_cuda(session: Session, images: int, repeats: int, log: Callable) -> dict[str, Any]:
+def bench_cuda(device_data: DeviceData, images: int, repeats: int, log: Callable) -> dict[str, Any]:
     """On CUDA: image size, bf16 autocast, channels_last and torch.compile, finetune mode."""
-    device = session.device
+    device = device_data.device
     results: dict[str, Any] = {}
-    subset = session.train.images[:images]
-    labels = session.train.labels[:images]
+    subset = device_data.train.images[:images]
+    labels = device_data.train.labels[:images]
     variants = [
         ("32px bf16 cl", 32, True, True, False),
         ("32px fp32 cl", 32, False, True, False),
@@ -546,7 +550,7 @@ def main() -> None:
     cache = ROOT / "benchmarks" / "out"
     dataset, data_name, load_seconds = load_benchmark_data(cache, args.images)
     params = Params().override([f"device={device}"])
-    session = Session.create(params, dataset, device)
+    device_data = DeviceData.create(params, dataset, device)
     chip = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     log(
         f"mobitune benchmarks on {device} ({chip}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -562,11 +566,11 @@ def main() -> None:
         "repeats": repeats,
         "load_before": os.getloadavg()[0],
     }
-    report["train"] = bench_training(session, images, 192, repeats, log)
+    report["train"] = bench_training(device_data, images, 192, repeats, log)
     for mode in MODES:
         report[f"ratio_{mode}"] = report["train"][mode]["ratio"]
-    report["warmup_phase"] = bench_warmup_phase(session, images * 2, 5, max(1, repeats // 2), log)
-    report["eval"] = bench_eval(session, repeats, log)
+    report["warmup_phase"] = bench_warmup_phase(device_data, images * 2, 5, max(1, repeats // 2), log)
+    report["eval"] = bench_eval(device_data, repeats, log)
     report["data_path"] = bench_data_path(dataset, device, load_seconds, log)
     if not args.skip_orchestration:
         with tempfile.TemporaryDirectory() as work:
@@ -574,7 +578,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             report["workers"] = bench_workers(Path(work), WORKER_TRIALS, log)
     if device.type == "cuda":
-        report["cuda"] = bench_cuda(session, images * 10, repeats, log)
+        report["cuda"] = bench_cuda(device_data, images * 10, repeats, log)
     report["load_after"] = os.getloadavg()[0]
     report["log"] = lines
     args.out.parent.mkdir(parents=True, exist_ok=True)

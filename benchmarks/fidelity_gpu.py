@@ -21,7 +21,7 @@ import torch
 from mobitune.params import load_params
 from mobitune.training.batches import resolve_device
 from mobitune.training.data import load_dataset, prepare
-from mobitune.training.loop import Session, run_finetune, run_warmup
+from mobitune.training.loop import DeviceData, run_finetune, run_warmup
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("report", "tuned")
@@ -57,11 +57,11 @@ def main() -> None:
                 overrides += [f"data.train_limit={args.limit}", f"data.test_limit={max(1, args.limit // 5)}"]
             params = load_params(ROOT / "params.yaml", overrides, ROOT / "recipes" / f"{recipe}.yaml")
             subset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
-            session = Session.create(params, subset, resolve_device(params.device))
+            device_data = DeviceData.create(params, subset, resolve_device(params.device))
             started = time.perf_counter()
-            warm = run_warmup(params, session, work / "warmup.pt")
-            fine = run_finetune(params, session, work / "warmup.pt", work / "finetune.pt")
-            if session.device.type == "cuda":
+            warm = run_warmup(params, device_data, work / "warmup.pt")
+            fine = run_finetune(params, device_data, work / "warmup.pt", work / "finetune.pt")
+            if device_data.device.type == "cuda":
                 torch.cuda.synchronize()
             row = {
                 "recipe": recipe,
@@ -70,7 +70,7 @@ def main() -> None:
                 "warmup_end": warm.history[-1],
                 "finetune_end": fine.history[-1] if fine.history else None,
                 "status": fine.status,
-                "device": torch.cuda.get_device_name() if session.device.type == "cuda" else "cpu",
+                "device": torch.cuda.get_device_name() if device_data.device.type == "cuda" else "cpu",
             }
             results.append(row)
             print(json.dumps(row))

@@ -14,7 +14,7 @@ from mobitune.params import AugmentParams, Params
 from mobitune.training.batches import BatchTransform, DeviceSplit, augment_batch, resolve_device
 from mobitune.training.data import load_dataset, prepare
 from mobitune.training.evaluate import evaluate_checkpoint
-from mobitune.training.loop import Session, run_finetune, run_warmup
+from mobitune.training.loop import DeviceData, run_finetune, run_warmup
 from mobitune.training.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
 
 
@@ -39,9 +39,9 @@ def small_params(weights: Path | str = "none", **changes: object) -> Params:
     return Params().override(overrides + [f"{k}={v}" for k, v in changes.items()])
 
 
-def session_for(params: Params, prepared: Path, train_limit: int | None = None) -> Session:
+def device_data_for(params: Params, prepared: Path, train_limit: int | None = None) -> DeviceData:
     dataset = load_dataset(prepared, train_limit, params.data.test_limit)
-    return Session.create(params, dataset, resolve_device(params.device))
+    return DeviceData.create(params, dataset, resolve_device(params.device))
 
 
 def test_head_matches_the_report() -> None:
@@ -66,10 +66,10 @@ def test_freezing_by_block_count(blocks: int, side: str, expected: range) -> Non
 
 def test_frozen_features_keep_their_weights_and_statistics(prepared: Path) -> None:
     params = small_params(**{"warmup.epochs": 1})
-    session = session_for(params, prepared, train_limit=128)
+    device_data = device_data_for(params, prepared, train_limit=128)
     torch.manual_seed(0)
     before = build_model(params.model, 10).state_dict()
-    run_warmup(params, session, prepared.parent / "warmup.pt")
+    run_warmup(params, device_data, prepared.parent / "warmup.pt")
     after = load_checkpoint(prepared.parent / "warmup.pt")["model"]
     for key, value in before.items():
         if key.startswith("features."):
@@ -139,13 +139,13 @@ def test_batches_cover_the_split_once_per_epoch() -> None:
 def test_learning_is_real(prepared: Path, calibrated_weights: Path, tmp_path: Path) -> None:
     """Warmup + finetune on a tiny set with learnable structure: far above the 10% of chance."""
     params = small_params(calibrated_weights)
-    session = session_for(params, prepared)
-    warm = run_warmup(params, session, tmp_path / "warmup.pt")
-    fine = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    device_data = device_data_for(params, prepared)
+    warm = run_warmup(params, device_data, tmp_path / "warmup.pt")
+    fine = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
     assert warm.status == fine.status == "ok"
     assert [r["step"] for r in warm.history + fine.history] == [1, 2, 3, 4]
     assert fine.history[-1]["train_loss"] < warm.history[0]["train_loss"]
-    evaluation = evaluate_checkpoint(params, session, tmp_path / "finetune.pt")
+    evaluation = evaluate_checkpoint(params, device_data, tmp_path / "finetune.pt")
     assert evaluation.test_accuracy >= 0.6
     assert evaluation.test_accuracy == pytest.approx(fine.history[-1]["test_accuracy"], abs=1e-6)
     assert np.mean(list(evaluation.per_class_accuracy.values())) == pytest.approx(evaluation.test_accuracy, abs=0.02)
@@ -153,9 +153,9 @@ def test_learning_is_real(prepared: Path, calibrated_weights: Path, tmp_path: Pa
 
 def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> None:
     params = small_params(lr=1e30)
-    session = session_for(params, prepared, train_limit=256)
-    run_warmup(params, session, tmp_path / "warmup.pt")
-    result = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    device_data = device_data_for(params, prepared, train_limit=256)
+    run_warmup(params, device_data, tmp_path / "warmup.pt")
+    result = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
     assert result.status == "diverged"
     assert len(result.history) == 1 and math.isnan(result.history[0]["train_loss"])
     assert load_checkpoint(tmp_path / "finetune.pt")["status"] == "diverged"
@@ -163,17 +163,17 @@ def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> No
 
 def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) -> None:
     params = small_params(**{"warmup.epochs": 1})
-    session = session_for(params, prepared, train_limit=128)
-    run_warmup(params, session, tmp_path / "warmup.pt")
+    device_data = device_data_for(params, prepared, train_limit=128)
+    run_warmup(params, device_data, tmp_path / "warmup.pt")
     first = run_finetune(
         params.override(["finetune.epochs=1"]),
-        session,
+        device_data,
         tmp_path / "warmup.pt",
         tmp_path / "finetune.pt",
     )
-    resumed = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
+    resumed = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
     assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
-    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    uninterrupted = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "again.pt")
     assert resumed.history[1]["train_loss"] == pytest.approx(uninterrupted.history[1]["train_loss"], rel=1e-4)
 
 
@@ -183,7 +183,7 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
     from mobitune.training.loop import fit, warmup_phase
 
     params = small_params(calibrated_weights)
-    session = session_for(params, prepared, train_limit=256)
+    device_data = device_data_for(params, prepared, train_limit=256)
     histories = []
     for cache in (True, False):
         torch.manual_seed(0)
@@ -191,7 +191,7 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
         result = fit(
             model,
             warmup_phase(params),
-            session,
+            device_data,
             seed=0,
             checkpoint_path=tmp_path / f"{cache}.pt",
             record={},
@@ -256,9 +256,9 @@ def test_label_smoothing_trains_but_reports_plain_cross_entropy() -> None:
         model.weight.mul_(5)
         logits = model(features)
     labels = logits.argmax(1)  # confident and right: plain loss near 0, smoothed far above it
-    session = Session(None, torch.device("cpu"), DeviceSplit(features, labels), None, lambda x, g: x, None)
+    device_data = DeviceData(None, torch.device("cpu"), DeviceSplit(features, labels), None, lambda x, g: x, None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    reported, _ = train_one_epoch(model, optimizer, session, 64, torch.Generator(), "test", label_smoothing=0.3)
+    reported, _ = train_one_epoch(model, optimizer, device_data, 64, torch.Generator(), "test", label_smoothing=0.3)
     plain = F.cross_entropy(logits, labels).item()
     assert reported == pytest.approx(plain, rel=1e-5)
     assert F.cross_entropy(logits, labels, label_smoothing=0.3).item() > plain + 1
@@ -268,17 +268,17 @@ def test_resume_with_a_schedule_continues_exactly(prepared: Path, tmp_path: Path
     """Stopped after epoch 1 of 2 and resumed: the same curve as a run that never stopped."""
     options = {"finetune.schedule": "cosine", "finetune.weight_decay": 0.1, "finetune.label_smoothing": 0.1}
     params = small_params(**{"warmup.epochs": 1, **options})
-    session = session_for(params, prepared, train_limit=128)
-    run_warmup(params, session, tmp_path / "warmup.pt")
+    device_data = device_data_for(params, prepared, train_limit=128)
+    run_warmup(params, device_data, tmp_path / "warmup.pt")
 
     def stop(row: dict) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", on_checkpoint=stop)
+        run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt", on_checkpoint=stop)
     assert len(load_checkpoint(tmp_path / "finetune.pt")["history"]) == 1
-    resumed = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
-    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    resumed = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True)
+    uninterrupted = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "again.pt")
     for key in ("train_loss", "test_loss", "test_accuracy"):
         assert resumed.history[1][key] == pytest.approx(uninterrupted.history[1][key], rel=1e-4), key
 
@@ -288,9 +288,9 @@ def test_finetune_batchnorm_statistics_train_or_stay(prepared: Path, tmp_path: P
     """``frozen``: the unfrozen blocks' weights (BatchNorm's scale included) train, their statistics stay."""
     params = small_params(**{"warmup.epochs": 1, "finetune.epochs": 1, "trainable_layers": 2})
     params = params.override([f"finetune.batchnorm={batchnorm}"])
-    session = session_for(params, prepared, train_limit=128)
-    run_warmup(params, session, tmp_path / "warmup.pt")
-    run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    device_data = device_data_for(params, prepared, train_limit=128)
+    run_warmup(params, device_data, tmp_path / "warmup.pt")
+    run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
     before = load_checkpoint(tmp_path / "warmup.pt")["model"]
     after = load_checkpoint(tmp_path / "finetune.pt")["model"]
     block = "features.1.conv.0"  # the first trainable block's first conv + BatchNorm
@@ -305,15 +305,15 @@ def test_segments_up_to_rungs_train_exactly_like_one_run(prepared: Path, tmp_pat
     """An ASHA promotion: stop at epoch 1 (a rung), resume to 3, then to 4; the schedule is the whole run's,
     so every epoch equals the uninterrupted run's, and no epoch is trained twice."""
     params = small_params(**{"warmup.epochs": 1, "finetune.epochs": 4, "finetune.schedule": "cosine"})
-    session = session_for(params, prepared, train_limit=128)
-    run_warmup(params, session, tmp_path / "warmup.pt")
+    device_data = device_data_for(params, prepared, train_limit=128)
+    run_warmup(params, device_data, tmp_path / "warmup.pt")
     segments = [
-        run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True, until=until)
+        run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt", resume=True, until=until)
         for until in (1, 3, 4)
     ]
     assert [len(s.history) for s in segments] == [1, 3, 4]
     assert [row["epoch"] for row in segments[-1].history] == [1, 2, 3, 4]
-    uninterrupted = run_finetune(params, session, tmp_path / "warmup.pt", tmp_path / "again.pt")
+    uninterrupted = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "again.pt")
     for segmented, whole in zip(segments[-1].history, uninterrupted.history, strict=True):
         for key in ("train_loss", "test_loss", "test_accuracy"):
             assert segmented[key] == pytest.approx(whole[key], rel=1e-4), (segmented["epoch"], key)

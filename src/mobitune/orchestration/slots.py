@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prefect import get_run_logger
+from prefect.deployments import run_deployment
 
 from mobitune.orchestration.mailbox import Mailbox
 from mobitune.sweep.run import SweepRun
@@ -74,8 +76,20 @@ class SlotRunner:
 
     poll_seconds = WORKER_POLL_SECONDS
 
-    def __init__(self, run: SweepRun, deployment: str, client: Any, worker_timeout_s: float, max_slots: int) -> None:
+    def __init__(
+        self,
+        run: SweepRun,
+        deployment: str,
+        client: Any,
+        worker_timeout_s: float,
+        max_slots: int,
+        logger: logging.Logger | logging.LoggerAdapter,
+        launch: Callable[..., Any] = run_deployment,
+    ) -> None:
+        """``client``: a synchronous Prefect client; ``launch``: how a slot run is asked for (Prefect's
+        ``run_deployment``, which also shows the slot runs under the sweep's run in the UI)."""
         self.run, self.deployment, self.client = run, deployment, client
+        self.logger, self.launch = logger, launch
         self.worker_timeout_s, self.max_slots = worker_timeout_s, max_slots
         self.pool = client.read_deployment_by_name(deployment).work_pool_name
         self.pending: collections.deque[SlotJob] = collections.deque()
@@ -154,8 +168,6 @@ class SlotRunner:
             slot.state = states.get(slot.run_id, slot.state)
 
     def _launch(self) -> None:
-        from prefect.deployments import run_deployment
-
         self.launched += 1
         name = f"{self.run.sweep_id}-slot-{self.token}-{self.launched}"
         parameters = {
@@ -164,7 +176,7 @@ class SlotRunner:
             "store_uri": self.run.trial_store,
             "local_root": str(self.run.root),
         }
-        flow_run = run_deployment(self.deployment, parameters=parameters, timeout=0, flow_run_name=name)
+        flow_run = self.launch(self.deployment, parameters=parameters, timeout=0, flow_run_name=name)
         mailbox = Mailbox(self.run.trial_store, self.run.root, self.run.sweep_id, name)
         self.slots.append(Slot(flow_run.id, mailbox, flow_run.state))
 
@@ -174,7 +186,7 @@ class SlotRunner:
         if state.is_completed():  # it gave up idling just as the job was posted: not the job's fault
             self.pending.appendleft(job)
         elif job.attempt < WORKER_ATTEMPTS:
-            get_run_logger().warning(
+            self.logger.warning(
                 "%s: its slot's flow run %s %s; submitting again", job.request.trial_id, slot.run_id, state.name
             )
             job.attempt += 1
@@ -201,7 +213,7 @@ class SlotRunner:
         waited = now - self.no_worker_since
         if waited >= min(NO_WORKER_WARNING_SECONDS, self.worker_timeout_s) and not self.warned:
             self.warned = True
-            get_run_logger().warning(
+            self.logger.warning(
                 "no worker polls work pool '%s': trials are waiting; start one in the project root with: %s "
                 "(the sweep gives up on waiting trials after sweep.worker_timeout_s=%s s)",
                 self.pool,

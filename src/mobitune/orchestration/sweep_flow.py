@@ -88,7 +88,7 @@ def sweep(
         # enumerated trials may all be in flight at once; sampled ones wait for feedback
         slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
         with get_client(sync_client=True) as client:
-            runner = SlotRunner(run, deployment, client, params.sweep.worker_timeout_s, slots)
+            runner = SlotRunner(run, deployment, client, params.sweep.worker_timeout_s, slots, logger)
             try:
                 run.drive(runner, slots, logger)
             finally:

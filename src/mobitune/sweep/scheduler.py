@@ -79,7 +79,7 @@ class RungDecision:
 
 
 @dataclass
-class _Running:
+class _InFlight:
     spec: TrialSpec
     optuna_trial: optuna.trial.Trial | None
     epochs: int = 0
@@ -131,7 +131,7 @@ class Scheduler:
     planned: deque[TrialSpec] = field(default_factory=deque)  # enumerated trials not started yet
     started: list[TrialSpec] = field(default_factory=list)
     promotions: deque[Segment] = field(default_factory=deque)
-    running: dict[str, _Running] = field(default_factory=dict)
+    running: dict[str, _InFlight] = field(default_factory=dict)
     reached: dict[int, list[float]] = field(default_factory=dict)  # rung -> accuracies of the trials that got there
     decisions: list[RungDecision] = field(default_factory=list)
     stopped: set[str] = field(default_factory=set)
@@ -188,7 +188,7 @@ class Scheduler:
                 return None
             spec, optuna_trial = sampled
         self.started.append(spec)
-        self.running[spec.trial_id] = _Running(spec, optuna_trial)
+        self.running[spec.trial_id] = _InFlight(spec, optuna_trial)
         return spec
 
     def _sample(self) -> tuple[TrialSpec, optuna.trial.Trial] | None:
@@ -217,21 +217,26 @@ class Scheduler:
             if state.optuna_trial is not None and not math.isnan(test_accuracies[epoch]):
                 state.optuna_trial.report(test_accuracies[epoch], epoch + 1)
         state.epochs = len(test_accuracies)
+        # a resumed sweep replaying a trial that had gone further: the promotions it earned on the way count again
+        for passed in (rung for rung in self.rungs if segment.until <= rung < state.epochs):
+            self._decided(passed, segment.trial.trial_id, test_accuracies[passed - 1], promote=True)
         if status != "ok" or state.epochs >= self.epochs or state.epochs < segment.until:
             self._finish(state, status, test_accuracies)
             return
         accuracy = test_accuracies[-1]
-        reached = self.reached.setdefault(segment.until, [])
-        promote = promoted(accuracy, reached, self.params.sweep.early_stop.reduction)
-        reached.append(accuracy)
-        self.decisions.append(RungDecision(segment.until, segment.trial.trial_id, accuracy, promote))
+        promote = promoted(accuracy, self.reached.get(state.epochs, []), self.params.sweep.early_stop.reduction)
+        self._decided(state.epochs, segment.trial.trial_id, accuracy, promote)
         if promote:
             self.promotions.append(Segment(segment.trial, self._next_stop(state.epochs), first=False))
         else:
             self.stopped.add(segment.trial.trial_id)
             self._finish(state, STOPPED, test_accuracies)
 
-    def _finish(self, state: _Running, status: str, test_accuracies: Sequence[float]) -> None:
+    def _decided(self, rung: int, trial_id: str, accuracy: float, promote: bool) -> None:
+        self.reached.setdefault(rung, []).append(accuracy)
+        self.decisions.append(RungDecision(rung, trial_id, accuracy, promote))
+
+    def _finish(self, state: _InFlight, status: str, test_accuracies: Sequence[float]) -> None:
         del self.running[state.spec.trial_id]
         if state.optuna_trial is None or self.study is None:
             return

@@ -30,7 +30,7 @@ from mobitune.sweep.trial_files import TrialRequest, final_metrics, record_failu
 from mobitune.training.batches import resolve_device
 from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset, prepare
-from mobitune.training.loop import Session, run_finetune, run_warmup
+from mobitune.training.loop import DeviceData, run_finetune, run_warmup
 from mobitune.training.model import load_checkpoint
 
 EpochHook = Callable[[dict[str, Any]], None]
@@ -44,7 +44,11 @@ def code_fingerprint() -> str:
     """A hash of the code that decides what a trial computes (the training core, the params, this module): a
     change to any of it invalidates cached results."""
     digest = hashlib.sha256()
-    for path in [*sorted((PACKAGE / "training").glob("*.py")), PACKAGE / "params.py", Path(__file__).resolve()]:
+    for path in [
+        *sorted(PACKAGE.glob("training/*.py")),
+        *sorted(PACKAGE.glob("params/*.py")),
+        Path(__file__).resolve(),
+    ]:
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -173,10 +177,10 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
         if cached is not None:
             return cached
     dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
-    session = Session.create(params, dataset, resolve_device(params.device))
+    device_data = DeviceData.create(params, dataset, resolve_device(params.device))
     key = warmup_cache_key(warmup_key(params), data)
     refresh = request.warmup_only and not request.use_cache
-    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, session, path), refresh)
+    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, device_data, path), refresh)
     if request.warmup_only:
         return {"warmup_key": key}
     warm = load_checkpoint(warm_path)
@@ -199,7 +203,7 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
 
         result = run_finetune(
             params,
-            session,
+            device_data,
             warm_path,
             local_checkpoint,
             resume=resumed,

@@ -10,7 +10,7 @@ import torch
 
 from mobitune.params import Params
 from mobitune.training.checkpoints import load_trained_model
-from mobitune.training.loop import Session, evaluate
+from mobitune.training.loop import DeviceData, evaluate
 
 
 @dataclass
@@ -30,12 +30,12 @@ class Evaluation:
         }
 
 
-def evaluate_checkpoint(params: Params, session: Session, checkpoint_path: Path) -> Evaluation:
-    classes = session.dataset.classes
+def evaluate_checkpoint(params: Params, device_data: DeviceData, checkpoint_path: Path) -> Evaluation:
+    classes = device_data.dataset.classes
     model, state = load_trained_model(checkpoint_path, params, len(classes))
-    model.to(session.device, memory_format=torch.channels_last)
-    loss, accuracy, predicted = evaluate(model, session)
-    labels = session.test.labels.cpu()
+    model.to(device_data.device, memory_format=torch.channels_last)
+    loss, accuracy, predicted = evaluate(model, device_data)
+    labels = device_data.test.labels.cpu()
     per_class = {}
     for index, name in enumerate(classes):
         mask = labels == index

@@ -1,7 +1,7 @@
 """One training loop for warmup and finetune: per-epoch history, checkpoints, divergence.
 
 The two phases differ only in which blocks are trainable and in their
-hyperparameters (:class:`PhaseConfig`). Loss and accuracy are accumulated on
+hyperparameters (:class:`Phase`). Loss and accuracy are accumulated on
 the device and read once per epoch; the only other host sync is a NaN/inf
 test of the running loss every ``DIVERGENCE_CHECK_EVERY`` steps.
 """
@@ -31,7 +31,7 @@ EVAL_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
-class PhaseConfig:
+class Phase:
     name: str
     epochs: int
     lr: float
@@ -42,8 +42,8 @@ class PhaseConfig:
     frozen_batchnorm: bool = False
 
 
-def warmup_phase(params: Params) -> PhaseConfig:
-    return PhaseConfig(
+def warmup_phase(params: Params) -> Phase:
+    return Phase(
         "warmup",
         params.warmup.epochs,
         params.warmup.lr,
@@ -54,8 +54,8 @@ def warmup_phase(params: Params) -> PhaseConfig:
     )
 
 
-def finetune_phase(params: Params) -> PhaseConfig:
-    return PhaseConfig(
+def finetune_phase(params: Params) -> Phase:
+    return Phase(
         "finetune",
         params.finetune.epochs,
         params.lr,
@@ -91,7 +91,7 @@ def lr_multiplier(options: OptimizationParams, step: int, total_steps: int) -> f
 
 
 def make_optimizer(
-    model: torch.nn.Module, phase: PhaseConfig, steps_per_epoch: int
+    model: torch.nn.Module, phase: Phase, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the trainable parameters (decay on weights, never on biases or norms) and its schedule.
 
@@ -115,7 +115,7 @@ class FitResult:
 
 
 @dataclass
-class Session:
+class DeviceData:
     """What every phase needs: data on the device, its transform, the device."""
 
     dataset: Dataset
@@ -126,7 +126,7 @@ class Session:
     test_transform: Callable[..., torch.Tensor]
 
     @classmethod
-    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> Session:
+    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> DeviceData:
         size = params.model.image_size
         return cls(
             dataset=dataset,
@@ -148,15 +148,15 @@ def _unchanged(batch: torch.Tensor, generator: torch.Generator | None = None) ->
 
 
 @torch.no_grad()
-def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Session | None:
+def frozen_feature_data(model: MobileNetClassifier, device_data: DeviceData) -> DeviceData | None:
     """For a phase with every feature layer frozen and no augmentation: features once.
 
     Such a model maps each image to the same pooled 1280-d feature every
     epoch, so one inference pass replaces ``epochs`` passes through the
-    backbone and each epoch trains only the head. Returns the session of
+    backbone and each epoch trains only the head. Returns the device_data of
     features (for ``model.classifier``), or None when the phase does not qualify.
     """
-    if model.frozen_prefix < len(model.features) or getattr(session.train_transform, "augments", False):
+    if model.frozen_prefix < len(model.features) or getattr(device_data.train_transform, "augments", False):
         return None
     model.eval()
 
@@ -164,19 +164,19 @@ def frozen_feature_session(model: MobileNetClassifier, session: Session) -> Sess
         chunks = []
         with tqdm(total=len(split), desc=f"frozen features, {name} (once)", unit="img", disable=None) as bar:
             for images, _ in split.batches(EVAL_BATCH_SIZE):
-                with session.autocast():
-                    chunks.append(model.pool(model.features(session.test_transform(images))).flatten(1).float())
+                with device_data.autocast():
+                    chunks.append(model.pool(model.features(device_data.test_transform(images))).flatten(1).float())
                 bar.update(len(images))
         return DeviceSplit(torch.cat(chunks), split.labels)
 
-    train, test = features(session.train, "train"), features(session.test, "test")
-    return Session(session.dataset, session.device, train, test, _unchanged, _unchanged)
+    train, test = features(device_data.train, "train"), features(device_data.test, "test")
+    return DeviceData(device_data.dataset, device_data.device, train, test, _unchanged, _unchanged)
 
 
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    session: Session,
+    device_data: DeviceData,
     batch_size: int,
     generator: torch.Generator,
     desc: str,
@@ -189,14 +189,14 @@ def train_one_epoch(
     the test loss, even when the loss optimised is label-smoothed.
     """
     model.train()
-    loss_sum = torch.zeros((), device=session.device)
-    correct = torch.zeros((), device=session.device, dtype=torch.int64)
+    loss_sum = torch.zeros((), device=device_data.device)
+    correct = torch.zeros((), device=device_data.device, dtype=torch.int64)
     seen = 0
-    steps = math.ceil(len(session.train) / batch_size)
+    steps = math.ceil(len(device_data.train) / batch_size)
     with tqdm(total=steps, desc=desc, unit="batch", disable=None, leave=False) as bar:
-        for step, (images, labels) in enumerate(session.train.batches(batch_size, generator), start=1):
-            x = session.train_transform(images, generator)
-            with session.autocast():
+        for step, (images, labels) in enumerate(device_data.train.batches(batch_size, generator), start=1):
+            x = device_data.train_transform(images, generator)
+            with device_data.autocast():
                 logits = model(x)
                 loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
             optimizer.zero_grad(set_to_none=True)
@@ -217,26 +217,26 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, session: Session, batch_size: int = EVAL_BATCH_SIZE
+    model: torch.nn.Module, device_data: DeviceData, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[float, float, torch.Tensor]:
     """Mean test loss, accuracy and the predicted class of every test image."""
     model.eval()
-    loss_sum = torch.zeros((), device=session.device)
+    loss_sum = torch.zeros((), device=device_data.device)
     predictions = []
-    for images, labels in session.test.batches(batch_size):
-        with session.autocast():
-            logits = model(session.test_transform(images))
+    for images, labels in device_data.test.batches(batch_size):
+        with device_data.autocast():
+            logits = model(device_data.test_transform(images))
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         predictions.append(logits.argmax(1))
     predicted = torch.cat(predictions)
-    accuracy = (predicted == session.test.labels).float().mean().item()
-    return loss_sum.item() / len(session.test), accuracy, predicted.cpu()
+    accuracy = (predicted == device_data.test.labels).float().mean().item()
+    return loss_sum.item() / len(device_data.test), accuracy, predicted.cpu()
 
 
 def fit(
     model: MobileNetClassifier,
-    phase: PhaseConfig,
-    session: Session,
+    phase: Phase,
+    device_data: DeviceData,
     *,
     seed: int,
     checkpoint_path: Path,
@@ -257,19 +257,19 @@ def fit(
     """
     set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
     model.frozen_batchnorm = phase.frozen_batchnorm
-    model.to(session.device, memory_format=torch.channels_last)
+    model.to(device_data.device, memory_format=torch.channels_last)
     runner: torch.nn.Module = model
-    cached = frozen_feature_session(model, session) if cache_features and phase.epochs else None
+    cached = frozen_feature_data(model, device_data) if cache_features and phase.epochs else None
     if cached is not None:
-        runner, session = model.classifier, cached
-    optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(session.train) / phase.batch_size))
+        runner, device_data = model.classifier, cached
+    optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(device_data.train) / phase.batch_size))
     history: list[dict[str, Any]] = []
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
-    generator = torch.Generator(device=session.device)
+    generator = torch.Generator(device=device_data.device)
     status = OK
 
     def checkpoint() -> None:
@@ -285,7 +285,7 @@ def fit(
         train_loss, train_accuracy = train_one_epoch(
             runner,
             optimizer,
-            session,
+            device_data,
             phase.batch_size,
             generator,
             f"{phase.name} {epoch}/{phase.epochs}",
@@ -295,7 +295,7 @@ def fit(
         row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
         if math.isfinite(train_loss):
-            test_loss, test_accuracy, _ = evaluate(runner, session)
+            test_loss, test_accuracy, _ = evaluate(runner, device_data)
         else:
             status = DIVERGED
             test_loss = test_accuracy = math.nan
@@ -319,29 +319,29 @@ def fit(
     return FitResult(history, status)
 
 
-def _record(params: Params, session: Session) -> dict[str, Any]:
-    return {"params": params.to_dict(), "classes": session.dataset.classes}
+def _record(params: Params, device_data: DeviceData) -> dict[str, Any]:
+    return {"params": params.to_dict(), "classes": device_data.dataset.classes}
 
 
-def run_warmup(params: Params, session: Session, checkpoint_path: Path, resume: bool = False) -> FitResult:
+def run_warmup(params: Params, device_data: DeviceData, checkpoint_path: Path, resume: bool = False) -> FitResult:
     """Phase 1: all features frozen, only the new head trains."""
     torch.manual_seed(params.seed)
-    model = build_model(params.model, len(session.dataset.classes))
+    model = build_model(params.model, len(device_data.dataset.classes))
     resumed = resume_state(checkpoint_path, "warmup") if resume else None
     return fit(
         model,
         warmup_phase(params),
-        session,
+        device_data,
         seed=params.seed,
         checkpoint_path=checkpoint_path,
-        record=_record(params, session),
+        record=_record(params, device_data),
         resume=resumed,
     )
 
 
 def run_finetune(
     params: Params,
-    session: Session,
+    device_data: DeviceData,
     warmup_checkpoint: Path,
     checkpoint_path: Path,
     resume: bool = False,
@@ -350,15 +350,15 @@ def run_finetune(
 ) -> FitResult:
     """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``: see :func:`fit`)."""
     torch.manual_seed(params.seed)
-    model, warm = load_trained_model(warmup_checkpoint, params, len(session.dataset.classes))
+    model, warm = load_trained_model(warmup_checkpoint, params, len(device_data.dataset.classes))
     resumed = resume_state(checkpoint_path, "finetune") if resume else None
     return fit(
         model,
         finetune_phase(params),
-        session,
+        device_data,
         seed=params.seed + 1,
         checkpoint_path=checkpoint_path,
-        record=_record(params, session),
+        record=_record(params, device_data),
         step_offset=len(warm["history"]),
         resume=resumed,
         on_checkpoint=on_checkpoint,

@@ -10,14 +10,14 @@ from mobitune.storage.records import git_revision, write_csv, write_json
 from mobitune.training.batches import resolve_device
 from mobitune.training.data import load_dataset
 from mobitune.training.evaluate import evaluate_checkpoint
-from mobitune.training.loop import Session
+from mobitune.training.loop import DeviceData
 
 
 def main() -> None:
     params = load_params()
     dataset = load_dataset(paths.PREPARED, test_limit=params.data.test_limit, train_limit=0)
-    session = Session.create(params, dataset, resolve_device(params.device))
-    evaluation = evaluate_checkpoint(params, session, paths.FINETUNE_CHECKPOINT)
+    device_data = DeviceData.create(params, dataset, resolve_device(params.device))
+    evaluation = evaluate_checkpoint(params, device_data, paths.FINETUNE_CHECKPOINT)
     write_csv(paths.PREDICTIONS, evaluation.predictions, ("actual", "predicted"))
     write_json(paths.EVALUATE_METRICS, {**evaluation.metrics(), "git_rev": git_revision()})
     print(f"test accuracy {evaluation.test_accuracy:.4f}, test loss {evaluation.test_loss:.4f}")

@@ -8,14 +8,14 @@ from mobitune.pipeline import paths
 from mobitune.pipeline.stages import run_stage, write_phase_outputs
 from mobitune.training.batches import resolve_device
 from mobitune.training.data import load_dataset
-from mobitune.training.loop import Session, run_finetune
+from mobitune.training.loop import DeviceData, run_finetune
 
 
 def main() -> None:
     params = load_params()
     dataset = load_dataset(paths.PREPARED, params.data.train_limit, params.data.test_limit)
-    session = Session.create(params, dataset, resolve_device(params.device))
-    result = run_finetune(params, session, paths.WARMUP_CHECKPOINT, paths.FINETUNE_CHECKPOINT)
+    device_data = DeviceData.create(params, dataset, resolve_device(params.device))
+    result = run_finetune(params, device_data, paths.WARMUP_CHECKPOINT, paths.FINETUNE_CHECKPOINT)
     write_phase_outputs(result, paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS)
 
 

@@ -1,27 +1,15 @@
-"""Typed, validated parameters (pydantic): the one place that reads ``params.yaml``.
-
-Every other module receives a :class:`Params` object. Overrides use the
-``key=value`` syntax of ``dvc exp run -S`` (dotted keys for nested values,
-values parsed as YAML), so ``lr=0.002`` and ``sweep.lr=[0.05,0.005]`` mean
-the same thing to DVC, the CLI and the sweep flow. Validation is pydantic's,
-strict (no ``1`` for ``true``, no ``1.5`` for an integer); its errors are
-translated into one line that names the key, the value and what is allowed.
-"""
+"""The params model tree: every section of ``params.yaml`` as a frozen, strict pydantic model that refuses unknown
+keys, with its bounds as field constraints; the sweep's axes checked against the params they vary."""
 
 from __future__ import annotations
 
-import copy
-import difflib
 import functools
-import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,7 +23,9 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
-from mobitune.errors import MobituneError, StorageError
+from mobitune.errors import StorageError
+from mobitune.params.messages import ParamsError, model_in, problem, unknown_key, validated
+from mobitune.params.overrides import apply_overrides
 
 PARAMS_FILE = Path("params.yaml")
 NUM_BLOCKS = 17  # inverted-residual blocks in MobileNetV2's features[1..17]
@@ -47,10 +37,6 @@ REPORT_SWEEP_AXES = {
 }
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 _YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-
-
-class ParamsError(MobituneError, ValueError):
-    """A parameter is missing, unknown, of the wrong type or out of range."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +213,7 @@ class SweepParams(_Section):
         for key, values in raw.items():
             where = f"sweep.{key}"
             if key not in sweepable_keys():
-                raise _unknown_key(where, own | set(sweepable_keys()), name=str(key))
+                raise unknown_key(where, own | set(sweepable_keys()), name=str(key))
             if isinstance(values, SearchRange):
                 values = values.model_dump()
             if isinstance(values, Mapping):
@@ -294,111 +280,6 @@ class Params(_Section):
         return params_from_dict(apply_overrides(self.to_dict(), assignments))
 
 
-# ----------------------------------------------------------------- pydantic's errors, as one line a user acts on
-
-
-def _unknown_key(key: str, valid: Iterable[str], name: str | None = None) -> ParamsError:
-    """``name`` (default: the last part of ``key``) is what is compared with ``valid``."""
-    valid = sorted(valid)
-    close = difflib.get_close_matches(name or key.rsplit(".", 1)[-1], valid, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    return ParamsError(f"unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}")
-
-
-def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseModel], FieldInfo | None]:
-    """The model that holds the last part of ``loc`` and that part's field (None past the models)."""
-    field = None
-    for part in loc:
-        if field is not None:
-            nested = _model_in(field.annotation)
-            if nested is None:
-                break
-            model = nested
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            break
-    return model, field
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    return next(filter(None, (_model_in(arg) for arg in get_args(annotation))), None)
-
-
-def _bounds(field: FieldInfo | None, ctx: Mapping[str, Any]) -> str:
-    """ "between 0 and 17", "at least 1", "greater than 0.0": from the field's constraints, as declared."""
-    found = {}
-    for constraint in field.metadata if field else []:
-        found.update(
-            {n: getattr(constraint, n) for n in ("gt", "ge", "le") if getattr(constraint, n, None) is not None}
-        )
-    found = found or dict(ctx)
-    if "gt" in found:
-        return f"greater than {found['gt']}"
-    if "ge" in found and "le" in found:
-        return f"between {found['ge']} and {found['le']}"
-    return f"at least {found['ge']}" if "ge" in found else f"at most {found['le']}"
-
-
-def _shown(value: Any, bound_like: Any) -> str:
-    """``value`` as the bound's type shows it: -1 for a float param reads -1.0."""
-    if isinstance(bound_like, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    return repr(value)
-
-
-def _explain(error: Mapping[str, Any], model: type[BaseModel]) -> ParamsError:
-    """One pydantic error of validating ``model`` as a :class:`ParamsError` that names the dotted key."""
-    kind, loc, ctx = error["type"], tuple(error["loc"]), error.get("ctx") or {}
-    if kind in ("value_error", "assertion_error") and isinstance(ctx.get("error"), ParamsError):
-        return ctx["error"]
-    key = ""
-    for i, part in enumerate(loc):
-        last_extra = kind == "extra_forbidden" and i == len(loc) - 1
-        key += f"[{part}]" if isinstance(part, int) and not last_extra else f"{'.' if key else ''}{part}"
-    owner, field = _field_at(model, loc)
-    if kind == "extra_forbidden":
-        return _unknown_key(key, owner.model_fields)
-    return ParamsError(f"{key or 'params'}: {_problem(kind, error.get('input'), ctx, field, error['msg'])}")
-
-
-def _problem(kind: str, value: Any, ctx: Mapping[str, Any], field: FieldInfo | None, msg: str) -> str:
-    if kind == "finite_number" or (isinstance(value, float) and not math.isfinite(value)):
-        return f"expected a finite number, got {value!r}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        return f"expected a mapping of keys to values, got {value!r}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        return f"must be {_bounds(field, ctx)}, got {_shown(value, next(iter(ctx.values()), None))}"
-    if kind == "literal_error":
-        allowed = ", ".join(str(a) for a in _literal_args(field.annotation)) if field else ctx.get("expected")
-        return f"{value!r} is not allowed; use one of: {allowed}"
-    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a non-empty string"}
-    if kind.split("_")[0] in expected:
-        return f"expected {expected[kind.split('_')[0]]}, got {value!r}"
-    if kind == "list_type":
-        return f"expected a list, got {value!r}"
-    if kind == "value_error":
-        return str(ctx.get("error", msg))
-    return f"{msg}, got {value!r}"
-
-
-def _literal_args(annotation: Any) -> list[Any]:
-    if get_origin(annotation) is Literal:
-        return list(get_args(annotation))
-    return [a for arg in get_args(annotation) for a in _literal_args(arg)]
-
-
-def _validated(model: type[BaseModel], raw: Any) -> Any:
-    try:
-        return model.model_validate(raw)
-    except ValidationError as exc:
-        raise _explain(exc.errors()[0], model) from None
-
-
-# ----------------------------------------------------------------------------------------- sweep axes
-
-
 @functools.cache
 def sweepable_keys() -> dict[str, FieldInfo]:
     """Dotted keys of every scalar param a sweep may vary, with its field (type and bounds)."""
@@ -406,7 +287,7 @@ def sweepable_keys() -> dict[str, FieldInfo]:
 
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
-            nested = _model_in(field.annotation)
+            nested = model_in(field.annotation)
             if nested is None:
                 keys[f"{prefix}{name}"] = field
             elif nested not in (SweepParams, StorageParams):
@@ -432,11 +313,7 @@ def _check_value(dotted: str, value: Any, where: str) -> Any:
     try:
         return _adapter(dotted).validate_python(value, strict=True)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        problem = _problem(
-            error["type"], error.get("input"), error.get("ctx") or {}, sweepable_keys()[dotted], error["msg"]
-        )
-        raise ParamsError(f"{where}: {problem}") from None
+        raise ParamsError(f"{where}: {problem(exc.errors()[0], sweepable_keys()[dotted])}") from None
 
 
 def _search_range(dotted: str, raw: Mapping[str, Any], where: str) -> SearchRange:
@@ -444,7 +321,8 @@ def _search_range(dotted: str, raw: Mapping[str, Any], where: str) -> SearchRang
     example = "e.g. {low: 0.0001, high: 0.05, log: true}"
     if set(raw) - {"low", "high", "log"} or not {"low", "high"} <= set(raw):
         raise ParamsError(f"{where}: a range has keys low, high and optionally log, {example}; got {dict(raw)}")
-    if not {int, float} & _scalar_types(sweepable_keys()[dotted].annotation):
+    annotation = sweepable_keys()[dotted].annotation
+    if not {int, float} & {annotation, *get_args(annotation)}:
         raise ParamsError(
             f"{where}: {dotted} is not a number, so it has no range; list its values, e.g. {dotted}: [...]"
         )
@@ -459,137 +337,10 @@ def _search_range(dotted: str, raw: Mapping[str, Any], where: str) -> SearchRang
     return SearchRange(low=low, high=high, log=log)
 
 
-def _scalar_types(annotation: Any) -> set[type]:
-    if get_origin(annotation) is Annotated:
-        return _scalar_types(get_args(annotation)[0])
-    if isinstance(annotation, type):
-        return {annotation}
-    return {t for arg in get_args(annotation) for t in _scalar_types(arg)}
-
-
-# ------------------------------------------------------------------------------- reading and overriding
-
-
 def params_from_dict(raw: Any) -> Params:
     """Validate params passed as plain data (e.g. a Prefect flow parameter)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
         raise ParamsError("params: expected a mapping of keys to values at the top level")
-    return _validated(Params, raw)
-
-
-def get_dotted(raw: Mapping[str, Any], dotted: str) -> Any:
-    """``raw["a"]["b"]`` for ``a.b``; KeyError when a part is missing."""
-    node: Any = raw
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
-def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    """``raw["a"]["b"] = value`` for ``a.b``, making (or replacing) the mappings on the way."""
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        child = raw.get(part)
-        raw[part] = child = child if isinstance(child, dict) else {}
-        raw = child
-    raw[leaf] = value
-
-
-def parse_override(assignment: str) -> tuple[str, Any]:
-    """Split ``key=value`` (value parsed as YAML, like ``dvc exp run -S``)."""
-    key, sep, text = assignment.partition("=")
-    key = key.strip().lstrip("+")
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ParamsError(
-            f"override {assignment!r} is malformed; write key=value, e.g. lr=0.005 or sweep.lr=[0.01,0.001]"
-        )
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"override {assignment!r}: the value is not valid YAML ({exc})") from None
-    return key, value
-
-
-def to_override(key: str, value: Any) -> str:
-    """The ``key=value`` text that :func:`parse_override` reads back as ``value``."""
-    return f"{key}={json.dumps(value)}"
-
-
-_SWEEP_SECTIONS = {"early_stop"}  # nested keys of sweep: that are not axes
-
-
-def apply_overrides(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
-    """Apply ``key=value`` overrides to a raw params mapping (not yet validated)."""
-    result = copy.deepcopy(dict(raw))
-    for assignment in assignments:
-        key, value = parse_override(assignment)
-        parts = key.split(".")
-        if parts[0] == "sweep" and len(parts) > 2 and parts[1] not in _SWEEP_SECTIONS:
-            sweep = result.get("sweep")  # sweep axes are dotted keys themselves: sweep.model.dropout
-            result["sweep"] = sweep = sweep if isinstance(sweep, dict) else {}
-            sweep[".".join(parts[1:])] = value
-        else:
-            set_dotted(result, key, value)
-    return result
-
-
-def _read_yaml(path: Path, missing: str) -> Any:
-    """The YAML in ``path``; ``missing`` is what to say if there is no such file."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: {missing}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ParamsError(f"{path}: cannot be read ({exc})") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML ({exc})") from None
-
-
-def recipe_overrides(path: str | Path) -> list[str]:
-    """A recipe file as ``key=value`` overrides: a flat mapping of dotted keys, as ``dvc exp run -S`` takes.
-
-    Each key is checked against the params, so a typo fails naming the recipe.
-    """
-    path = Path(path)
-    raw = _read_yaml(path, "recipe not found (the project's are in recipes/)")
-    if not isinstance(raw, Mapping) or not raw:
-        raise ParamsError(f"{path}: a recipe is a mapping of dotted param keys to values, e.g. 'finetune.epochs: 5'")
-    overrides = []
-    for key, value in raw.items():
-        if isinstance(value, Mapping):
-            raise ParamsError(
-                f"{path}: {key}: recipes are flat; write each nested key dotted, e.g. '{key}.<name>: ...'"
-            )
-        overrides.append(to_override(str(key), value))
-    try:
-        Params().override(overrides)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
-    return overrides
-
-
-def load_params(
-    path: str | Path = PARAMS_FILE, overrides: Iterable[str] = (), recipe: str | Path | None = None
-) -> Params:
-    """Read params, apply ``recipe`` then ``overrides``, validate; raise :class:`ParamsError` naming the bad key."""
-    path = Path(path)
-    raw = _read_yaml(path, "not found; run from the project root")
-    first = recipe_overrides(recipe) if recipe is not None else []
-    return parse_params(raw, [*first, *overrides], str(path))
-
-
-def parse_params(text_or_raw: str | Any, overrides: Iterable[str] = (), origin: str = "params") -> Params:
-    """Params from YAML text (or its parsed data), with ``overrides`` applied."""
-    raw = text_or_raw
-    if isinstance(text_or_raw, str):
-        try:
-            raw = yaml.safe_load(text_or_raw)
-        except yaml.YAMLError as exc:
-            raise ParamsError(f"{origin}: not valid YAML ({exc})") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{origin}: expected a mapping of keys to values at the top level")
-    return params_from_dict(apply_overrides(raw, overrides))
+    return validated(Params, raw)

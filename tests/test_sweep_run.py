@@ -1,0 +1,217 @@
+"""A sweep's decisions, fast: :class:`SweepRun` over a fake :class:`Runner` whose trials finish at once.
+
+The fake stores the result files a real trial stores (through the same functions), with a test accuracy
+that a rule of the params decides, so ordering, warmup sharing, ASHA promotions, failures and a resumed
+sweep's replay are checked without Prefect, torch or a subprocess. The real runners are tested end to end in
+test_sweep_flows.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from mobitune.params import Params
+from mobitune.storage.stores import LocalStore
+from mobitune.sweep.run import SweepRun
+from mobitune.sweep.trial_files import TrialRequest, store_results
+
+LOGGER = logging.getLogger("test_sweep_run")
+
+
+def by_lr(params: dict[str, Any]) -> float:
+    """Higher lr, higher accuracy: an order the scheduler's decisions can be checked against."""
+    return min(0.99, params["lr"] * 10)
+
+
+class FakeRunner:
+    """Trials that take ``polls`` looks to finish, then store their files; ``failure`` says why one fails."""
+
+    poll_seconds = 0.0
+
+    def __init__(
+        self,
+        accuracy: Callable[[dict[str, Any]], float] = by_lr,
+        polls: int = 1,
+        failure: Callable[[TrialRequest], str | None] = lambda request: None,
+    ) -> None:
+        self.accuracy, self.polls, self.failure = accuracy, polls, failure
+        self.started: list[TrialRequest] = []
+        self.trained: list[tuple[str, int]] = []  # (trial id, finetune epochs reached) of each segment trained
+        self.in_flight = self.most_in_flight = 0
+        self.waiting: dict[int, int] = {}
+
+    def start(self, request: TrialRequest) -> int:
+        self.started.append(request)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        handle = len(self.started) - 1
+        self.waiting[handle] = self.polls
+        return handle
+
+    def outcome(self, handle: int) -> str | None:
+        if self.waiting[handle] > 0:
+            self.waiting[handle] -= 1
+            return None
+        if self.waiting.pop(handle, None) is None:
+            raise AssertionError("outcome asked again after the job ended")
+        self.in_flight -= 1
+        request = self.started[handle]
+        if request.warmup_only:
+            return ""
+        if failure := self.failure(request):
+            return failure
+        self._store(request)
+        return ""
+
+    def _store(self, request: TrialRequest) -> None:
+        epochs = request.until or request.params["finetune"]["epochs"]
+        local_root = Path(request.local_root)
+        done = local_root / "sweeps" / request.sweep_id / "trials" / request.trial_id / "metrics.json"
+        if done.exists() and pd.read_json(done, typ="series")["finetune_epochs"] >= epochs:
+            return  # a finished segment replayed by a resumed sweep: kept as it is, as run_trial does
+        self.trained.append((request.trial_id, epochs))
+        accuracy = self.accuracy(request.params)
+        history = [row(1, "warmup", 1, 0.5)] + [row(1 + e, "finetune", e, accuracy) for e in range(1, epochs + 1)]
+        metrics = {**history[-1], "warmup_epochs": 1, "finetune_epochs": epochs, "status": "ok", "seconds": 0.0}
+        metrics = {k: v for k, v in metrics.items() if k not in ("step", "phase", "epoch")}
+        store_results(request, LocalStore(local_root), local_root, history, {**metrics, "error": None})
+
+
+def row(step: int, phase: str, epoch: int, accuracy: float) -> dict[str, Any]:
+    return {
+        "step": step,
+        "phase": phase,
+        "epoch": epoch,
+        "train_loss": 1 - accuracy,
+        "train_accuracy": accuracy,
+        "test_loss": 1 - accuracy,
+        "test_accuracy": accuracy,
+        "seconds": 0.0,
+    }
+
+
+def sweep(*overrides: str) -> Params:
+    return Params().override(["model.pretrained=none", "finetune.epochs=3", "sweep.seeds=[0]", *overrides])
+
+
+def grid(lrs: str, *more: str) -> Params:
+    """A grid over ``lrs`` at one batch size and depth, plus ``more`` overrides."""
+    return sweep("sweep.mode=grid", f"sweep.lr={lrs}", "sweep.batch_size=[192]", "sweep.trainable_layers=[10]", *more)
+
+
+def drive(tmp_path: Path, params: Params, runner: FakeRunner, slots: int = 2) -> tuple[SweepRun, pd.DataFrame]:
+    run = SweepRun.start(params, tmp_path / "artifacts", None, [], "local")
+    run.drive(runner, slots, LOGGER)
+    run.finish()
+    return run, pd.read_csv(run.sweep_dir / "results.csv")
+
+
+def test_each_warmup_is_trained_once_before_the_trials_that_share_it(tmp_path: Path) -> None:
+    params = grid(
+        "[0.01,0.02]",
+        "sweep.model.dropout=[0.1,0.3]",
+    )
+    runner = FakeRunner()
+    _, results = drive(tmp_path, params, runner, slots=1)
+    order = [r.trial_id for r in runner.started]
+    warmups = [i for i, r in enumerate(runner.started) if r.warmup_only]
+    assert len(warmups) == 2, "one warmup per distinct dropout, the lr axis shares it"
+    for request in runner.started:
+        if not request.warmup_only:
+            own = next(
+                i
+                for i, r in enumerate(runner.started)
+                if r.warmup_only and r.params["model"] == request.params["model"]
+            )
+            assert own < order.index(request.trial_id), f"{request.trial_id} ran before its warmup"
+    assert sorted(results["trial_id"]) == sorted(r.trial_id for r in runner.started if not r.warmup_only)
+    assert set(results["status"]) == {"ok"} and len(results) == 4
+
+
+def test_no_more_jobs_in_flight_than_slots_and_every_trial_once(tmp_path: Path) -> None:
+    params = sweep(
+        "sweep.mode=grid",
+        "sweep.lr=[0.01,0.02,0.03,0.04,0.05]",
+        "sweep.batch_size=[64,192]",
+        "sweep.trainable_layers=[10]",
+    )
+    runner = FakeRunner(polls=3)
+    _, results = drive(tmp_path, params, runner, slots=3)
+    assert runner.most_in_flight == 3
+    assert len(results) == 10 and results["trial_id"].is_unique
+    assert [r.trial_id for r in runner.started if not r.warmup_only] == results["trial_id"].tolist(), "plan order"
+
+
+def test_asha_stops_the_weak_at_the_rung_and_resumes_the_promoted_to_the_end(tmp_path: Path) -> None:
+    lrs = "[0.006,0.005,0.004,0.003,0.002,0.001]"  # each trial worse than those before: ASHA stops some
+    params = grid(
+        lrs,
+        "sweep.early_stop.method=asha",
+        "sweep.early_stop.reduction=3",
+        "finetune.epochs=3",
+    )
+    runner = FakeRunner()
+    run, results = drive(tmp_path, params, runner, slots=1)
+    stopped = results.loc[results["status"] == "stopped", "lr"].tolist()
+    finished = results.loc[results["status"] == "ok", "lr"].tolist()
+    assert stopped and finished and max(stopped) < max(finished), "the best lr goes on"
+    assert set(results.loc[results["status"] == "stopped", "finetune_epochs"]) == {1}
+    assert set(results.loc[results["status"] == "ok", "finetune_epochs"]) == {3}
+    promoted = set(results.loc[results["status"] == "ok", "trial_id"])
+    segments = [trial_id for trial_id, _ in runner.trained]
+    assert all(segments.count(t) == 2 for t in promoted), "a promoted trial is the same trial resumed, never a new one"
+    assert (run.sweep_dir / "search.json").exists()
+
+
+def test_a_failed_job_is_a_failed_trial_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    crashed = "its flow run ended Crashed 3 times"
+    runner = FakeRunner(failure=lambda request: crashed if request.params["lr"] == 0.02 else None)
+    _, results = drive(tmp_path, grid("[0.01,0.02,0.03]"), runner)
+    assert results.set_index("lr")["status"].to_dict() == {0.01: "ok", 0.02: "failed", 0.03: "ok"}
+    assert results.set_index("lr").loc[0.02, "error"] == crashed
+
+
+def test_a_resumed_sweep_replays_its_decisions_and_trains_nothing_finished_again(tmp_path: Path) -> None:
+    lrs = "[0.006,0.005,0.004,0.003,0.002,0.001]"  # each trial worse than those before: ASHA stops some
+    params = grid(
+        lrs,
+        "sweep.early_stop.method=asha",
+        "finetune.epochs=3",
+    )
+    run, first = drive(tmp_path, params, FakeRunner(), slots=1)
+    report = (run.sweep_dir / "report.md").read_text()
+    resumed = SweepRun.resume(tmp_path / "artifacts", run.sweep_id, "local")
+    replay = FakeRunner()
+    resumed.drive(replay, 1, LOGGER)
+    resumed.finish()
+    assert replay.trained == [], "every segment had finished: all replayed, none trained"
+    again = pd.read_csv(run.sweep_dir / "results.csv")
+    pd.testing.assert_frame_equal(again, first)
+    assert (run.sweep_dir / "report.md").read_text() == report
+
+
+def test_a_resumed_sweep_trains_only_what_had_not_finished(tmp_path: Path) -> None:
+    params = grid("[0.01,0.02,0.03]")
+    run = SweepRun.start(params, tmp_path / "artifacts", None, [], "local")
+    planned = [trial.trial_id for trial in run.scheduler.planned]
+    request = run.request(run.scheduler.next_segment())
+    FakeRunner()._store(request)  # the sweep died after its first trial finished
+    resumed = SweepRun.resume(tmp_path / "artifacts", run.sweep_id, "local")
+    runner = FakeRunner()
+    resumed.drive(runner, 2, LOGGER)
+    resumed.finish()
+    assert [t for t, _ in runner.trained] == planned[1:]
+    assert planned[0] in pd.read_csv(run.sweep_dir / "results.csv")["trial_id"].tolist()
+
+
+@pytest.mark.parametrize("slots", [1, 4])
+def test_the_outcome_does_not_depend_on_the_number_of_slots(tmp_path: Path, slots: int) -> None:
+    params = grid("[0.001,0.002,0.003,0.004]")
+    _, results = drive(tmp_path, params, FakeRunner(polls=2), slots=slots)
+    assert results.sort_values("trial_id")["test_accuracy"].tolist() == pytest.approx([0.01, 0.02, 0.03, 0.04])
