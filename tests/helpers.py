@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from mobitune.params import set_dotted
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
@@ -43,11 +45,7 @@ def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> d
     params["finetune"]["epochs"] = 2
     params["batch_size"] = 100
     for key, value in overrides.items():
-        node = params
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(params, key, value)
     return params
 
 

@@ -57,9 +57,9 @@ def trial_slot(
     :class:`~mobitune.orchestration.mailbox.Mailbox`, one after another, each a ``trial`` task run named after
     it (as on the local backend); returns how many it ran.
 
-    Why: a flow run costs a worker about 12 s before its trial starts (pickup,
-    a new process, importing torch and Prefect). A slot pays that once and
-    then starts each trial within a second. It ends on the sweep's ``stop``,
+    Why: a flow run costs a worker seconds before its trial starts (pickup,
+    a new process, importing torch and Prefect; benchmarks/RESULTS.md has the
+    figures). A slot pays that once and then starts each trial within a second. It ends on the sweep's ``stop``,
     or after ``idle_timeout_s`` without a job (a sweep that died).
     """
     mailbox = Mailbox(store_uri, local_root, sweep_id, slot)

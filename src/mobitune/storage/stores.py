@@ -2,7 +2,7 @@
 
 The endpoint comes from ``AWS_ENDPOINT_URL`` and credentials from the
 standard AWS chain; neither is ever written to params, logs or artifacts.
-Transient faults are retried with exponential back-off; an upload is one
+Transient faults are retried with back-off by botocore's standard retry mode; an upload is one
 whole ``put_object`` whose SHA-256 is checked after it lands.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -24,8 +23,8 @@ from mobitune.params import parse_s3_uri
 
 T = TypeVar("T")
 
+# botocore's "standard" retry mode: connection errors, 5xx and throttling again, with exponential back-off
 RETRY_ATTEMPTS = 4
-RETRY_BASE_SECONDS = 0.5
 
 
 def endpoint_name() -> str:
@@ -36,8 +35,9 @@ def s3_client():  # noqa: ANN201 - boto3 clients are generated types
     import boto3
     from botocore.config import Config
 
-    # botocore's own retries are kept short: mobitune's retry loop adds back-off on top
-    config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"})
+    config = Config(
+        connect_timeout=5, read_timeout=60, retries={"total_max_attempts": RETRY_ATTEMPTS, "mode": "standard"}
+    )
     return boto3.client("s3", config=config)
 
 
@@ -74,34 +74,14 @@ def _explain(exc: Exception, uri: str) -> StorageError:
     return StorageError(f"S3 error for {uri} on {endpoint_name()}: {type(exc).__name__}")
 
 
-def _is_transient(exc: Exception) -> bool:
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionClosedError,
-        EndpointConnectionError,
-        ReadTimeoutError,
-    )
-
-    if isinstance(exc, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or exc.response.get("Error", {}).get("Code") in ("SlowDown", "RequestTimeout")
-    return False
-
-
-def with_retries(action: Callable[[], T], uri: str, attempts: int = RETRY_ATTEMPTS) -> T:
-    """Run an S3 call, retrying transient faults with exponential back-off."""
+def s3_call(action: Callable[[], T], uri: str) -> T:
+    """Run an S3 call (botocore's client retries transient faults itself); a failure as what to do."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    for attempt in range(attempts):
-        try:
-            return action()
-        except (BotoCoreError, ClientError, ConnectionError) as exc:
-            if not _is_transient(exc) or attempt == attempts - 1:
-                raise _explain(exc, uri) from None
-            time.sleep(RETRY_BASE_SECONDS * 2**attempt)
-    raise AssertionError("unreachable")
+    try:
+        return action()
+    except (BotoCoreError, ClientError, ConnectionError) as exc:
+        raise _explain(exc, uri) from None
 
 
 def download_file(uri: str, target: Path) -> None:
@@ -110,10 +90,10 @@ def download_file(uri: str, target: Path) -> None:
     if not location.key:
         raise StorageError(f"{uri!r} names a bucket, not an object; write s3://bucket/key")
     client = s3_client()
-    size = with_retries(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)["ContentLength"]
+    size = s3_call(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)["ContentLength"]
     partial = target.with_name(target.name + ".part")
     with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
-        with_retries(
+        s3_call(
             lambda: client.download_file(location.bucket, location.key, str(partial), Callback=bar.update),
             uri,
         )
@@ -195,7 +175,7 @@ class S3Store(ArtifactStore):
 
     def check(self) -> None:
         # a listing (not head_bucket) so errors come with their S3 code: NoSuchBucket, InvalidAccessKeyId
-        with_retries(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), self.uri)
+        s3_call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), self.uri)
 
     def put_file(self, key: str, path: Path) -> None:
         data = Path(path).read_bytes()
@@ -208,7 +188,7 @@ class S3Store(ArtifactStore):
             if sha256_bytes(stored) != digest:
                 raise StorageError(f"{uri}: stored object does not match the local file's SHA-256")
 
-        with_retries(upload_and_verify, uri)
+        s3_call(upload_and_verify, uri)
 
     def get_file(self, key: str, path: Path) -> bool:
         from botocore.exceptions import ClientError
@@ -223,7 +203,7 @@ class S3Store(ArtifactStore):
                     return None
                 raise
 
-        data = with_retries(download, uri)
+        data = s3_call(download, uri)
         if data is None:
             return False
         atomic_write_bytes(Path(path), data)
