@@ -215,6 +215,7 @@ def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(
     )
     assert result.stdout.strip().splitlines()[-1] == str(sweep_dir)
     output = result.stdout + result.stderr
+    assert f"resuming sweep {sweep_dir.name} on the local backend (as it was started" in output
     assert "t000-base-s0: already finished in this sweep (ok), kept as it is" in output
     assert "t001-lr=0.002-s0: resuming from its checkpoint after finetune epoch" in output
     assert {p.name: p.read_bytes() for p in (sweep_dir / "trials" / "t000-base-s0").iterdir()} == first

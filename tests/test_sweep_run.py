@@ -18,7 +18,7 @@ import pytest
 
 from mobitune.params import Params
 from mobitune.storage.stores import LocalStore
-from mobitune.sweep.run import SweepRun
+from mobitune.sweep.run import SweepRun, resume_backend
 from mobitune.sweep.trial_files import TrialRequest, store_results
 
 LOGGER = logging.getLogger("test_sweep_run")
@@ -105,6 +105,10 @@ def grid(lrs: str, *more: str) -> Params:
     return sweep("sweep.mode=grid", f"sweep.lr={lrs}", "sweep.batch_size=[192]", "sweep.trainable_layers=[10]", *more)
 
 
+# six lrs, each trial worse than those before it: ASHA (rung at finetune epoch 1 of 3) stops some
+ASHA_SWEEP = ("[0.006,0.005,0.004,0.003,0.002,0.001]", "sweep.early_stop.method=asha", "finetune.epochs=3")
+
+
 def drive(tmp_path: Path, params: Params, runner: FakeRunner, slots: int = 2) -> tuple[SweepRun, pd.DataFrame]:
     run = SweepRun.start(params, tmp_path / "artifacts", None, [], "local")
     run.drive(runner, slots, LOGGER)
@@ -149,15 +153,8 @@ def test_no_more_jobs_in_flight_than_slots_and_every_trial_once(tmp_path: Path) 
 
 
 def test_asha_stops_the_weak_at_the_rung_and_resumes_the_promoted_to_the_end(tmp_path: Path) -> None:
-    lrs = "[0.006,0.005,0.004,0.003,0.002,0.001]"  # each trial worse than those before: ASHA stops some
-    params = grid(
-        lrs,
-        "sweep.early_stop.method=asha",
-        "sweep.early_stop.reduction=3",
-        "finetune.epochs=3",
-    )
     runner = FakeRunner()
-    run, results = drive(tmp_path, params, runner, slots=1)
+    run, results = drive(tmp_path, grid(*ASHA_SWEEP), runner, slots=1)
     stopped = results.loc[results["status"] == "stopped", "lr"].tolist()
     finished = results.loc[results["status"] == "ok", "lr"].tolist()
     assert stopped and finished and max(stopped) < max(finished), "the best lr goes on"
@@ -178,13 +175,7 @@ def test_a_failed_job_is_a_failed_trial_and_the_sweep_goes_on(tmp_path: Path) ->
 
 
 def test_a_resumed_sweep_replays_its_decisions_and_trains_nothing_finished_again(tmp_path: Path) -> None:
-    lrs = "[0.006,0.005,0.004,0.003,0.002,0.001]"  # each trial worse than those before: ASHA stops some
-    params = grid(
-        lrs,
-        "sweep.early_stop.method=asha",
-        "finetune.epochs=3",
-    )
-    run, first = drive(tmp_path, params, FakeRunner(), slots=1)
+    run, first = drive(tmp_path, grid(*ASHA_SWEEP), FakeRunner(), slots=1)
     report = (run.sweep_dir / "report.md").read_text()
     resumed = SweepRun.resume(tmp_path / "artifacts", run.sweep_id, "local")
     replay = FakeRunner()
@@ -215,3 +206,11 @@ def test_the_outcome_does_not_depend_on_the_number_of_slots(tmp_path: Path, slot
     params = grid("[0.001,0.002,0.003,0.004]")
     _, results = drive(tmp_path, params, FakeRunner(polls=2), slots=slots)
     assert results.sort_values("trial_id")["test_accuracy"].tolist() == pytest.approx([0.01, 0.02, 0.03, 0.04])
+
+
+def test_a_resumed_sweep_keeps_its_backend_unless_told_otherwise() -> None:
+    record = {"sweep_id": "s1", "backend": "workers"}
+    kept = "resuming sweep s1 on the workers backend (as it was started; --backend changes it)"
+    assert resume_backend(record, None) == ("workers", kept)
+    changed = "resuming sweep s1 on the local backend (it was started on workers)"
+    assert resume_backend(record, "local") == ("local", changed)

@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--backend",
         choices=["local", "workers"],
-        default="local",
-        help="local: trials in this process, one per device; workers: flow runs on pool `gpu`",
+        default=None,
+        help="local (the default): trials in this process, one per device; workers: flow runs on pool `gpu`. "
+        "--resume continues on the backend the sweep was started with unless this says otherwise",
     )
     sweep.add_argument(
         "--parallel",
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
 def _sweep(args: argparse.Namespace) -> str:
     from mobitune.params import load_params, params_from_dict
     from mobitune.storage.stores import check_storage
-    from mobitune.sweep.run import load_record
+    from mobitune.sweep.run import load_record, resume_backend
     from mobitune.sweep.scheduler import Scheduler
 
     if args.parallel is not None and args.parallel < 1:
@@ -118,9 +119,13 @@ def _sweep(args: argparse.Namespace) -> str:
     if args.resume:
         if args.overrides or args.recipe:
             raise MobituneError("--resume continues a sweep with the params it started with: drop --set and --recipe")
-        params = params_from_dict(load_record(Path(args.local_root), args.resume)["params"])
+        record = load_record(Path(args.local_root), args.resume)
+        params = params_from_dict(record["params"])
+        args.backend, note = resume_backend(record, args.backend)
+        print(note, file=sys.stderr)
     else:  # bad params and specs fail before Prefect starts
         params = load_params(args.params, args.overrides, args.recipe)
+        args.backend = args.backend or "local"
     Scheduler.create(params)
     if args.backend == "local":  # on workers, the device is each worker's
         from mobitune.training.batches import resolve_device

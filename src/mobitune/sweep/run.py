@@ -214,3 +214,12 @@ def load_record(root: Path, sweep_id: str) -> dict[str, Any]:
     if "params" not in record:
         raise MobituneError(f"--resume {sweep_id}: {path} predates resumable sweeps (it records no params)")
     return record
+
+
+def resume_backend(record: dict[str, Any], requested: str | None) -> tuple[str, str]:
+    """The backend a resumed sweep runs on: the one it was started with, unless ``requested``; and a line that
+    says which, for the user."""
+    started_on = record.get("backend", "local")
+    backend = requested or started_on
+    how = "as it was started; --backend changes it" if backend == started_on else f"it was started on {started_on}"
+    return backend, f"resuming sweep {record['sweep_id']} on the {backend} backend ({how})"
