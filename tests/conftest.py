@@ -47,11 +47,18 @@ E2E_MODULES = {"test_sweep_flows", "test_faults", "test_load", "test_browser", "
 SERVER_FIXTURES = {"s3", "s3_server", "http_root", "prefect_server", "workers", "dvc_project", "postgres", "browser"}
 
 
+# the longest files first, so that with two workers (make test) neither is left with a long file at the end
+LONGEST_FIRST = ["test_sweep_flows", "test_faults", "test_load", "test_dvc_pipeline", "test_browser"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out."""
+    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out;
+    files are ordered longest first (a stable sort: each file's tests keep their order)."""
     for item in items:
         if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
 
 
 @pytest.fixture(scope="session")

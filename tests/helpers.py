@@ -214,6 +214,23 @@ class PrefectServer:
                 process.wait()
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (a worker's flow-run processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, stack = [], [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
 def postgres_bin() -> Path | None:
     """The newest PostgreSQL server binaries of Debian's ``postgresql`` package (not on PATH there)."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))

@@ -110,7 +110,7 @@ def test_exp_import_saves_each_sweep_trial_as_a_dvc_experiment(dvc_project: Path
     """Published (S3) or local, a 2-trial sweep becomes two experiments with their lr and test accuracy, plots
     diff compares their curves, and the workspace is as it was."""
     project = dvc_project
-    params = tiny_params(str(cifar_archive))
+    params = tiny_params(str(cifar_archive), **{"finetune.epochs": 1})
     params["sweep"] = {"mode": "grid", "lr": [0.005, 0.002], "seeds": [0]}
     write_params(project, params)
     run(["dvc", "repro", "download"], project)  # dvc exp save records the data stage's output

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import write_cifar_archive
-from helpers import GPU_WORKER, Postgres, PrefectServer, postgres_bin, run, sweep_project
+from helpers import GPU_WORKER, Postgres, PrefectServer, descendants, postgres_bin, run, sweep_project
 
 TRIALS = 40
 WORKERS = 4
@@ -36,23 +36,6 @@ def postgres() -> Iterator[Postgres]:
     server = Postgres(bindir).start()
     yield server
     server.stop()
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (a worker's flow-run processes), from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def lose_machine(process: subprocess.Popen) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import write_cifar_archive
-from helpers import GPU_WORKER, VENV_BIN, PrefectServer, free_port, run, sweep_project
+from helpers import GPU_WORKER, VENV_BIN, PrefectServer, descendants, free_port, run, sweep_project
 
 from mobitune.orchestration.sweep_flow import artifact_key
 
@@ -422,10 +422,10 @@ def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_pat
     log = workers.deploy_with_worker(project, env)
     sweep = workers.start_sweep(project, env)
     workers.wait_for("finetune 1/4", log, sweep, project)  # a per-epoch checkpoint is in the store now
-    engines = subprocess.run(["pgrep", "-f", "prefect.engine"], capture_output=True, text=True).stdout.split()
+    engines = descendants(workers.processes[-1].pid)  # this test's worker's flow-run processes, no other test's
     assert engines, "no flow-run process to kill"
     for pid in engines:
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
     assert "resuming from its checkpoint after finetune epoch" in log.read_text()
     sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
