@@ -37,10 +37,8 @@ contracts: install
 	lint-imports
 
 # pytest exits 5 when it collects no test: not a failure of the suite
-# two workers, each running whole test files in order (--dist loadfile): most end-to-end tests wait on servers,
-# workers and heartbeats, so the two cores stay busy; a file's tests keep their order and module fixtures
 test: install browser postgres contracts
-	pytest -n 2 --dist loadfile --durations=20 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	pytest --durations=20 $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # the inner loop: unit tests only (no servers, no subprocess training), under 90 s
 test-fast: install contracts

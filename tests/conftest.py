@@ -41,24 +41,20 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use a temporary server
 
 from datasets import write_cifar_archive  # noqa: E402
-from helpers import ROOT, PrefectServer, free_port, run  # noqa: E402
+from helpers import ROOT, DvcExperiments, PrefectServer, free_port, run, tiny_params, write_params  # noqa: E402
 
 E2E_MODULES = {"test_sweep_flows", "test_faults", "test_load", "test_browser", "test_services"}
-SERVER_FIXTURES = {"s3", "s3_server", "http_root", "prefect_server", "workers", "dvc_project", "postgres", "browser"}
-
-
-# the longest files first, so that with two workers (make test) neither is left with a long file at the end
-LONGEST_FIRST = ["test_sweep_flows", "test_faults", "test_load", "test_dvc_pipeline", "test_browser"]
+SERVER_FIXTURES = {
+    *("s3", "s3_server", "http_root", "prefect_server", "workers", "postgres", "browser"),
+    *("dvc_project", "dvc_experiments"),
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out;
-    files are ordered longest first (a stable sort: each file's tests keep their order)."""
+    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out."""
     for item in items:
         if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))
 
 
 @pytest.fixture(scope="session")
@@ -154,8 +150,28 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture
 def dvc_project(tmp_path: Path) -> Path:
     """A fresh git + DVC repo holding the project's dvc.yaml, params.yaml and code."""
-    project = tmp_path / "project"
-    project.mkdir()
+    return new_dvc_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def dvc_experiments(
+    tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, calibrated_weights: Path
+) -> DvcExperiments:
+    """A DVC project after `dvc repro` (committed as `main`) and `dvc exp run` of a recipe (experiment `low-lr`),
+    shared by the pipeline's end-to-end test and the offline plots page: the pipeline runs once."""
+    project = new_dvc_project(tmp_path_factory.mktemp("dvc-experiments") / "project")
+    write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights)))
+    repro = run(["dvc", "repro"], project).stdout
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "baseline"], project)
+    (project / "low-lr.yaml").write_text("lr: 0.002\nfinetune.schedule: cosine\nfinetune.weight_decay: 0.01\n")
+    exp_run = run(["bash", "-c", "mobitune recipe low-lr.yaml | xargs dvc exp run -n low-lr"], project).stdout
+    return DvcExperiments(project, repro, exp_run)
+
+
+def new_dvc_project(project: Path) -> Path:
+    """A git + DVC repo at ``project`` with the project's dvc.yaml, params.yaml and code."""
+    project.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))

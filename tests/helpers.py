@@ -13,6 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,13 @@ def sweep_project(tmp_path: Path, archive: Path, sweep: dict, **overrides: objec
     shutil.copy(ROOT / "prefect.yaml", project / "prefect.yaml")
     shutil.copytree(ROOT / "flows", project / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     return project
+
+
+@dataclass
+class DvcExperiments:
+    project: Path
+    repro: str  # what the first `dvc repro` printed
+    exp_run: str  # what `dvc exp run` of the experiment printed
 
 
 class MotoProcess:

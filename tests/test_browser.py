@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser
-from helpers import PrefectServer, run, sweep_project, tiny_params, write_params
+from helpers import DvcExperiments, PrefectServer, run, sweep_project
 
 from mobitune.orchestration.sweep_flow import artifact_key
 
@@ -32,17 +32,11 @@ def screenshots(tmp_path: Path) -> Path:
 
 
 def test_dvc_plots_diff_renders_all_three_plots_offline(
-    dvc_project: Path, cifar_archive: Path, calibrated_weights: Path, browser: Browser, screenshots: Path
+    dvc_experiments: DvcExperiments, browser: Browser, screenshots: Path
 ) -> None:
-    project = dvc_project
-    epochs = {"warmup.epochs": 2, "finetune.epochs": 3}
-    write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights), **epochs))
-    run(["dvc", "repro"], project)
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
-    run(["dvc", "exp", "run", "-n", "low-lr", "-S", "lr=0.001"], project)
-    run(["dvc", "plots", "diff", "main", "low-lr", "-o", "plots-out"], project)
-    page_file = project / "plots-out" / "index.html"
+    project = dvc_experiments.project
+    run(["dvc", "plots", "diff", "main", "low-lr", "-o", "plots-page"], project)
+    page_file = project / "plots-page" / "index.html"
     html = page_file.read_text()
     assert not re.search(r"<script[^>]+src=", html), "the libraries are inlined, not loaded"
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, closed_port_url, run, tiny_params, write_params
+from helpers import ROOT, DvcExperiments, closed_port_url, run, tiny_params, write_params
 
 
 def stages_run(output: str) -> list[str]:
@@ -33,24 +36,31 @@ def test_dvc_yaml_declares_the_paths_the_stages_write() -> None:
             assert dep in written or (ROOT / dep).exists(), dep
 
 
-def test_pipeline_end_to_end(dvc_project: Path, cifar_archive: Path, calibrated_weights: Path, s3) -> None:
-    project = dvc_project
-    write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights)))
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stage_turns_sigterm_and_sigint_into_a_clean_stop(sig: signal.Signals, capsys: pytest.CaptureFixture) -> None:
+    """Both signals unwind a stage through KeyboardInterrupt (so its atomic writes clean up) and exit 130."""
+    from mobitune.pipeline.stages import run_stage
 
-    first = run(["dvc", "repro"], project)
-    assert stages_run(first.stdout) == ["download", "warmup", "finetune", "evaluate"]
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            run_stage(lambda: os.kill(os.getpid(), sig) or time.sleep(5))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert exited.value.code == 130
+    assert "interrupted: no output of this stage was completed; `dvc repro` will redo it" in capsys.readouterr().err
+
+
+def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
+    project = dvc_experiments.project
+    assert stages_run(dvc_experiments.repro) == ["download", "warmup", "finetune", "evaluate"]
     metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     assert metrics["status"] == "ok" and metrics["test_accuracy"] > 0.15  # chance is 0.10
     assert len((project / "data/plots/predictions.csv").read_text().splitlines()) == 501
 
     again = run(["dvc", "repro"], project)
     assert stages_run(again.stdout) == [] and "Data and pipelines are up to date" in again.stdout
-
-    run(["git", "add", "-A"], project)
-    run(["git", "commit", "-qm", "baseline"], project)
-    (project / "low-lr.yaml").write_text("lr: 0.002\nfinetune.schedule: cosine\nfinetune.weight_decay: 0.01\n")
-    exp = run(["bash", "-c", "mobitune recipe low-lr.yaml | xargs dvc exp run -n low-lr"], project)
-    assert stages_run(exp.stdout) == ["finetune", "evaluate"]
+    assert stages_run(dvc_experiments.exp_run) == ["finetune", "evaluate"], "the recipe's experiment"
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     results = {}
