@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import tempfile
@@ -162,11 +163,12 @@ def dvc_experiments(
     project = new_dvc_project(tmp_path_factory.mktemp("dvc-experiments") / "project")
     write_params(project, tiny_params(str(cifar_archive), pretrained=str(calibrated_weights)))
     repro = run(["dvc", "repro"], project).stdout
+    evaluate_metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-qm", "baseline"], project)
     (project / "low-lr.yaml").write_text("lr: 0.002\nfinetune.schedule: cosine\nfinetune.weight_decay: 0.01\n")
     exp_run = run(["bash", "-c", "mobitune recipe low-lr.yaml | xargs dvc exp run -n low-lr"], project).stdout
-    return DvcExperiments(project, repro, exp_run)
+    return DvcExperiments(project, repro, evaluate_metrics, exp_run)
 
 
 def new_dvc_project(project: Path) -> Path:

@@ -82,6 +82,7 @@ def sweep_project(tmp_path: Path, archive: Path, sweep: dict, **overrides: objec
 class DvcExperiments:
     project: Path
     repro: str  # what the first `dvc repro` printed
+    evaluate_metrics: dict  # data/metrics/evaluate.json after it (dvc exp run then leaves its own there)
     exp_run: str  # what `dvc exp run` of the experiment printed
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, DvcExperiments, closed_port_url, run, tiny_params, write_params
+from helpers import ROOT, DvcExperiments, PrefectServer, closed_port_url, run, tiny_params, write_params
 
 
 def stages_run(output: str) -> list[str]:
@@ -41,12 +41,14 @@ def test_stage_turns_sigterm_and_sigint_into_a_clean_stop(sig: signal.Signals, c
     """Both signals unwind a stage through KeyboardInterrupt (so its atomic writes clean up) and exit 130."""
     from mobitune.pipeline.stages import run_stage
 
-    before = signal.getsignal(signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal; an earlier test may ignore it
     try:
         with pytest.raises(SystemExit) as exited:
             run_stage(lambda: os.kill(os.getpid(), sig) or time.sleep(5))
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
     assert exited.value.code == 130
     assert "interrupted: no output of this stage was completed; `dvc repro` will redo it" in capsys.readouterr().err
 
@@ -54,7 +56,7 @@ def test_stage_turns_sigterm_and_sigint_into_a_clean_stop(sig: signal.Signals, c
 def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
     project = dvc_experiments.project
     assert stages_run(dvc_experiments.repro) == ["download", "warmup", "finetune", "evaluate"]
-    metrics = json.loads((project / "data/metrics/evaluate.json").read_text())
+    metrics = dvc_experiments.evaluate_metrics
     assert metrics["status"] == "ok" and metrics["test_accuracy"] > 0.15  # chance is 0.10
     assert len((project / "data/plots/predictions.csv").read_text().splitlines()) == 501
 
@@ -116,7 +118,9 @@ def test_bad_params_stop_the_stage_with_the_key_named(dvc_project: Path, cifar_a
     assert "Traceback" not in result.stderr
 
 
-def test_exp_import_saves_each_sweep_trial_as_a_dvc_experiment(dvc_project: Path, cifar_archive: Path, s3) -> None:
+def test_exp_import_saves_each_sweep_trial_as_a_dvc_experiment(
+    shared_prefect: PrefectServer, dvc_project: Path, cifar_archive: Path, s3
+) -> None:
     """Published (S3) or local, a 2-trial sweep becomes two experiments with their lr and test accuracy, plots
     diff compares their curves, and the workspace is as it was."""
     project = dvc_project

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import write_cifar_archive
-from helpers import GPU_WORKER, VENV_BIN, PrefectServer, descendants, free_port, run, sweep_project
+from helpers import GPU_WORKER, VENV_BIN, PrefectServer, free_port, run, sweep_project
 
 from mobitune.orchestration.sweep_flow import artifact_key
 
@@ -193,7 +193,7 @@ def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(
 ) -> None:
     """SIGKILL the sweep's process once its first trial finished and the second
     has a checkpoint: --resume finishes it, the first trial's files untouched, the second from its checkpoint."""
-    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 3, "batch_size": 25})
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     with (project / "sweep.log").open("w") as out:
         process = subprocess.Popen(
@@ -222,7 +222,7 @@ def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(
     results = pd.read_csv(sweep_dir / "results.csv")
     assert results["trial_id"].tolist() == ["t000-base-s0", "t001-lr=0.002-s0"] and set(results["status"]) == {"ok"}
     history = pd.read_csv(sweep_dir / "trials" / "t001-lr=0.002-s0" / "history.csv")
-    assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"
+    assert history["step"].tolist() == [1, 2, 3, 4], "one warmup + three finetune epochs, none twice"
     assert "Best config:" in (sweep_dir / "report.md").read_text()
     refused = run(["mobitune", "sweep", "--resume", "no-such-sweep"], project, check=False)
     assert refused.returncode == 2 and "--resume no-such-sweep: no sweep of that id under" in refused.stderr
@@ -256,32 +256,6 @@ def test_bad_sweep_input_fails_before_prefect_starts(tmp_path: Path, cifar_archi
 # --------------------------------------------------------------- workers backend
 
 
-def test_prefect_yaml_deploys_both_deployments_and_the_schedule(
-    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
-) -> None:
-    project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
-    run(
-        ["prefect", "--no-prompt", "deploy", "--all"],
-        project,
-        env_extra={"PREFECT_API_URL": prefect_server.api},
-    )
-    listing = run(["prefect", "deployment", "ls"], project, env_extra={"PREFECT_API_URL": prefect_server.api}).stdout
-    assert "trial-slot/gpu" in listing and "sweep/nightly" in listing
-    inspect = run(
-        ["prefect", "deployment", "inspect", "sweep/nightly"],
-        project,
-        env_extra={"PREFECT_API_URL": prefect_server.api},
-    ).stdout
-    assert "'cron': '0 2 * * *'" in inspect and "'active': True" in inspect
-    assert "'work_pool_name': 'sweeps'" in inspect
-    trial = run(
-        ["prefect", "deployment", "inspect", "trial-slot/gpu"],
-        project,
-        env_extra={"PREFECT_API_URL": prefect_server.api},
-    ).stdout
-    assert "'work_pool_name': 'gpu'" in trial
-
-
 def test_without_a_worker_the_sweep_says_so_and_gives_up(
     prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path
 ) -> None:
@@ -291,11 +265,11 @@ def test_without_a_worker_the_sweep_says_so_and_gives_up(
     env = {"PREFECT_API_URL": prefect_server.api, "PREFECT_LOGGING_LEVEL": "INFO"}
     run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
     started = time.monotonic()
-    command = ["mobitune", "sweep", "--backend", "workers", "--set", "sweep.worker_timeout_s=20"]
+    command = ["mobitune", "sweep", "--backend", "workers", "--set", "sweep.worker_timeout_s=8"]
     result = run(command, project, check=False, env_extra=env, timeout=300)
     assert result.returncode == 4, result.stdout + result.stderr
     assert "no worker polls work pool 'gpu': trials are waiting" in result.stderr
-    assert "error: 1 trial(s) never started: no worker polled work pool 'gpu' for 20 s" in result.stderr
+    assert "error: 1 trial(s) never started: no worker polled work pool 'gpu' for 8 s" in result.stderr
     assert result.stderr.rstrip().endswith("Start a worker in the project root with: prefect worker start --pool gpu")
     assert time.monotonic() - started < 150, "given up after the timeout, not waiting on"
     (sweep_dir,) = (project / "artifacts" / "sweeps").iterdir()
@@ -339,12 +313,18 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
 def test_a_sweep_from_the_nightly_form_runs_the_lrs_typed_into_it(
     workers: PrefectServer, tmp_path: Path, cifar_archive: Path
 ) -> None:
-    """The deployment's form starts from params.yaml; a run created with two lrs in it (the REST call the UI's
-    Custom run makes), executed by a real worker on pool `sweeps`, trains exactly those two."""
+    """`prefect deploy --all` makes both deployments of prefect.yaml, the nightly one on a schedule; its form
+    starts from params.yaml; a run created with two lrs in it (the REST call the UI's Custom run makes),
+    executed by a real worker on pool `sweeps`, trains exactly those two."""
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.001, 0.0005]})
     env = {"PREFECT_API_URL": workers.api}
     run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-    [nightly] = workers.api_post("deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
+    deployed = workers.api_post("deployments/filter", {"deployments": {"name": {"any_": ["nightly", "gpu"]}}})
+    pools = {d["name"]: d["work_pool_name"] for d in deployed}
+    assert pools == {"nightly": "sweeps", "gpu": "gpu"}, "sweep/nightly and trial-slot/gpu"
+    [nightly] = [d for d in deployed if d["name"] == "nightly"]
+    [schedule] = nightly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
     form = nightly["parameter_openapi_schema"]["definitions"]["SweepSettings"]["properties"]
     assert form["lr"]["default"] == [0.005, 0.001, 0.0005] and form["mode"]["default"] == "one-at-a-time"
     assert nightly["parameters"]["settings"] == {}  # scheduled runs: params.yaml as it is then
@@ -413,30 +393,6 @@ def test_workers_backend_matches_the_local_backend(
     assert len(merged) == 4
     for metric in METRICS:
         assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(merged[f"{metric}_local"].to_numpy(), rel=1e-4)
-
-
-def test_killed_trial_is_resubmitted_and_resumes(workers: PrefectServer, tmp_path: Path, cifar_archive: Path) -> None:
-    """SIGKILL a trial's flow-run process mid-finetune: the sweep submits it again and it
-    resumes from its last per-epoch checkpoint in the artifact store; every trial once in results."""
-    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]}, **{"finetune.epochs": 4, "batch_size": 25})
-    env = {"PREFECT_API_URL": workers.api}
-    log = workers.deploy_with_worker(project, env)
-    sweep = workers.start_sweep(project, env)
-    workers.wait_for("finetune 1/4", log, sweep, project)  # a per-epoch checkpoint is in the store now
-    engines = descendants(workers.processes[-1].pid)  # this test's worker's flow-run processes, no other test's
-    assert engines, "no flow-run process to kill"
-    for pid in engines:
-        os.kill(pid, signal.SIGKILL)
-    assert sweep.wait(timeout=400) == 0, (project / "sweep.log").read_text()
-    assert "resuming from its checkpoint after finetune epoch" in log.read_text()
-    sweep_dir = Path((project / "sweep.log").read_text().strip().splitlines()[-1])
-    slots = workers.api_post("flow_runs/filter", {"flow_runs": {"name": {"like_": f"{sweep_dir.name}-slot-"}}})
-    assert slots and not [slot for slot in slots if slot["state_type"] in ("SCHEDULED", "PENDING")], "none queued"
-    results = pd.read_csv(sweep_dir / "results.csv")
-    assert sorted(results["lr"]) == [0.002, 0.005] and set(results["status"]) == {"ok"}
-    for trial_id in results["trial_id"]:
-        history = pd.read_csv(sweep_dir / "trials" / trial_id / "history.csv")
-        assert history["step"].tolist() == [1, 2, 3, 4, 5], "one warmup + four finetune epochs, none twice"
 
 
 def test_searched_sweep_on_workers_promotes_trials_across_flow_runs(
