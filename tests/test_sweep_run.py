@@ -15,13 +15,22 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from mobitune.params import Params
 from mobitune.storage.stores import LocalStore
+from mobitune.sweep import report
 from mobitune.sweep.run import SweepRun, resume_backend
 from mobitune.sweep.trial_files import TrialRequest, store_results
 
 LOGGER = logging.getLogger("test_sweep_run")
+
+
+@pytest.fixture(autouse=True)
+def blank_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's decisions are under test here, not its figures (test_sweep_flows.py draws real ones)."""
+    for builder in ("curves_figure", "summary_figure", "search_figure"):
+        monkeypatch.setattr(report, builder, lambda *args: Figure(figsize=(1, 1)))
 
 
 def by_lr(params: dict[str, Any]) -> float:
