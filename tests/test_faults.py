@@ -117,32 +117,6 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
     assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 6
 
 
-def test_two_sweeps_at_once_never_overwrite_each_other(
-    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path, s3
-) -> None:
-    bucket = s3.bucket("shared")
-    project = sweep_project(tmp_path, cifar_archive, TWO_TRIALS, **{"finetune.epochs": 1})
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "AWS_ENDPOINT_URL": s3.endpoint}
-    cmd = ["mobitune", "sweep", "--set", f"storage.uri=s3://{bucket}/same"]
-    processes = [
-        subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=600) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    sweep_dirs = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
-    assert sweep_dirs[0] != sweep_dirs[1]
-    client = s3.client()
-    for sweep_dir in sweep_dirs:
-        manifest = json.loads((sweep_dir / "manifest.json").read_text())
-        assert len(manifest["files"]) > 8
-        for entry in manifest["files"]:
-            key = f"same/sweeps/{sweep_dir.name}/{entry['path']}"
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-            assert hashlib.sha256(body).hexdigest() == entry["sha256"]
-            assert (sweep_dir / entry["path"]).read_bytes() == body
-
-
 OOM_SCRIPT = """
 import json, resource, sys
 from mobitune.orchestration.local_runner import local_devices  # import torch and everything else before the cap

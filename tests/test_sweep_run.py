@@ -3,11 +3,12 @@
 The fake stores the result files a real trial stores (through the same functions), with a test accuracy
 that a rule of the params decides, so ordering, warmup sharing, ASHA promotions, failures and a resumed
 sweep's replay are checked without Prefect, torch or a subprocess. The real runners are tested end to end in
-test_sweep_flows.py.
+test_sweep_flows.py; real trials in this process (failed and diverged ones) at the end.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +16,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from helpers import sweep_project, tiny_params
 from matplotlib.figure import Figure
 
-from mobitune.params import Params
+from mobitune.params import Params, params_from_dict
 from mobitune.storage.stores import LocalStore
 from mobitune.sweep import report
 from mobitune.sweep.run import SweepRun, resume_backend
+from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest, store_results
 
 LOGGER = logging.getLogger("test_sweep_run")
@@ -223,3 +226,59 @@ def test_a_resumed_sweep_keeps_its_backend_unless_told_otherwise() -> None:
     assert resume_backend(record, None) == ("workers", kept)
     changed = "resuming sweep s1 on the local backend (it was started on workers)"
     assert resume_backend(record, "local") == ("local", changed)
+
+
+class InProcessRunner:
+    """Real trials, trained here one at a time: the seam a backend fills, without Prefect."""
+
+    poll_seconds = 0.0
+
+    def start(self, request: TrialRequest) -> str:
+        """Runs the job; its outcome as the local backend's task state gives it ("" or why it failed)."""
+        try:
+            run_trial_recorded(request)
+        except Exception as exc:  # a shared warmup that cannot be built: its trials try it themselves
+            return f"task Failed: {exc}"
+        return ""
+
+    def outcome(self, failure: str) -> str:
+        return failure
+
+
+def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: Path) -> None:
+    missing = str(tmp_path / "missing.pt")
+    raw = tiny_params(str(cifar_archive))
+    raw["sweep"] = {"mode": "one-at-a-time", "seeds": [0], "lr": [0.005, 1e30], "model.pretrained": ["none", missing]}
+    run, results = drive(tmp_path, params_from_dict(raw), InProcessRunner(), slots=1)
+    results = results.set_index("lr")
+    statuses = dict(zip(results["model.pretrained"], results["status"], strict=True))
+    assert sorted(results["status"]) == ["diverged", "failed", "ok"] and statuses[missing] == "failed"
+    assert results.loc[1e30, "status"] == "diverged" and results.loc[1e30, "finetune_epochs"] == 1
+    failed_id = results.loc[results["status"] == "failed", "trial_id"].item()
+    failed = json.loads((run.sweep_dir / "trials" / failed_id / "metrics.json").read_text())
+    assert "model.pretrained" in failed["error"] and "no such file" in failed["error"]
+    report = (run.sweep_dir / "report.md").read_text()
+    assert "1 diverged, 1 failed, 1 ok" in report and "Failures:" in report
+
+
+def test_bad_sweep_input_fails_before_prefect_starts(
+    tmp_path: Path, cifar_archive: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`mobitune sweep` (its main, in this process) refuses each with one line and exit status 2."""
+    from mobitune import cli
+
+    monkeypatch.chdir(sweep_project(tmp_path, cifar_archive, {"lr": [0.01]}))
+    for args, message in (
+        (["--set", "sweep.lr=[0.1,fast]"], "error: sweep.lr[1]: expected a number, got 'fast'"),
+        (["--set", "sweep={}"], "error: sweep: nothing to sweep"),
+        (["--set", "lr"], "error: override 'lr' is malformed"),
+        (["--set", "storage.uri=s3://UPPER/x"], "is not a valid S3 URI"),
+        (["--recipe", "missing.yaml"], "error: missing.yaml: recipe not found"),
+        (["--set", "sweep.lr={low: 0.01, high: 0.001}"], "error: sweep.lr: low must be below high"),
+        (["--set", "sweep.lr={low: 0.001, high: 0.01}"], "error: sweep.lr: a range is sampled by sweep.mode random"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["sweep", *args])
+        stderr = capsys.readouterr().err
+        assert exited.value.code == 2 and message in stderr and len(stderr.splitlines()) == 1, stderr
+    assert not (tmp_path / "project" / "artifacts" / "sweeps").exists()
