@@ -10,7 +10,7 @@ gathers, aggregates and publishes. Two backends, same results:
   (one per GPU; on a CPU-only machine one at a time unless ``parallel`` says
   otherwise);
 - ``workers``: trials run in long-lived flow runs of the ``trial-slot``
-  deployment on work pool ``gpu`` (:class:`SlotRunner`), each trial a ``trial``
+  deployment on work pool ``gpu`` (:class:`~mobitune.orchestration.slots.SlotRunner`), each trial a ``trial``
   task run there. A trial whose slot crashed (worker killed) is given to another slot
   and resumes from its last per-epoch checkpoint in the artifact store.
 """

@@ -42,13 +42,14 @@ def _field_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[type[BaseMo
 
 
 def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``), if there is one."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return next(filter(None, (model_in(arg) for arg in get_args(annotation))), None)
 
 
 def _bounds(field: FieldInfo | None, ctx: Mapping[str, Any]) -> str:
-    """ "between 0 and 17", "at least 1", "greater than 0.0": from the field's constraints, as declared."""
+    """The field's bounds in words, as declared: "between 0 and 17", "at least 1", "greater than 0.0"."""
     found = {}
     for constraint in field.metadata if field else []:
         found.update(
