@@ -23,6 +23,8 @@ from mobitune.orchestration.mailbox import Mailbox
 from mobitune.orchestration.slots import WORKER_ATTEMPTS, SlotRunner
 from mobitune.sweep.trial_files import TrialRequest
 
+LOGGER = logging.getLogger("test_slots")
+
 
 class Fleet:
     """The server's flow runs and the workers polling pool ``gpu``, as the runner sees them."""
@@ -77,14 +79,11 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path)
 
 
-def runner_for(fleet: Fleet, max_slots: int = 4, worker_timeout_s: float = 300, **kwargs: Any) -> SlotRunner:
+def runner_for(fleet: Fleet, max_slots: int = 4, worker_timeout_s: float = 300) -> SlotRunner:
     sweep = SimpleNamespace(sweep_id="s1", trial_store=None, root=fleet.root)
     runner = SlotRunner(sweep, "trial-slot/gpu", fleet, worker_timeout_s, max_slots, LOGGER, launch=fleet.launch)
     runner.poll_seconds = 0  # every outcome() is a look
     return runner
-
-
-LOGGER = logging.getLogger("test_slots")
 
 
 def request(trial_id: str) -> TrialRequest:

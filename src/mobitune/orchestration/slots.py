@@ -1,9 +1,5 @@
-"""Trials on workers: :class:`SlotRunner` hands a sweep's trials to long-lived ``trial-slot`` flow runs.
-
-A :class:`~mobitune.sweep.run.Runner` for :meth:`~mobitune.sweep.run.SweepRun.drive`: each slot run takes one
-trial at a time from its :class:`~mobitune.orchestration.mailbox.Mailbox`, so a worker starts a process (and
-imports torch) once per slot, not once per trial.
-"""
+"""Trials on workers: :class:`SlotRunner`, the :class:`~mobitune.sweep.run.Runner` that hands a sweep's trials to
+long-lived ``trial-slot`` flow runs through their :class:`~mobitune.orchestration.mailbox.Mailbox`."""
 
 from __future__ import annotations
 
