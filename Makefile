@@ -25,12 +25,12 @@ browser:
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
 		echo "note: Chromium is not installed and could not be: the browser tests will be skipped"
 
-# Debian's PostgreSQL server for tests/test_load.py (the test starts and stops its own cluster); skipped
+# Debian's PostgreSQL server for tests/test_fleet.py (the tests start and stop their own cluster); skipped
 # with the reason where it cannot be installed
 postgres:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
-		echo "note: PostgreSQL is not installed and could not be: the load test will be skipped"
+		echo "note: PostgreSQL is not installed and could not be: the fleet tests will be skipped"
 
 # the architecture's import contracts ([tool.importlinter] in pyproject.toml): a wrong arrow fails the build
 contracts: install

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import urllib.request
@@ -42,9 +43,20 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use a temporary server
 
 from datasets import write_cifar_archive  # noqa: E402
-from helpers import ROOT, DvcExperiments, PrefectServer, free_port, run, tiny_params, write_params  # noqa: E402
+from helpers import (  # noqa: E402
+    ROOT,
+    VENV_BIN,
+    DvcExperiments,
+    PrefectServer,
+    free_port,
+    run,
+    sweep_project,
+    tiny_params,
+    write_params,
+)
+from published import FOUR_TRIALS, RECIPE, published_sweep  # noqa: E402
 
-E2E_MODULES = {"test_sweep_flows", "test_faults", "test_load", "test_browser", "test_services"}
+E2E_MODULES = {"test_sweep_flows", "test_faults", "test_fleet", "test_browser"}
 SERVER_FIXTURES = {
     *("s3", "s3_server", "http_root", "prefect_server", "workers", "postgres", "browser"),
     *("dvc_project", "dvc_experiments"),
@@ -184,6 +196,39 @@ def new_dvc_project(project: Path) -> Path:
     return project
 
 
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s3_server) -> Iterator[dict]:
+    """A 4-trial sweep on the local backend with a recipe, published to the S3 server (on Prefect's temporary
+    server: the embedded default). A second sweep, the first one's base trial alone, runs at the same time in
+    the same folder and publishes to the same prefix. Shared by the sweep-flow tests and the workers backend's
+    test on the fleet (test_fleet.py), which compares its results with these."""
+    s3_server.reset()
+    bucket = s3_server.bucket("results")
+    project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
+    (project / "recipe.yaml").write_text(RECIPE)
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    env |= {"AWS_ENDPOINT_URL": s3_server.endpoint, "PREFECT_LOGGING_LEVEL": "INFO"}  # epochs are run logs
+    command = ["mobitune", "sweep", "--recipe", "recipe.yaml", "--set", f"storage.uri=s3://{bucket}/team"]
+    alone = ["--set", "sweep.lr=[0.005]", "--set", "sweep.batch_size=[100]"]
+    processes = [
+        subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for cmd in (command, [*command, *alone])
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    sweep_dirs = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
+    sweep_id, tree = published_sweep(s3_server, bucket, "team", sweep_dirs[0].name)
+    yield {
+        "project": project,
+        "stdout": "".join(outputs[0]),
+        "other_stdout": "".join(outputs[1]),
+        "sweep_id": sweep_id,
+        "tree": tree,
+        "sweep_dirs": sweep_dirs,
+        "bucket": bucket,
+    }
+
+
 @pytest.fixture
 def shared_prefect(prefect_server: PrefectServer, monkeypatch: pytest.MonkeyPatch) -> PrefectServer:
     """Sweeps the test starts use the session's Prefect server, not a temporary one each (~10 s per command):
@@ -203,7 +248,7 @@ def workers(prefect_server: PrefectServer) -> Iterator[PrefectServer]:
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect-server")
     server = PrefectServer(home)
-    server.start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(server.port)], home)
+    server.start_server(home)
     server.wait_healthy()
     for pool in ("gpu", "sweeps"):
         run(

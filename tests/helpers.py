@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -190,11 +192,11 @@ class PrefectServer:
         run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
         return self.start(name, GPU_WORKER, project, {**env, "PREFECT_LOGGING_LEVEL": "INFO"})
 
-    def start_sweep(self, project: Path, env: dict[str, str]) -> subprocess.Popen:
+    def start_sweep(self, project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
         """``mobitune sweep --backend workers`` in the background, its output in ``project/sweep.log``."""
         with (project / "sweep.log").open("w") as out:
             return subprocess.Popen(
-                ["mobitune", "sweep", "--backend", "workers"],
+                ["mobitune", "sweep", "--backend", "workers", *args],
                 cwd=project,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -208,19 +210,36 @@ class PrefectServer:
             assert time.monotonic() < deadline and sweep.poll() is None, (project / "sweep.log").read_text()
             time.sleep(0.2)
 
+    @property
+    def server_command(self) -> list[str]:
+        return ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def start_server(self, cwd: Path, name: str = "server") -> Path:
+        """The server process, first in :attr:`processes`; its log."""
+        log = self.start(name, self.server_command, cwd)
+        self.processes.insert(0, self.processes.pop())
+        return log
+
+    def stop_server(self) -> None:
+        """Stop the server process only (as for an upgrade): workers and sweeps keep theirs."""
+        _stop(self.processes.pop(0))
+
     def stop(self, keep: int = 0) -> None:
         """Stop the processes started after the first ``keep`` (the server is the first)."""
         while len(self.processes) > keep:
-            process = self.processes.pop()
-            for _ in range(2):  # a process worker needs two SIGINTs
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGINT)
-                    time.sleep(0.3)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            _stop(self.processes.pop())
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for _ in range(2):  # a process worker needs two SIGINTs
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGINT)
+            time.sleep(0.3)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def descendants(pid: int) -> list[int]:
@@ -275,6 +294,70 @@ class Postgres:
         )
         return self
 
+    def restart(self) -> None:
+        """A fast shutdown (open connections cut, as on a crash or an upgrade), then started again."""
+        cluster, log = str(self.data / "cluster"), str(self.data / "postgres.log")
+        self._as_owner(str(self.bindir / "pg_ctl"), "-D", cluster, "-l", log, "-m", "fast", "-w", "restart")
+
     def stop(self) -> None:
         self._as_owner(str(self.bindir / "pg_ctl"), "-D", str(self.data / "cluster"), "-m", "fast", "-w", "stop")
         shutil.rmtree(self.data, ignore_errors=True)
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a server: :meth:`cut` makes the server unreachable (connections refused,
+    open ones reset) as an outage would, :meth:`restore` brings it back on the same port, its state intact."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.connections: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.restore()
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self.listener = self.listener, None
+        if listener is not None:
+            listener.close()
+        with self.lock:
+            for connection in self.connections:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+            self.connections.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.connections += [client, upstream]
+            for source, target in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        with contextlib.suppress(OSError):
+            target.shutdown(socket.SHUT_WR)
+        with self.lock:
+            if source in self.connections:
+                self.connections.remove(source)

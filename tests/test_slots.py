@@ -2,25 +2,32 @@
 
 The fleet stands in for the Prefect server and its workers at the runner's seam (the client it reads states
 and workers from, and the ``launch`` that asks for a slot run): the test decides when a queued slot run
-starts, crashes or ends, and answers jobs through the real mailbox files. Capacity, hand-off to idle slots
-only, give-back after a crash, cancellation and the no-worker timeout are checked without a server; the real
-server and workers are tested end to end in test_sweep_flows.py and test_load.py.
+starts, crashes, ends or beats, and when the server stops answering, and answers jobs through the real
+mailbox files. Capacity, hand-off to idle slots only, give-back after a crash or a lost beat, a live slot that
+Prefect marked Crashed, a server outage, cancellation, the no-worker timeout and mailbox clean-up are checked
+without a server; the real server, workers and outages are tested end to end in test_sweep_flows.py and
+test_fleet.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
-from prefect.states import Completed, Crashed, Running, Scheduled
+from prefect.states import Completed, Crashed, Failed, Running, Scheduled
 
+from mobitune.errors import EndpointUnreachable, ServiceUnavailable
 from mobitune.orchestration import slots as slots_module
-from mobitune.orchestration.mailbox import Mailbox
+from mobitune.orchestration.mailbox import STALE_MAILBOX_SECONDS, Mailbox, remove_stale_mailboxes
 from mobitune.orchestration.slots import WORKER_ATTEMPTS, SlotRunner
+from mobitune.orchestration.trial_flow import slot_answer
 from mobitune.sweep.trial_files import TrialRequest
 
 LOGGER = logging.getLogger("test_slots")
@@ -34,23 +41,44 @@ class Fleet:
         self.runs: dict[uuid.UUID, Any] = {}
         self.names: dict[uuid.UUID, str] = {}
         self.served: dict[uuid.UUID, int] = {}  # run id -> jobs answered
+        self.beats: dict[uuid.UUID, int] = {}
+        self.task_runs: dict[uuid.UUID, Any] = {}  # the running trial task of each slot run
+        self.down = False  # the server does not answer
+
+    def _answering(self) -> None:
+        if self.down:
+            raise httpx.ConnectError("[Errno 111] Connection refused")
 
     # the client the runner reads
     def read_deployment_by_name(self, name: str) -> Any:
         return SimpleNamespace(work_pool_name="gpu")
 
     def read_flow_runs(self, flow_run_filter: Any, limit: int) -> list[Any]:
+        self._answering()
         ids = flow_run_filter.id.any_
         return [SimpleNamespace(id=i, state=self.runs[i]) for i in ids if i in self.runs][:limit]
 
     def read_workers_for_work_pool(self, pool: str) -> list[Any]:
+        self._answering()
         return [SimpleNamespace(status="ONLINE")] * self.online
 
-    def set_flow_run_state(self, run_id: uuid.UUID, state: Any, force: bool = False) -> None:
+    def set_flow_run_state(self, run_id: uuid.UUID, state: Any, force: bool = False) -> Any:
+        self._answering()
         self.runs[run_id] = state
+        return SimpleNamespace(state=state)
+
+    def read_task_runs(self, flow_run_filter: Any, task_run_filter: Any) -> list[Any]:
+        self._answering()
+        ids = flow_run_filter.id.any_
+        return [SimpleNamespace(id=i, state=self.task_runs[i]) for i in ids if self.task_runs[i].is_running()]
+
+    def set_task_run_state(self, task_run_id: uuid.UUID, state: Any, force: bool = False) -> Any:
+        self.task_runs[task_run_id] = state  # the fake's task run ids are its slot runs' ids
+        return SimpleNamespace(state=state)
 
     # what the runner asks for a slot with (Prefect's run_deployment)
     def launch(self, deployment: str, parameters: dict, timeout: int, flow_run_name: str) -> Any:
+        self._answering()
         run_id = uuid.uuid4()
         self.runs[run_id], self.names[run_id], self.served[run_id] = Scheduled(), flow_run_name, 0
         return SimpleNamespace(id=run_id, state=self.runs[run_id])
@@ -66,12 +94,20 @@ class Fleet:
         return Mailbox(None, self.root, "s1", self.names[run_id])
 
     def job(self, run_id: uuid.UUID) -> dict | None:
-        """The job posted to the slot and not yet answered."""
-        return self.mailbox(run_id).receive(f"job-{self.served[run_id]}")
+        """The job posted to the slot and not yet answered; its trial task runs from now."""
+        job = self.mailbox(run_id).receive(f"job-{self.served[run_id]}")
+        if job and "request" in job:
+            self.task_runs[run_id] = Running()
+        return job
 
-    def answer(self, run_id: uuid.UUID, failure: str = "") -> None:
-        self.mailbox(run_id).send(f"done-{self.served[run_id]}", {"failure": failure})
+    def answer(self, run_id: uuid.UUID, failure: str = "", **extra: str) -> None:
+        self.mailbox(run_id).send(f"done-{self.served[run_id]}", {"failure": failure, **extra})
         self.served[run_id] += 1
+        self.task_runs[run_id] = Completed()
+
+    def beat(self, run_id: uuid.UUID) -> None:
+        self.beats[run_id] = self.beats.get(run_id, 0) + 1
+        self.mailbox(run_id).send("beat", {"beat": self.beats[run_id]})
 
 
 @pytest.fixture
@@ -79,11 +115,29 @@ def fleet(tmp_path: Path) -> Fleet:
     return Fleet(tmp_path)
 
 
-def runner_for(fleet: Fleet, max_slots: int = 4, worker_timeout_s: float = 300) -> SlotRunner:
-    sweep = SimpleNamespace(sweep_id="s1", trial_store=None, root=fleet.root)
-    runner = SlotRunner(sweep, "trial-slot/gpu", fleet, worker_timeout_s, max_slots, LOGGER, launch=fleet.launch)
+@pytest.fixture(autouse=True)
+def beats_read_at_every_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slots_module, "BEAT_SECONDS", 0.0)
+
+
+def runner_for(fleet: Fleet, max_slots: int = 4, worker_timeout_s: float = 300, **options: float) -> SlotRunner:
+    sweep = SimpleNamespace(sweep_id="s1", trial_store=None, root=fleet.root, sweep_dir=fleet.root / "s1")
+    runner = SlotRunner(
+        sweep, "trial-slot/gpu", fleet, worker_timeout_s, max_slots, LOGGER, launch=fleet.launch, **options
+    )
     runner.poll_seconds = 0  # every outcome() is a look
     return runner
+
+
+def running_job(fleet: Fleet, runner: SlotRunner, trial_id: str = "t0") -> tuple[Any, uuid.UUID]:
+    """A job on a slot that runs it."""
+    job = runner.start(request(trial_id))
+    runner.outcome(job)
+    slot = fleet.queued()[0]
+    fleet.start(slot)
+    runner.outcome(job)
+    assert fleet.job(slot)["request"]["trial_id"] == trial_id
+    return job, slot
 
 
 def request(trial_id: str) -> TrialRequest:
@@ -110,7 +164,10 @@ def test_no_more_slots_queued_than_workers_online_and_jobs_only_to_running_slots
     assert len(fleet.runs) == 3, "never more slots than max_slots"
 
 
-def test_a_crashed_slot_gives_its_job_back_until_the_attempts_run_out(fleet: Fleet, caplog) -> None:
+def test_a_crashed_slot_gives_its_job_back_until_the_attempts_run_out(
+    fleet: Fleet, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "ENDED_SLOT_LOST_SECONDS", 0.0)  # crashed, and its beat is silent at once
     runner = runner_for(fleet, max_slots=1)
     job = runner.start(request("t0"))
     for attempt in range(1, WORKER_ATTEMPTS + 1):
@@ -173,3 +230,92 @@ def test_without_a_worker_the_runner_warns_then_gives_the_waiting_jobs_up(
     assert "no worker polls work pool 'gpu': trials are waiting" in caplog.text
     assert "prefect worker start --pool gpu" in caplog.text
     assert all(state.is_cancelled() for state in fleet.runs.values()), "a worker started later runs none"
+
+
+def test_a_slot_whose_beat_stops_is_crashed_with_its_trial_task_and_its_job_goes_to_another(
+    fleet: Fleet, caplog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "SLOT_LOST_SECONDS", 0.2)
+    runner = runner_for(fleet, max_slots=1)
+    job, slot = running_job(fleet, runner)
+    fleet.beat(slot)
+    assert runner.outcome(job) is None and fleet.runs[slot].is_running()
+    time.sleep(0.25)  # a lost machine: Prefect still says Running, the beat says nothing
+    assert runner.outcome(job) is None
+    assert fleet.runs[slot].is_crashed() and fleet.task_runs[slot].is_crashed(), "the UI shows nothing running"
+    assert "its beat has been silent" in fleet.runs[slot].message and job.attempt == 2
+    (again,) = fleet.queued()
+    fleet.start(again)
+    runner.outcome(job)
+    assert fleet.job(again)["request"]["trial_id"] == "t0"
+    assert "Crashed; submitting again (its beat has been silent for" in caplog.text
+
+
+def test_a_slot_marked_crashed_while_its_beat_goes_on_is_set_back_to_running_and_keeps_its_trial(
+    fleet: Fleet, caplog
+) -> None:
+    runner = runner_for(fleet, max_slots=1)
+    job, slot = running_job(fleet, runner)
+    fleet.runs[slot] = Crashed()  # the heartbeat automation, after a server outage longer than its timeout
+    fleet.beat(slot)
+    assert runner.outcome(job) is None
+    assert fleet.runs[slot].is_running() and fleet.queued() == [], "no second copy of the trial"
+    assert "is alive" in caplog.text
+    fleet.answer(slot)
+    assert runner.outcome(job) == "" and job.attempt == 1
+
+
+def test_while_the_server_does_not_answer_trials_carry_on_and_past_the_limit_the_sweep_stops(
+    fleet: Fleet, caplog
+) -> None:
+    runner = runner_for(fleet, max_slots=1, server_outage_s=0.3)
+    first, slot = running_job(fleet, runner)
+    second = runner.start(request("t1"))
+    fleet.down = True
+    fleet.beat(slot)
+    fleet.answer(slot)
+    assert runner.outcome(first) == "", "a trial's end comes through its mailbox"
+    assert fleet.job(slot)["request"]["trial_id"] == "t1", "the next trial goes to the running slot"
+    assert caplog.text.count("does not answer") == 1
+    fleet.down = False
+    assert runner.outcome(second) is None and "answers again" in caplog.text
+    fleet.down = True
+    runner.outcome(second)
+    time.sleep(0.35)
+    with pytest.raises(ServiceUnavailable, match=r"did not answer for 0.3 s \(sweep.server_outage_s\).*--resume s1"):
+        runner.outcome(second)
+
+
+def test_a_trial_stopped_by_a_service_outage_goes_back_without_costing_an_attempt(fleet: Fleet, caplog) -> None:
+    runner = runner_for(fleet, max_slots=1)
+    job, slot = running_job(fleet, runner)
+    outage = "S3 endpoint http://127.0.0.1:9 is unreachable for 60 s (storage.outage_s)"
+    fleet.answer(slot, failure=f"its trial task ended Failed: {outage}", service=outage)
+    assert runner.outcome(job) is None and job.attempt == 1
+    assert fleet.job(slot)["request"]["trial_id"] == "t0", "submitted again"
+    assert f"t0: {outage}; submitting it again" in caplog.text
+
+
+def test_a_slot_answers_a_service_outage_apart_from_the_trials_own_failure() -> None:
+    outage = EndpointUnreachable("S3 endpoint http://127.0.0.1:9 is unreachable for 60 s (storage.outage_s)")
+    assert slot_answer(Failed(data=outage))["service"] == str(outage)
+    assert "service" not in slot_answer(Failed(data=ValueError("lr too high")))
+    assert slot_answer(Completed()) == {"failure": ""}
+
+
+def test_mailboxes_are_removed_once_their_slots_end_and_stale_ones_by_the_next_sweep(fleet: Fleet) -> None:
+    runner = runner_for(fleet, max_slots=1)
+    job, slot = running_job(fleet, runner)
+    fleet.answer(slot)
+    runner.outcome(job)
+    fleet.runs[slot] = Completed()
+    runner.outcome(job)
+    runner.close()
+    assert not list((fleet.root / "slots").rglob("*.json")), "the ended slot's mailbox is gone"
+    stale, fresh = Mailbox(None, fleet.root, "dead", "slot-1"), Mailbox(None, fleet.root, "live", "slot-1")
+    for mailbox in (stale, fresh):
+        mailbox.send("job-0", {"stop": True})
+    old = time.time() - STALE_MAILBOX_SECONDS - 60
+    os.utime(fleet.root / "slots/dead/slot-1/job-0.json", (old, old))
+    assert remove_stale_mailboxes(None, fleet.root) == ["slots/dead/slot-1"]
+    assert stale.receive("job-0") is None and fresh.receive("job-0") == {"stop": True}

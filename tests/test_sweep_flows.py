@@ -7,98 +7,15 @@ import hashlib
 import io
 import json
 import os
-import re
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from datasets import write_cifar_archive
-from helpers import GPU_WORKER, VENV_BIN, PrefectServer, free_port, run, sweep_project
-
-from mobitune.orchestration.sweep_flow import artifact_key
-
-# 4 distinct trials: the base (lr 0.005, batch 100) once, two more lrs, one more batch size
-FOUR_TRIALS = {"lr": [0.005, 0.001, 0.0005], "batch_size": [50, 100]}
-METRICS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
-RECIPE = "finetune.schedule: cosine\nfinetune.label_smoothing: 0.1\nfinetune.epochs: 1\n"  # both backends apply it
-
-
-def objects(s3, bucket: str, prefix: str) -> dict[str, bytes]:
-    client = s3.client()
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]
-    return {k[len(prefix) :]: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
-
-
-def published_sweep(s3, bucket: str, prefix: str, sweep_id: str | None = None) -> tuple[str, dict[str, bytes]]:
-    """The objects of the one sweep under ``prefix`` (or of ``sweep_id``), keyed by their path in the sweep."""
-    found = objects(s3, bucket, f"{prefix}/sweeps/")
-    sweep_ids = {key.split("/")[0] for key in found}
-    if sweep_id is None:
-        assert len(sweep_ids) == 1, sweep_ids
-        sweep_id = sweep_ids.pop()
-    return sweep_id, {k[len(sweep_id) + 1 :]: v for k, v in found.items() if k.startswith(f"{sweep_id}/")}
-
-
-def artifact_data(server: PrefectServer, key: str) -> object:
-    """The latest data of the artifact ``key``, from the server's REST API."""
-    [found] = server.api_post("artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "limit": 1})
-    return found["data"]
-
-
-def check_published(tree: dict[str, bytes], trials: int) -> pd.DataFrame:
-    """The bucket holds a complete, consistent sweep; returns its results table."""
-    results = pd.read_csv(io.BytesIO(tree["results.csv"]))
-    assert len(results) == trials
-    for row in results.itertuples():
-        own = json.loads(tree[f"trials/{row.trial_id}/metrics.json"])
-        for metric in METRICS:
-            assert getattr(row, metric) == pytest.approx(own[metric]), (row.trial_id, metric)
-        assert {"params.json", "history.csv"} <= {k.split("/")[-1] for k in tree if row.trial_id in k}
-    assert {"figures/lr_curves.png", "figures/lr_summary.png", "figures/batch_size_curves.png"} <= set(tree)
-    assert all(tree[k].startswith(b"\x89PNG") for k in tree if k.endswith(".png"))
-    assert "Best config:" in tree["report.md"].decode() and "## lr" in tree["report.md"].decode()
-    manifest = json.loads(tree["manifest.json"])
-    assert {f["path"] for f in manifest["files"]} == set(tree) - {"manifest.json"}
-    for entry in manifest["files"]:
-        assert hashlib.sha256(tree[entry["path"]]).hexdigest() == entry["sha256"]
-        assert len(tree[entry["path"]]) == entry["size"]
-    return results
-
-
-@pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s3_server) -> Iterator[dict]:
-    """A 4-trial sweep on the local backend with a recipe, published to the S3 server (on Prefect's temporary
-    server: the embedded default). A second sweep, the first one's base trial alone, runs at the same time in
-    the same folder and publishes to the same prefix."""
-    s3_server.reset()
-    bucket = s3_server.bucket("results")
-    project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
-    (project / "recipe.yaml").write_text(RECIPE)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
-    env |= {"AWS_ENDPOINT_URL": s3_server.endpoint, "PREFECT_LOGGING_LEVEL": "INFO"}  # epochs are run logs
-    command = ["mobitune", "sweep", "--recipe", "recipe.yaml", "--set", f"storage.uri=s3://{bucket}/team"]
-    alone = ["--set", "sweep.lr=[0.005]", "--set", "sweep.batch_size=[100]"]
-    processes = [
-        subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for cmd in (command, [*command, *alone])
-    ]
-    outputs = [process.communicate(timeout=600) for process in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
-    sweep_dirs = [Path(out.strip().splitlines()[-1]) for out, _ in outputs]
-    sweep_id, tree = published_sweep(s3_server, bucket, "team", sweep_dirs[0].name)
-    yield {
-        "project": project,
-        "stdout": "".join(outputs[0]),
-        "other_stdout": "".join(outputs[1]),
-        "sweep_id": sweep_id,
-        "tree": tree,
-        "sweep_dirs": sweep_dirs,
-        "bucket": bucket,
-    }
+from helpers import VENV_BIN, PrefectServer, free_port, run, sweep_project
+from published import METRICS, check_published
 
 
 def test_local_backend_publishes_a_complete_sweep(local_sweep: dict) -> None:
@@ -342,59 +259,6 @@ def test_a_sweep_from_the_nightly_form_runs_the_lrs_typed_into_it(
     [results] = (project / "artifacts" / "sweeps").glob("*/results.csv")
     trained = pd.read_csv(results)
     assert sorted(trained["lr"]) == [0.002, 0.004] and set(trained["finetune_epochs"]) == {1}
-
-
-def test_workers_backend_matches_the_local_backend(
-    workers: PrefectServer, tmp_path: Path, cifar_archive: Path, s3_server, local_sweep: dict
-) -> None:
-    bucket = s3_server.bucket("worker-results")
-    project = sweep_project(tmp_path, cifar_archive, FOUR_TRIALS)
-    (project / "recipe.yaml").write_text(RECIPE)
-    env = {"PREFECT_API_URL": workers.api, "AWS_ENDPOINT_URL": s3_server.endpoint}
-    run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
-    logs = [
-        workers.start(
-            f"worker-{i}",
-            [*GPU_WORKER, "--name", f"worker-{i}"],
-            project,
-            {**env, "PREFECT_LOGGING_LEVEL": "INFO"},  # workers log each flow run they submit
-        )
-        for i in (1, 2)
-    ]
-    result = run(
-        [
-            "mobitune",
-            "sweep",
-            "--backend",
-            "workers",
-            "--recipe",
-            "recipe.yaml",
-            "--set",
-            f"storage.uri=s3://{bucket}/p",
-        ],
-        project,
-        env_extra=env,
-        timeout=540,
-    )
-    assert result.returncode == 0
-    sweep_id, tree = published_sweep(s3_server, bucket, "p")
-    results = check_published(tree, trials=4)
-    submitted = [log.read_text().count("submitting flow run") for log in logs]
-    assert all(count >= 1 for count in submitted), f"flow runs per worker: {submitted}"
-    key = artifact_key(sweep_id)
-    artifact = json.dumps(artifact_data(workers, f"{key}-report"))  # what the UI's artifact page gets
-    assert "Best config" in artifact and os.environ["AWS_SECRET_ACCESS_KEY"] not in artifact
-    assert "data:image/png;base64," in artifact and "](figures/" not in artifact
-    table = json.dumps(artifact_data(workers, f"{key}-results"))
-    assert "test_accuracy %" in table and "finetune_epochs" in table
-    assert not re.search(r"\d+\.\d{5,}", table), "rounded numbers"
-    assert not [log for log in logs if os.environ["AWS_SECRET_ACCESS_KEY"] in log.read_text()]
-    local = pd.read_csv(io.BytesIO(local_sweep["tree"]["results.csv"]))
-    assert list(results.columns) == list(local.columns)
-    merged = results.merge(local, on="trial_id", suffixes=("_workers", "_local"))
-    assert len(merged) == 4
-    for metric in METRICS:
-        assert merged[f"{metric}_workers"].to_numpy() == pytest.approx(merged[f"{metric}_local"].to_numpy(), rel=1e-4)
 
 
 def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:

@@ -16,9 +16,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers import sweep_project, tiny_params
+from helpers import closed_port_url, sweep_project, tiny_params
 from matplotlib.figure import Figure
 
+from mobitune.errors import EndpointUnreachable
 from mobitune.params import Params, params_from_dict
 from mobitune.storage.stores import LocalStore
 from mobitune.sweep import report
@@ -259,6 +260,19 @@ def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: P
     assert "model.pretrained" in failed["error"] and "no such file" in failed["error"]
     report = (run.sweep_dir / "report.md").read_text()
     assert "1 diverged, 1 failed, 1 ok" in report and "Failures:" in report
+
+
+def test_a_trial_stopped_by_an_unreachable_store_is_not_recorded_as_failed(
+    tmp_path: Path, cifar_archive: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed_port_url(""))
+    raw = tiny_params(str(cifar_archive), **{"storage.uri": "s3://results/p", "storage.outage_s": 0})
+    request = TrialRequest(
+        "s1", "t1", params_from_dict(raw).to_dict(), store_uri="s3://results/p", local_root=str(tmp_path)
+    )
+    with pytest.raises(EndpointUnreachable, match="S3 endpoint http://127.0.0.1:.* is unreachable"):
+        run_trial_recorded(request)
+    assert not list(tmp_path.rglob("metrics.json")), "the fleet's failure is not the trial's result"
 
 
 def test_bad_sweep_input_fails_before_prefect_starts(

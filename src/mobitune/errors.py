@@ -15,5 +15,13 @@ class StorageError(MobituneError):
     """S3 or the local artifact folder cannot be used; the message says what to do."""
 
 
-class EndpointUnreachable(StorageError):
-    """The S3 endpoint did not answer, even after retries with back-off."""
+class ServiceUnavailable(MobituneError):
+    """A service of the fleet (the S3 endpoint, the Prefect server) did not answer for longer than its outage
+    setting. Not a trial's own failure: the trial is never recorded as failed for it, and ``--resume`` runs it
+    again once the service is back."""
+
+    exit_code = 5
+
+
+class EndpointUnreachable(StorageError, ServiceUnavailable):
+    """The S3 endpoint did not answer, even after retries with back-off for ``storage.outage_s``."""

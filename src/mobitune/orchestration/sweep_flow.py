@@ -88,7 +88,16 @@ def sweep(
         # enumerated trials may all be in flight at once; sampled ones wait for feedback
         slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
         with get_client(sync_client=True) as client:
-            runner = SlotRunner(run, deployment, client, params.sweep.worker_timeout_s, slots, logger)
+            runner = SlotRunner(
+                run,
+                deployment,
+                client,
+                params.sweep.worker_timeout_s,
+                slots,
+                logger,
+                server_outage_s=params.sweep.server_outage_s,
+                store_outage_s=params.storage.outage_s,
+            )
             try:
                 run.drive(runner, slots, logger)
             finally:

@@ -15,8 +15,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
 
+from mobitune.errors import ServiceUnavailable
 from mobitune.orchestration.mailbox import Mailbox
+from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
 from mobitune.storage.records import json_safe
 from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
@@ -52,6 +55,7 @@ def trial_slot(
     store_uri: str | None = None,
     local_root: str = "artifacts",
     idle_timeout_s: float = SLOT_IDLE_SECONDS,
+    outage_s: float = 0,
 ) -> int:
     """One worker slot of a sweep: the trials the sweep posts to this slot's
     :class:`~mobitune.orchestration.mailbox.Mailbox`, one after another, each a ``trial`` task run named after
@@ -60,19 +64,39 @@ def trial_slot(
     Why: a flow run costs a worker seconds before its trial starts (pickup,
     a new process, importing torch and Prefect; benchmarks/RESULTS.md has the
     figures). A slot pays that once and then starts each trial within a second. It ends on the sweep's ``stop``,
-    or after ``idle_timeout_s`` without a job (a sweep that died).
+    or after ``idle_timeout_s`` without a job (a sweep that died). ``outage_s``: how long the mailbox rides out
+    an S3 endpoint that does not answer (``storage.outage_s``).
+
+    A trial stopped by a service that did not answer answers ``{"service": ...}``: the sweep runs it again
+    rather than recording it.
     """
-    mailbox = Mailbox(store_uri, local_root, sweep_id, slot)
+    mailbox = Mailbox(store_uri, local_root, sweep_id, slot, outage_s)
     # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
     # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist
     ran: list[Any] = []
-    while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
-        request = TrialRequest(**job["request"])
-        state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
-        failure = "" if state.is_completed() else f"its trial task ended {state.name}: {state.message}"
-        mailbox.send(f"done-{len(ran)}", {"failure": failure})
-        ran.append(state)
+    with mailbox.beating():
+        while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
+            request = TrialRequest(**job["request"])
+            state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
+            mailbox.send(f"done-{len(ran)}", slot_answer(state))
+            ran.append(state)
+    mailbox.remove()
     return len(ran)
+
+
+def slot_answer(state: State) -> dict[str, Any]:
+    """A trial task's end, as the slot answers it: ``failure`` "" when it completed; ``service`` when a service
+    of the fleet stopped it."""
+    if state.is_completed():
+        return {"failure": ""}
+    answer = {"failure": f"its trial task ended {state.name}: {state.message}"}
+    try:
+        state.result()
+    except ServiceUnavailable as exc:
+        answer["service"] = str(exc)
+    except Exception:  # noqa: BLE001 - the trial's own failure, already in the message
+        pass
+    return answer
 
 
 @task(name="trial", cache_policy=NO_CACHE)
@@ -99,7 +123,20 @@ class EpochProgress:
         self.progress_id: Any = None
 
     def __call__(self, row: dict[str, Any]) -> None:
+        """Show the epoch; a server that does not answer costs the display, not the trial."""
         self.rows.append(row)
+        try:
+            with client_retries(1):
+                self._show(row)
+        except Exception as exc:
+            if not server_unreachable(exc):
+                raise
+            print(
+                f"{self.trial_id}: epoch {row['epoch']} not shown in the UI: the Prefect server at {api_url()} "
+                f"does not answer ({type(exc).__name__}); the trial goes on"
+            )
+
+    def _show(self, row: dict[str, Any]) -> None:
         percent = 100.0 * row["epoch"] / max(1, self.epochs)
         if self.progress_id is None:
             self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")

@@ -194,6 +194,9 @@ class SweepParams(_Section):
     early_stop: EarlyStopParams = EarlyStopParams()
     budget_epochs: int | None = Field(None, ge=1, description="start no new trial once this many epochs are spent")
     worker_timeout_s: int = Field(300, ge=1)
+    server_outage_s: int = Field(
+        300, ge=0, description="workers: how long the sweep rides out a Prefect server that does not answer"
+    )
     axes: dict[str, Any] = {}  # key -> list[Any] | SearchRange, built by _check_axes
 
     @model_validator(mode="before")
@@ -252,6 +255,7 @@ class StorageParams(_Section):
     uri: Annotated[Text | None, AfterValidator(_s3_uri)] = Field(
         None, description="s3://bucket/prefix to publish to; empty: a local folder"
     )
+    outage_s: int = Field(300, ge=0, description="how long S3 calls retry an endpoint that does not answer")
 
 
 class Params(_Section):

@@ -2,15 +2,20 @@
 
 The endpoint comes from ``AWS_ENDPOINT_URL`` and credentials from the
 standard AWS chain; neither is ever written to params, logs or artifacts.
-Transient faults are retried with back-off by botocore's standard retry mode; an upload is one
-whole ``put_object`` whose SHA-256 is checked after it lands.
+Transient faults are retried with back-off by botocore's standard retry mode; an endpoint that does not
+answer at all (restarted, unreachable) is tried again with back-off for ``storage.outage_s`` where a sweep's
+trials and mailboxes use the store. An upload is one whole ``put_object`` whose SHA-256 is checked after it
+lands.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import sys
 import tempfile
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +30,7 @@ T = TypeVar("T")
 
 # botocore's "standard" retry mode: connection errors, 5xx and throttling again, with exponential back-off
 RETRY_ATTEMPTS = 4
+OUTAGE_BACKOFF_MAX_S = 5.0  # while an endpoint does not answer: tries 1, 2, 4, 5, 5, ... s apart
 
 
 def endpoint_name() -> str:
@@ -41,7 +47,7 @@ def s3_client():  # noqa: ANN201 - boto3 clients are generated types
     return boto3.client("s3", config=config)
 
 
-def _explain(exc: Exception, uri: str) -> StorageError:
+def _explain(exc: Exception, uri: str, outage_s: float = 0) -> StorageError:
     from botocore.exceptions import (
         ClientError,
         EndpointConnectionError,
@@ -50,8 +56,9 @@ def _explain(exc: Exception, uri: str) -> StorageError:
     )
 
     if isinstance(exc, EndpointConnectionError | ConnectionError):
+        tried = f" for {outage_s:g} s (storage.outage_s)" if outage_s else ""
         return EndpointUnreachable(
-            f"S3 endpoint {endpoint_name()} is unreachable while accessing {uri}; check "
+            f"S3 endpoint {endpoint_name()} is unreachable{tried} while accessing {uri}; check "
             "AWS_ENDPOINT_URL and that the server is up"
         )
     if isinstance(exc, NoCredentialsError | PartialCredentialsError):
@@ -74,14 +81,43 @@ def _explain(exc: Exception, uri: str) -> StorageError:
     return StorageError(f"S3 error for {uri} on {endpoint_name()}: {type(exc).__name__}")
 
 
-def s3_call(action: Callable[[], T], uri: str) -> T:
-    """Run an S3 call (botocore's client retries transient faults itself); a failure as what to do."""
-    from botocore.exceptions import BotoCoreError, ClientError
+def s3_call(action: Callable[[], T], uri: str, outage_s: float = 0) -> T:
+    """Run an S3 call (botocore's client retries transient faults itself); a failure as what to do.
 
-    try:
-        return action()
-    except (BotoCoreError, ClientError, ConnectionError) as exc:
-        raise _explain(exc, uri) from None
+    An endpoint that does not answer (connection refused, reset or timed out) is tried again with back-off
+    until ``outage_s`` seconds have passed since the first failure: a restarted S3 server costs the caller a
+    wait, not its work.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    unanswered_since: float | None = None
+    delay = 1.0
+    while True:
+        try:
+            result = action()
+        except (BotoConnectionError, HTTPClientError, ConnectionError) as exc:
+            now = time.monotonic()
+            if unanswered_since is None:
+                unanswered_since = now
+                if outage_s:
+                    print(
+                        f"S3 endpoint {endpoint_name()} does not answer ({type(exc).__name__}); "
+                        f"trying {uri} again for up to {outage_s:g} s (storage.outage_s)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if now - unanswered_since + delay > outage_s:
+                raise _explain(exc, uri, outage_s) from None
+            time.sleep(delay)
+            delay = min(2 * delay, OUTAGE_BACKOFF_MAX_S)
+        except (BotoCoreError, ClientError) as exc:
+            raise _explain(exc, uri) from None
+        else:
+            if unanswered_since is not None:
+                waited = time.monotonic() - unanswered_since
+                print(f"S3 endpoint {endpoint_name()} answers again after {waited:.0f} s", file=sys.stderr, flush=True)
+            return result
 
 
 def download_file(uri: str, target: Path) -> None:
@@ -132,43 +168,76 @@ def public_uri(uri: str) -> str:
 class ArtifactStore:
     """Where sweep artifacts live: a local folder or an S3 prefix, same relative keys."""
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_bytes(self, key: str, data: bytes) -> None:
         raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """The object at ``key``; None when the store has no such key."""
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.put_bytes(key, Path(path).read_bytes())
 
     def get_file(self, key: str, path: Path) -> bool:
         """Copy ``key`` to ``path`` (atomically); False when the store has no such key."""
-        raise NotImplementedError
+        data = self.get_bytes(key)
+        if data is None:
+            return False
+        atomic_write_bytes(Path(path), data)
+        return True
 
     def check(self) -> None:
         """Raise :class:`StorageError` now if the store cannot be used at all."""
+
+    def modified_times(self, prefix: str) -> dict[str, float]:
+        """Every key under ``prefix/`` and when it was last written (seconds since the epoch)."""
+        raise NotImplementedError
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every key under ``prefix/``."""
+        raise NotImplementedError
 
 
 class LocalStore(ArtifactStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
+    def put_bytes(self, key: str, data: bytes) -> None:
+        atomic_write_bytes(self.root / key, data)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            return None
+
     def put_file(self, key: str, path: Path) -> None:
-        target = self.root / key
-        if Path(path).resolve() != target:
-            atomic_write_bytes(target, Path(path).read_bytes())
+        if Path(path).resolve() != self.root / key:
+            super().put_file(key, path)
 
     def get_file(self, key: str, path: Path) -> bool:
-        source = self.root / key
-        if not source.exists():
-            return False
-        if source != Path(path).resolve():
-            atomic_write_bytes(Path(path), source.read_bytes())
-        return True
+        if Path(path).resolve() == self.root / key:
+            return (self.root / key).exists()
+        return super().get_file(key, path)
+
+    def modified_times(self, prefix: str) -> dict[str, float]:
+        files = (path for path in (self.root / prefix).rglob("*") if path.is_file())
+        return {path.relative_to(self.root).as_posix(): path.stat().st_mtime for path in files}
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self.root / prefix, ignore_errors=True)
 
 
 class S3Store(ArtifactStore):
     """Whole-object uploads, each verified by reading back its SHA-256."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, outage_s: float = 0) -> None:
+        """``outage_s``: how long each call rides out an endpoint that does not answer (0: fail at once)."""
         location = parse_s3_uri(uri)
         self.bucket, self.prefix = location.bucket, location.key
         self.uri = location.uri
         self.client = s3_client()
+        self.outage_s = outage_s
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -177,8 +246,7 @@ class S3Store(ArtifactStore):
         # a listing (not head_bucket) so errors come with their S3 code: NoSuchBucket, InvalidAccessKeyId
         s3_call(lambda: self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1), self.uri)
 
-    def put_file(self, key: str, path: Path) -> None:
-        data = Path(path).read_bytes()
+    def put_bytes(self, key: str, data: bytes) -> None:
         digest = sha256_bytes(data)
         uri = f"s3://{self.bucket}/{self._key(key)}"
 
@@ -188,12 +256,10 @@ class S3Store(ArtifactStore):
             if sha256_bytes(stored) != digest:
                 raise StorageError(f"{uri}: stored object does not match the local file's SHA-256")
 
-        s3_call(upload_and_verify, uri)
+        s3_call(upload_and_verify, uri, self.outage_s)
 
-    def get_file(self, key: str, path: Path) -> bool:
+    def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
-
-        uri = f"s3://{self.bucket}/{self._key(key)}"
 
         def download() -> bytes | None:
             try:
@@ -203,11 +269,27 @@ class S3Store(ArtifactStore):
                     return None
                 raise
 
-        data = s3_call(download, uri)
-        if data is None:
-            return False
-        atomic_write_bytes(Path(path), data)
-        return True
+        return s3_call(download, f"s3://{self.bucket}/{self._key(key)}", self.outage_s)
+
+    def _listing(self, prefix: str) -> list[dict]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix) + "/")
+        return [item for page in pages for item in page.get("Contents", [])]
+
+    def modified_times(self, prefix: str) -> dict[str, float]:
+        listing = s3_call(lambda: self._listing(prefix), f"s3://{self.bucket}/{self._key(prefix)}/", self.outage_s)
+        start = len(self._key(""))
+        return {item["Key"][start:]: item["LastModified"].timestamp() for item in listing}
+
+    def delete_prefix(self, prefix: str) -> None:
+        uri = f"s3://{self.bucket}/{self._key(prefix)}/"
+
+        def delete_all() -> None:
+            keys = [{"Key": item["Key"]} for item in self._listing(prefix)]
+            for start in range(0, len(keys), 1000):  # the most one DeleteObjects takes
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys[start : start + 1000]})
+
+        s3_call(delete_all, uri, self.outage_s)
 
 
 def check_storage(uri: str | None, allow_unreachable: bool) -> str | None:
@@ -228,6 +310,7 @@ def check_storage(uri: str | None, allow_unreachable: bool) -> str | None:
     return None
 
 
-def open_store(uri: str | None, local_root: Path) -> ArtifactStore:
-    """``s3://bucket/prefix`` → :class:`S3Store`; None → :class:`LocalStore` at ``local_root``."""
-    return S3Store(uri) if uri else LocalStore(local_root)
+def open_store(uri: str | None, local_root: Path, outage_s: float = 0) -> ArtifactStore:
+    """``s3://bucket/prefix`` → :class:`S3Store` (riding out ``outage_s`` of an endpoint that does not answer);
+    None → :class:`LocalStore` at ``local_root``."""
+    return S3Store(uri, outage_s) if uri else LocalStore(local_root)

@@ -22,7 +22,6 @@ import pandas as pd
 from mobitune.errors import MobituneError
 from mobitune.params import Params, get_dotted, params_from_dict
 from mobitune.storage.records import STOPPED, json_safe, write_json
-from mobitune.storage.stores import open_store
 from mobitune.sweep.plan import new_sweep_id, warmup_key
 from mobitune.sweep.publish import SWEEP_RECORD, write_manifest
 from mobitune.sweep.report import write_report
@@ -199,7 +198,7 @@ class SweepRun:
             write_json(folder / "metrics.json", {**metrics, "status": STOPPED})
 
     def _fetch(self, request: TrialRequest, folder: Path) -> bool:
-        store = open_store(request.store_uri, self.root)
+        store = request.store()
         return all(store.get_file(trial_key(self.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
 
 

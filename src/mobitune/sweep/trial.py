@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
+from mobitune.errors import ServiceUnavailable
 from mobitune.params import DataParams, Params, params_from_dict
 from mobitune.storage.records import STOPPED, git_revision, write_json
-from mobitune.storage.stores import ArtifactStore, open_store
+from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.plan import training_config, warmup_key
 from mobitune.sweep.trial_files import TrialRequest, final_metrics, record_failure, store_results, trial_key
 from mobitune.training.batches import resolve_device
@@ -166,7 +167,7 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
     started = time.perf_counter()
     params = params_from_dict(request.params)
     local_root = Path(request.local_root).resolve()
-    store = open_store(request.store_uri, local_root)
+    store = request.store()
     prepared = ensure_data(params.data, local_root)
     data = data_digest(prepared)
     result_key = result_cache_key(params, request.until, data)
@@ -238,13 +239,16 @@ def run_trial_recorded(request: TrialRequest, on_epoch: EpochHook | None = None)
     """:func:`run_trial`, with any failure recorded as the trial's result instead of raised.
 
     The orchestration edge: one failed trial (a bad config, out of memory)
-    must not cost the sweep its other trials or its report.
+    must not cost the sweep its other trials or its report. A service that
+    did not answer (:class:`~mobitune.errors.ServiceUnavailable`) is the
+    fleet's failure, not the trial's: raised, so the trial runs again from its
+    checkpoint once the service is back.
     """
     started = time.perf_counter()
     try:
         return run_trial(request, on_epoch)
     except Exception as exc:  # recorded, not swallowed: status "failed" with the reason
-        if request.warmup_only:
+        if request.warmup_only or isinstance(exc, ServiceUnavailable):
             raise
         traceback.print_exc()
         return record_failure(request, _failure_reason(exc, request), time.perf_counter() - started)

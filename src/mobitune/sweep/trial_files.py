@@ -32,6 +32,12 @@ class TrialRequest:
     until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
     use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
 
+    def store(self) -> ArtifactStore:
+        """The store the trial's files go to, riding out an S3 endpoint that does not answer for
+        ``storage.outage_s``."""
+        outage_s = self.params.get("storage", {}).get("outage_s", 0)
+        return open_store(self.store_uri, Path(self.local_root).resolve(), outage_s)
+
 
 def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
     return f"sweeps/{sweep_id}/trials/{trial_id}/{name}".rstrip("/")
@@ -41,7 +47,7 @@ def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> 
     """Store a ``failed`` result for the trial: its reason, no history."""
     local_root = Path(request.local_root).resolve()
     metrics = {**final_metrics([]), "status": FAILED, "seconds": seconds, "error": reason}
-    return store_results(request, open_store(request.store_uri, local_root), local_root, [], metrics)
+    return store_results(request, request.store(), local_root, [], metrics)
 
 
 def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
