@@ -244,11 +244,28 @@ def test_a_slot_whose_beat_stops_is_crashed_with_its_trial_task_and_its_job_goes
     assert runner.outcome(job) is None
     assert fleet.runs[slot].is_crashed() and fleet.task_runs[slot].is_crashed(), "the UI shows nothing running"
     assert "its beat has been silent" in fleet.runs[slot].message and job.attempt == 2
+    assert fleet.mailbox(slot).receive("job-1") == {"stop": True}, "were it alive after all, it stops"
     (again,) = fleet.queued()
     fleet.start(again)
     runner.outcome(job)
     assert fleet.job(again)["request"]["trial_id"] == "t0"
     assert "Crashed; submitting again (its beat has been silent for" in caplog.text
+
+
+def test_silence_while_the_sweep_itself_was_held_up_does_not_count(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slots_module, "SLOT_LOST_SECONDS", 0.2)
+    monkeypatch.setattr(slots_module, "STALLED_LOOK_SECONDS", 0.1)
+    runner = runner_for(fleet, max_slots=1)
+    job, slot = running_job(fleet, runner)
+    fleet.beat(slot)
+    runner.outcome(job)
+    time.sleep(0.3)  # no look at the slots: the sweep's own store calls rode out an outage
+    assert runner.outcome(job) is None and fleet.runs[slot].is_running() and job.attempt == 1
+    fleet.beat(slot)  # the slot's beat goes on once the store is back
+    time.sleep(0.05)
+    assert runner.outcome(job) is None and job.attempt == 1, "a slot that beats is not lost"
 
 
 def test_a_slot_marked_crashed_while_its_beat_goes_on_is_set_back_to_running_and_keeps_its_trial(

@@ -36,7 +36,7 @@ WORKER_ATTEMPTS = 3  # submissions of one trial before it is recorded as failed
 NO_WORKER_WARNING_SECONDS = 10  # trials waiting this long with no worker on their pool: say so
 SLOT_LOST_SECONDS = 15.0  # a running slot whose beat has not moved this long has lost its process or machine
 ENDED_SLOT_LOST_SECONDS = 3 * BEAT_SECONDS  # the same, once Prefect also says its flow run ended
-STALLED_LOOK_SECONDS = 5.0  # a look at the beats this slow was held up by the store riding out an outage
+STALLED_LOOK_SECONDS = 5.0  # a look at the slots this slow, or this long after the last: this process was held up
 
 
 @dataclass
@@ -159,12 +159,20 @@ class SlotRunner:
         now = time.monotonic()
         if now - self.ticked_at < self.poll_seconds / 2:
             return
+        held_up = now - self.ticked_at > STALLED_LOOK_SECONDS
         self.ticked_at = now
         self._read_states()
         self._read_beats(now)
-        for slot in list(self.slots):
+        for slot in self.slots:
             if slot.job is not None and (done := slot.mailbox.receive(f"done-{slot.posted - 1}")) is not None:
                 self._done(slot, done)
+        if held_up or time.monotonic() - now > STALLED_LOOK_SECONDS:
+            # this process was held up (its store rode out an outage, as the slots' did): their silence says
+            # nothing about them, it counts again from now
+            now = time.monotonic()
+            for slot in self.slots:
+                slot.beat_moved_at = now
+        for slot in list(self.slots):
             if slot.state.is_completed():
                 self._ended(slot)  # gave up idling
                 if slot.job is not None:
@@ -225,8 +233,7 @@ class SlotRunner:
             slot.state = states.get(slot.run_id, slot.state)
 
     def _read_beats(self, now: float) -> None:
-        """The beat of every slot that started, every :data:`BEAT_SECONDS`. A look that the store held up (it rode
-        out an outage) says nothing about the slots: their silence counts again from now."""
+        """The beat of every slot that started, every :data:`BEAT_SECONDS`."""
         if now - self.beats_read_at < BEAT_SECONDS:
             return
         self.beats_read_at = now
@@ -236,9 +243,6 @@ class SlotRunner:
             beat = slot.mailbox.beat()
             if beat != slot.beat:
                 slot.beat, slot.beat_moved_at = beat, time.monotonic()
-        if time.monotonic() - now > STALLED_LOOK_SECONDS:
-            for slot in self.slots:
-                slot.beat_moved_at = time.monotonic()
 
     def _lost_after(self, slot: Slot) -> float:
         return ENDED_SLOT_LOST_SECONDS if slot.state.is_final() else SLOT_LOST_SECONDS
@@ -269,6 +273,7 @@ class SlotRunner:
         """A slot whose beat stopped: its flow run and running trial task marked Crashed (once the server answers,
         if it does not now), its job given back (or failed for good after :data:`WORKER_ATTEMPTS`)."""
         self._ended(slot)
+        slot.mailbox.send(f"job-{slot.posted}", {"stop": True})  # were it alive after all: no trial after this one
         job = slot.job
         why = f"its beat has been silent for {slot.silent_for(now):.0f} s: its process or machine was lost"
         if not self._mark_crashed(slot.run_id, why):
