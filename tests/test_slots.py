@@ -23,6 +23,7 @@ import httpx
 import pytest
 from prefect.states import Completed, Crashed, Failed, Running, Scheduled
 
+from mobitune.cli import expected_failure
 from mobitune.errors import EndpointUnreachable, ServiceUnavailable
 from mobitune.orchestration import slots as slots_module
 from mobitune.orchestration.mailbox import STALE_MAILBOX_SECONDS, Mailbox, remove_stale_mailboxes
@@ -301,6 +302,18 @@ def test_while_the_server_does_not_answer_trials_carry_on_and_past_the_limit_the
     time.sleep(0.35)
     with pytest.raises(ServiceUnavailable, match=r"did not answer for 0.3 s \(sweep.server_outage_s\).*--resume s1"):
         runner.outcome(second)
+
+
+def test_the_outage_is_what_the_command_line_shows_though_prefect_fails_reporting_it() -> None:
+    try:
+        try:
+            raise ServiceUnavailable("the Prefect server at http://127.0.0.1:9/api did not answer for 300 s")
+        except ServiceUnavailable:
+            raise httpx.ConnectError("[Errno 111] Connection refused") from None  # the engine reporting the end
+    except httpx.ConnectError as exc:
+        shown = expected_failure(exc)
+    assert isinstance(shown, ServiceUnavailable) and shown.exit_code == 5
+    assert expected_failure(ValueError("a bug")) is None, "anything else keeps its traceback"
 
 
 def test_a_trial_stopped_by_a_service_outage_goes_back_without_costing_an_attempt(fleet: Fleet, caplog) -> None:

@@ -103,9 +103,24 @@ def main(argv: list[str] | None = None) -> None:
             print(_exp_import(args.sweep))
         else:
             print(_push(args.sweep_dir, args.to))
-    except MobituneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except Exception as exc:
+        failure = expected_failure(exc)
+        if failure is None:
+            raise
+        print(f"error: {failure}", file=sys.stderr)
+        sys.exit(failure.exit_code)
+
+
+def expected_failure(exc: BaseException) -> MobituneError | None:
+    """The :class:`MobituneError` behind ``exc``, if any. A flow that fails because the Prefect server does not
+    answer cannot report its end to that server either: Prefect's engine then raises its own connection error
+    while handling ours, which is the one that says what to do."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MobituneError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _sweep(args: argparse.Namespace) -> str:
