@@ -63,10 +63,20 @@ class Fleet:
     def mid_trial(self, line: str, sweep: subprocess.Popen, project: Path, rng: random.Random) -> Path:
         """The log of a worker whose trial has just logged ``line`` (a checkpoint stored) and trains on."""
         seen = {log: log.read_text().count(line) for log in self.live}
+        deadline = time.monotonic() + 120
         while not (found := [log for log in self.live if log.read_text().count(line) > seen[log]]):
             assert sweep.poll() is None, (project / "sweep.log").read_text()
+            assert time.monotonic() < deadline, f"no worker logged {line!r} for 120 s"
             time.sleep(0.05)
         return rng.choice(sorted(found))
+
+    def all_training(self, line: str, sweep: subprocess.Popen, project: Path) -> None:
+        """Wait until every worker's slot has logged ``line``: the faults that follow hit four running slots."""
+        deadline = time.monotonic() + 180
+        while not all(line in log.read_text() for log in self.live):
+            assert sweep.poll() is None, (project / "sweep.log").read_text()
+            assert time.monotonic() < deadline, f"not every worker logged {line!r} within 180 s"
+            time.sleep(0.2)
 
     def running_runs(self) -> list[str]:
         """Flow and task runs the server still shows Running."""
@@ -193,6 +203,7 @@ def test_forty_trials_ride_out_a_database_restart_a_server_outage_and_lost_machi
     epoch_line = f"finetune 1/{FINETUNE_EPOCHS}"
     try:
         progress.wait_for(TRIALS // 8)
+        fleet.all_training(epoch_line, sweep, project)
         fleet.postgres.restart()
         restarted_at = progress.finished
         progress.wait_for(restarted_at + 2)
