@@ -41,7 +41,7 @@ WORKERS = 4
 KILLS = 2  # worker machines lost while the server is down; each replaced once it is back
 FINETUNE_EPOCHS = 2
 HEARTBEAT_TIMEOUT_S = 60  # the automation's, installed by `mobitune setup` (the smallest it takes)
-SERVER_DOWN_S = HEARTBEAT_TIMEOUT_S + 10  # past it: the automation marks every silent run Crashed on return
+SERVER_DOWN_S = HEARTBEAT_TIMEOUT_S + 5  # past it: the automation marks every silent run Crashed on return
 S3_DOWN_S = 60
 
 
@@ -258,7 +258,7 @@ def test_workers_ride_out_an_s3_outage_mid_trial_and_match_the_local_backend(
     )
     progress = Progress(project, sweep)
     try:
-        fleet.mid_trial("warmup 1/1", sweep, project, random.Random(0))  # trials start: their checkpoints next
+        fleet.mid_trial("finetune 1/1", sweep, project, random.Random(0))  # its checkpoint and results go next
         fleet.s3.cut()
         progress.sleep(S3_DOWN_S)
         fleet.s3.restore()
