@@ -17,17 +17,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect.deployments import run_deployment
 
-from mobitune.errors import ServiceUnavailable
 from mobitune.orchestration.mailbox import BEAT_SECONDS, Mailbox, remove_stale_mailboxes
-from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
+from mobitune.orchestration.prefect_api import ServerCalls
 from mobitune.sweep.run import SweepRun
 from mobitune.sweep.trial_files import TrialRequest
-
-T = TypeVar("T")
 
 WORKER_POLL_SECONDS = 0.25  # one read of all slot runs' states per poll (SlotRunner._tick)
 STATE_READ_BATCH = 200  # flow runs per state read (the server's default page limit)
@@ -89,7 +86,7 @@ class SlotRunner:
     the pool and the command that starts a worker; after ``worker_timeout_s``
     the waiting jobs count as failed trials, and the sweep ends with the
     results it has. A Prefect server that does not answer for
-    ``server_outage_s`` stops the sweep with :class:`ServiceUnavailable`.
+    ``server_outage_s`` stops the sweep (:class:`~mobitune.orchestration.prefect_api.ServerCalls`).
     """
 
     poll_seconds = WORKER_POLL_SECONDS
@@ -111,8 +108,14 @@ class SlotRunner:
         self.run, self.deployment, self.client = run, deployment, client
         self.logger, self.launch = logger, launch
         self.worker_timeout_s, self.max_slots = worker_timeout_s, max_slots
-        self.server_outage_s, self.store_outage_s = server_outage_s, store_outage_s
-        self.server_down_since: float | None = None
+        self.store_outage_s = store_outage_s
+        self._server = ServerCalls(
+            server_outage_s,
+            logger,
+            meanwhile="the trials in flight carry on through their mailboxes, new slots wait for it",
+            then=f"the trials that finished are kept in {run.sweep_dir}. Once the server is back: "
+            f"mobitune sweep --resume {run.sweep_id}",
+        )
         self.pool = client.read_deployment_by_name(deployment).work_pool_name
         self.pending: collections.deque[SlotJob] = collections.deque()
         self.slots: list[Slot] = []
@@ -185,7 +188,7 @@ class SlotRunner:
             elif slot.state.is_final():
                 self._ended(slot)  # ended between jobs: nothing is lost
         self._assign()
-        if self.server_down_since is None:
+        if self._server.answering:
             self.unmarked = [(run_id, why) for run_id, why in self.unmarked if not self._mark_crashed(run_id, why)]
             self._check_workers(now)
             queued = sum(not slot.started for slot in self.slots)
@@ -328,42 +331,6 @@ class SlotRunner:
         self.logger.warning("slot flow run %s is alive (%s); set back to Running", slot.run_id, why)
         if self._server(self.client.set_flow_run_state, slot.run_id, Running(message=why), force=True) is not None:
             slot.state = Running(message=why)
-
-    def _server(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
-        """``call`` to the Prefect server, failing fast; None when the server does not answer. Past
-        ``server_outage_s`` without an answer, :class:`ServiceUnavailable`."""
-        try:
-            with client_retries(0):
-                result = call(*args, **kwargs)
-        except Exception as exc:
-            if not server_unreachable(exc):
-                raise
-            self._server_down(exc)
-            return None
-        if self.server_down_since is not None:
-            self.logger.warning(
-                "the Prefect server answers again after %.0f s", time.monotonic() - self.server_down_since
-            )
-            self.server_down_since = None
-        return result
-
-    def _server_down(self, exc: Exception) -> None:
-        now = time.monotonic()
-        if self.server_down_since is None:
-            self.server_down_since = now
-            self.logger.warning(
-                "the Prefect server at %s does not answer (%s): the trials in flight carry on through their "
-                "mailboxes, new slots wait for it (the sweep stops after sweep.server_outage_s=%s s)",
-                api_url(),
-                type(exc).__name__,
-                self.server_outage_s,
-            )
-        elif now - self.server_down_since > self.server_outage_s:
-            raise ServiceUnavailable(
-                f"the Prefect server at {api_url()} did not answer for {self.server_outage_s} s "
-                f"(sweep.server_outage_s); the trials that finished are kept in {self.run.sweep_dir}. Once the "
-                f"server is back: mobitune sweep --resume {self.run.sweep_id}"
-            )
 
     def _check_workers(self, now: float) -> None:
         if now - self.checked_at >= POOL_CHECK_SECONDS:  # one look at the pool, however many jobs wait
