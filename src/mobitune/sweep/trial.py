@@ -177,11 +177,16 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
         cached = _cached_result(request, result_key, store, local_root)
         if cached is not None:
             return cached
-    dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
-    device_data = DeviceData.create(params, dataset, resolve_device(params.device))
+
+    @functools.cache
+    def device_data() -> DeviceData:
+        """The data on the device, loaded only for training: a stored warmup needs none of it."""
+        dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
+        return DeviceData.create(params, dataset, resolve_device(params.device))
+
     key = warmup_cache_key(warmup_key(params), data)
     refresh = request.warmup_only and not request.use_cache
-    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, device_data, path), refresh)
+    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, device_data(), path), refresh)
     if request.warmup_only:
         return {"warmup_key": key}
     warm = load_checkpoint(warm_path)
@@ -204,7 +209,7 @@ def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[
 
         result = run_finetune(
             params,
-            device_data,
+            device_data(),
             warm_path,
             local_checkpoint,
             resume=resumed,
