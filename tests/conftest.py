@@ -202,8 +202,7 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s
     server: the embedded default). A second sweep, the first one's base trial alone, runs at the same time in
     the same folder and publishes to the same prefix. Shared by the sweep-flow tests and the workers backend's
     test on the fleet (test_fleet.py), which compares its results with these."""
-    s3_server.reset()
-    bucket = s3_server.bucket("results")
+    bucket = s3_server.bucket("local-results")  # its own bucket: a fleet sweep may be using the server meanwhile
     project = sweep_project(tmp_path_factory.mktemp("local"), cifar_archive, FOUR_TRIALS)
     (project / "recipe.yaml").write_text(RECIPE)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
