@@ -90,12 +90,8 @@ def slot_answer(state: State) -> dict[str, Any]:
     if state.is_completed():
         return {"failure": ""}
     answer = {"failure": f"its trial task ended {state.name}: {state.message}"}
-    try:
-        state.result()
-    except ServiceUnavailable as exc:
-        answer["service"] = str(exc)
-    except Exception:  # noqa: BLE001 - the trial's own failure, already in the message
-        pass
+    if isinstance(raised := state.result(raise_on_failure=False), ServiceUnavailable):
+        answer["service"] = str(raised)
     return answer
 
 
