@@ -374,6 +374,86 @@ print(json.dumps({{"server_start_s": server, "sweep_s": flow_seconds, "direct_s"
     return timing
 
 
+CACHED_SWEEP_PHASES = (  # (phase, the log lines that may end it): the first such line present ends it
+    ("start: imports, params, checks", ("Starting temporary server", "Beginning flow run")),
+    ("Prefect's temporary server starts", ("Beginning flow run",)),
+    ("flow run to its first task", ("Task run",)),
+    ("the trials (all cached)", ("results in",)),
+)
+
+
+def timed_command(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, list[tuple[float, str]]]:
+    """Run ``cmd``; its seconds and each output line with the second it appeared at."""
+    started = time.perf_counter()
+    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    lines = [(time.perf_counter() - started, line.rstrip()) for line in process.stdout]
+    if process.wait():
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n" + "\n".join(line for _, line in lines[-20:]))
+    return time.perf_counter() - started, lines
+
+
+def sweep_phases(seconds: float, lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Where a sweep command's seconds went, from when its log lines appeared (see CACHED_SWEEP_PHASES)."""
+    phases, since = {}, 0.0
+    for phase, markers in CACHED_SWEEP_PHASES:
+        at = next((at for at, line in lines if any(marker in line for marker in markers)), None)
+        if at is not None and at > since:
+            phases[phase] = at - since
+            since = at
+    phases["report, figures, Prefect artifacts, exit"] = seconds - since
+    return phases
+
+
+def bench_cached_sweep(work: Path, log: Callable) -> dict[str, Any]:
+    """``mobitune sweep`` of 2 tiny trials, both cached (an unchanged nightly sweep), as a user runs it: with a
+    ``prefect server`` running, and without one (Prefect's temporary server). Median of 3 runs each."""
+    project = work / "cached"
+    project.mkdir()
+    (project / "params.yaml").write_text(json.dumps(Params().override(tiny_sweep(work, 2)).to_dict()))
+    env = {**quiet_env(work), "PREFECT_LOGGING_LEVEL": "INFO"}  # the phases are read from the log lines
+    sweep = ["mobitune", "sweep"]
+    timed_command(sweep, project, env)  # trains both trials and fills the cache
+    port = free_port()
+    server_env = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    server = subprocess.Popen(
+        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    result: dict[str, Any] = {}
+    try:
+        _wait_for_api(server_env["PREFECT_API_URL"])
+        for name, run_env in (("running_server", server_env), ("temporary_server", env)):
+            runs = sorted((timed_command(sweep, project, run_env) for _ in range(3)), key=lambda run: run[0])
+            seconds, lines = runs[1]
+            cached = sum("reusing the result of an identical trial" in line for _, line in lines)
+            result[name] = {"seconds": seconds, "cached_trials": cached, "phases": sweep_phases(seconds, lines)}
+            breakdown = ", ".join(f"{phase} {s:.1f}s" for phase, s in result[name]["phases"].items())
+            log(f"cached sweep of 2 trials, {name.replace('_', ' ')}: {seconds:.1f}s ({breakdown})")
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    return result
+
+
+def _wait_for_api(api: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _api(api, "health")
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _api(api: str, path: str, body: dict | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{api}/{path}", data=data, headers={"Content-Type": "application/json"})
@@ -423,15 +503,7 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
 
     try:
         start("server", ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)])
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                _api(api, "health")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        _wait_for_api(api)
         for cmd in (["mobitune", "setup"], ["prefect", "--no-prompt", "deploy", "--all"]):
             subprocess.run(cmd, cwd=project, env=env, check=True, capture_output=True)
         start("worker", ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"])
@@ -531,6 +603,10 @@ def main() -> None:
     parser.add_argument(
         "--workers-only", action="store_true", help="only the workers-backend start-up (a server, a worker)"
     )
+    parser.add_argument(
+        "--cached-only", action="store_true", help="only the fully cached sweep (with and without a running server)"
+    )
+    parser.add_argument("--trials", type=int, default=WORKER_TRIALS, help="trials of the workers-backend sweep")
     parser.add_argument("--images", type=Path, default=REAL_IMAGES, help="image-folder tarball (default: shared/data)")
     args = parser.parse_args()
     repeats, images = (1, 384) if args.quick else (5, 1920)
@@ -540,11 +616,14 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    if args.workers_only:
+    if args.workers_only or args.cached_only:
         with tempfile.TemporaryDirectory() as work:
-            result = bench_workers(Path(work), WORKER_TRIALS, log)
+            if args.workers_only:
+                result = {"workers": bench_workers(Path(work), args.trials, log)}
+            else:
+                result = {"cached_sweep": bench_cached_sweep(Path(work), log)}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"workers": result, "log": lines}, indent=2) + "\n")
+        args.out.write_text(json.dumps({**result, "log": lines}, indent=2) + "\n")
         return
     device = resolve_device(args.device)
     cache = ROOT / "benchmarks" / "out"
@@ -576,7 +655,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as work:
             report["orchestration"] = bench_orchestration(Path(work), 4, log)
         with tempfile.TemporaryDirectory() as work:
-            report["workers"] = bench_workers(Path(work), WORKER_TRIALS, log)
+            report["cached_sweep"] = bench_cached_sweep(Path(work), log)
+        with tempfile.TemporaryDirectory() as work:
+            report["workers"] = bench_workers(Path(work), args.trials, log)
     if device.type == "cuda":
         report["cuda"] = bench_cuda(device_data, images * 10, repeats, log)
     report["load_after"] = os.getloadavg()[0]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 
 from mobitune.sweep import lab_report
+from mobitune.sweep.figures import save_figure, summary_figure
 from mobitune.sweep.report import report_markdown
 from mobitune.sweep.results import SweepResults
 
@@ -85,3 +88,28 @@ def test_axes_the_report_lacks_get_no_comparison() -> None:
     assert lab_report.headline(dropout, {"model.dropout": 0.2}) is None
     other_lr = pd.DataFrame({"lr": [0.01], "status": ["ok"], "test_accuracy": [0.5]})
     assert lab_report.headline(other_lr, {"lr": 0.01}).endswith("This sweep has no finished trial of that config.")
+
+
+def test_a_figure_of_the_same_results_is_copied_not_drawn_again(tmp_path: Path) -> None:
+    """A sweep whose trials were all cached shows what the last one showed: its figures come from the cache."""
+    ok = {"train_loss": 0.5, "test_loss": 0.6, "train_accuracy": 0.8, "test_accuracy": 0.75, "status": "ok"}
+    results = _results([{"lr": lr, "batch_size": 192, "seed": 0, **ok} for lr in (0.001, 0.005)])
+    drawn: list[str] = []
+
+    def summary(results: SweepResults, axis: str) -> Figure:
+        drawn.append(axis)
+        return summary_figure(results, axis)
+
+    cache = tmp_path / "cache"
+    first, again = tmp_path / "first" / "lr_summary.png", tmp_path / "again" / "lr_summary.png"
+    for path in (first, again):
+        path.parent.mkdir()
+    save_figure(summary, results, "lr", first, cache)
+    results.table["seconds"], results.table["cached"] = 9.0, True  # a cached sweep: only these differ
+    save_figure(summary, results, "lr", again, cache)
+    assert drawn == ["lr"] and again.read_bytes() == first.read_bytes()
+    save_figure(summary, results, "lr", tmp_path / "first" / "batch_size_summary.png", cache)
+    results.table.loc[0, "test_accuracy"] = 0.5
+    save_figure(summary, results, "lr", tmp_path / "again" / "lr_summary.png", cache)
+    assert drawn == ["lr", "lr", "lr"], "another figure, and other results, are drawn"
+    assert again.read_bytes() != first.read_bytes() and len(list(cache.iterdir())) == 3

@@ -8,8 +8,11 @@ test_sweep_flows.py; real trials in this process (failed and diverged ones) at t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -296,3 +299,31 @@ def test_bad_sweep_input_fails_before_prefect_starts(
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and message in stderr and len(stderr.splitlines()) == 1, stderr
     assert not (tmp_path / "project" / "artifacts" / "sweeps").exists()
+
+
+def test_a_known_trial_is_answered_without_importing_torch(tmp_path: Path, cifar_archive: Path) -> None:
+    """A cached sweep on a CPU machine imports no torch (2-3 s of its start): the device check, a warmup in the
+    store and a trial whose identical twin is stored are all answered without it."""
+    params = params_from_dict(tiny_params(str(cifar_archive)))
+    trained = TrialRequest("s1", "t1", params.to_dict(), local_root=str(tmp_path))
+    assert run_trial_recorded(trained)["cached"] is False
+    script = """
+import dataclasses, json, sys
+from mobitune.orchestration.local_runner import local_devices
+from mobitune.params import params_from_dict
+from mobitune.sweep.trial import run_trial_recorded
+from mobitune.sweep.trial_files import TrialRequest
+request = TrialRequest(**json.loads(sys.argv[1]))
+devices = local_devices(params_from_dict(request.params), None)
+warmup = run_trial_recorded(dataclasses.replace(request, trial_id="warmup", warmup_only=True))
+metrics = run_trial_recorded(request)
+print(json.dumps({"devices": devices, "warmup": warmup, "cached": metrics["cached"], "torch": "torch" in sys.modules}))
+"""
+    again = dataclasses.replace(trained, sweep_id="s2")
+    out = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(dataclasses.asdict(again))], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout.strip().splitlines()[-1])
+    assert answer["devices"] == ["cpu"] and answer["warmup"]["warmup_key"].startswith("cache/warmup/")
+    assert answer["cached"] is True and answer["torch"] is False, answer

@@ -70,10 +70,14 @@ def test_sweep_ids_are_unique() -> None:
 def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from mobitune.orchestration import local_runner
     from mobitune.orchestration.local_runner import local_devices
 
     assert local_devices(Params().override(["device=cpu"]), None) == ["cpu"]
     assert local_devices(Params().override(["device=cpu"]), 3) == ["cpu"] * 3
+    monkeypatch.setattr(local_runner, "GPU_DEVICE_NODES", ())
+    assert local_devices(Params(), 2) == ["cpu", "cpu"], "auto, and no GPU device node: the CPU"
+    monkeypatch.setattr(local_runner, "no_gpu_possible", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert local_devices(Params(), None) == ["cuda:0", "cuda:1"]

@@ -143,9 +143,9 @@ def _sweep(args: argparse.Namespace) -> str:
         args.backend = args.backend or "local"
     Scheduler.create(params)
     if args.backend == "local":  # on workers, the device is each worker's
-        from mobitune.training.batches import resolve_device
+        from mobitune.orchestration.local_runner import local_devices
 
-        resolve_device(params.device)
+        local_devices(params, args.parallel)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

@@ -75,7 +75,7 @@ def sweep(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
     )
     if backend == "local":
-        from mobitune.orchestration.local_runner import (  # torch: only a local sweep trains here
+        from mobitune.orchestration.local_runner import (  # only a local sweep runs trials in this process
             LocalRunner,
             local_devices,
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
+import os
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -59,9 +61,16 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Iterable[s
 
 def git_revision() -> str | None:
     """The commit the code ran from (with ``-dirty`` for local changes), if in a git checkout."""
+    return _git_revision(os.getcwd())
+
+
+@functools.cache
+def _git_revision(folder: str) -> str | None:
+    """Asked once per process and folder: ``git describe --dirty`` reads the whole work tree."""
     try:
         result = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=folder,
             capture_output=True,
             text=True,
             timeout=10,

@@ -5,12 +5,20 @@ Figure builders return a matplotlib ``Figure`` (object API, no pyplot state); th
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from mobitune.sweep.results import SweepResults, axis_rows, axis_table, best_trial
 
+DPI = 110
 CURVES = [
     ("train_loss", "train loss"),
     ("test_loss", "test loss"),
@@ -112,3 +120,52 @@ def search_figure(results: SweepResults) -> Figure:
     ax.legend(fontsize=8)
     figure.suptitle(f"Test accuracy of all {len(results.table)} trials ({results.mode})")
     return figure
+
+
+def save_figure(
+    build: Callable[[SweepResults, str], Figure] | Callable[[SweepResults], Figure],
+    results: SweepResults,
+    axis: str | None,
+    path: Path,
+    cache: Path | None = None,
+) -> None:
+    """``build``'s figure of ``results`` (for ``axis``, if given) as a PNG at ``path``.
+
+    With a ``cache`` folder, a figure drawn before from the same results (a sweep whose trials were all cached)
+    is copied instead of drawn again: drawing and encoding is most of such a sweep's report time.
+    """
+    if cache is None:
+        _draw(build, results, axis).savefig(path, dpi=DPI)
+        return
+    kept = cache / f"{_figure_key(path.name, results)}.png"
+    if not kept.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        scratch = kept.with_name(f".{kept.name}.{os.getpid()}")
+        _draw(build, results, axis).savefig(scratch, dpi=DPI, format="png")
+        scratch.replace(kept)
+    shutil.copyfile(kept, path)
+
+
+def _draw(build: Callable[..., Figure], results: SweepResults, axis: str | None) -> Figure:
+    return build(results) if axis is None else build(results, axis)
+
+
+def _figure_key(name: str, results: SweepResults) -> str:
+    """What a figure shows, and what draws it: its file name (which figure of which axis), the results but for
+    their timings and cache marks, this module's code and matplotlib's version."""
+    digest = hashlib.sha256()
+    shown = results.table.drop(columns=["seconds", "cached"], errors="ignore")
+    sorted_histories = sorted(results.histories.items())
+    curves = [trial + curve.drop(columns="seconds", errors="ignore").to_json() for trial, curve in sorted_histories]
+    for part in (
+        name,
+        results.mode,
+        repr(sorted(results.base.items())),
+        repr(results.search),
+        shown.to_json(),
+        *curves,
+        Path(__file__).read_text(),
+        matplotlib.__version__,
+    ):
+        digest.update(part.encode() + b"\0")
+    return digest.hexdigest()[:24]

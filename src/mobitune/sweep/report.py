@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from mobitune.sweep import lab_report
-from mobitune.sweep.figures import curves_figure, search_figure, summary_figure
+from mobitune.sweep.figures import curves_figure, save_figure, search_figure, summary_figure
 from mobitune.sweep.results import SweepResults, axis_table, best_trial
 
 
@@ -148,22 +148,23 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     return "\n".join(lines)
 
 
-def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str) -> list[Path]:
-    """results.csv, figures/*.png and report.md in ``sweep_dir``; returns the files written."""
+def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str, figure_cache: Path | None = None) -> list[Path]:
+    """results.csv, figures/*.png and report.md in ``sweep_dir``; returns the files written. ``figure_cache``:
+    a folder of figures drawn before, by what they show (see :func:`~mobitune.sweep.figures.save_figure`)."""
     written = [sweep_dir / "results.csv"]
     results.table.to_csv(written[0], index=False)
     figures: dict[str, list[str]] = {}
     (sweep_dir / "figures").mkdir(exist_ok=True)
     if results.search is not None:
         relative = "figures/search.png"
-        search_figure(results).savefig(sweep_dir / relative, dpi=110)
+        save_figure(search_figure, results, None, sweep_dir / relative, figure_cache)
         figures["search"] = [relative]
         written.append(sweep_dir / relative)
     for axis in [] if results.sampled else results.axes:
         slug = axis.replace(".", "_")
         for kind, build in (("curves", curves_figure), ("summary", summary_figure)):
             relative = f"figures/{slug}_{kind}.png"
-            build(results, axis).savefig(sweep_dir / relative, dpi=110)
+            save_figure(build, results, axis, sweep_dir / relative, figure_cache)
             figures.setdefault(axis, []).append(relative)
             written.append(sweep_dir / relative)
     (sweep_dir / "report.md").write_text(report_markdown(results, sweep_id, figures))

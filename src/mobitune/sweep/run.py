@@ -121,7 +121,7 @@ class SweepRun:
         if sweep.searched or scheduler.rungs or sweep.budget_epochs:
             write_json(self.sweep_dir / SEARCH_RECORD, json_safe(scheduler.summary()))
         results = load_results(self.sweep_dir, self.record)
-        write_report(results, self.sweep_dir, self.sweep_id)
+        write_report(results, self.sweep_dir, self.sweep_id, self.root / "cache" / "figures")
         write_manifest(self.sweep_dir)
         return results
 

@@ -1,9 +1,15 @@
-"""One sweep trial, wherever it runs: shared warmup, finetune, results into the artifact store.
+"""One sweep trial, wherever it runs: what is already known of it, or its training, its results into the store.
 
-Both backends call :func:`run_trial` from the ``trial`` Prefect task: in the
-sweep's process (local), or in a ``trial-slot`` flow run on a worker. Both
-read and write the same keys of the artifact store, so the sweep gathers
+Both backends call :func:`run_trial_recorded` from the ``trial`` Prefect task:
+in the sweep's process (local), or in a ``trial-slot`` flow run on a worker.
+Both read and write the same keys of the artifact store, so the sweep gathers
 results the same way.
+
+This module imports no torch: a trial whose result is already known (stored
+by an identical trial, or by this sweep before it was resumed) and a warmup
+already in the store are answered from the store, and only a trial that
+trains imports :mod:`mobitune.sweep.trial_training` (torch and torchvision:
+2-3 s of a cached sweep's start on a CPU).
 """
 
 from __future__ import annotations
@@ -14,25 +20,21 @@ import fcntl
 import functools
 import hashlib
 import json
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mobitune.errors import ServiceUnavailable
 from mobitune.params import DataParams, Params, params_from_dict
-from mobitune.storage.records import STOPPED, git_revision, write_json
+from mobitune.storage.records import STOPPED
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.plan import training_config, warmup_key
-from mobitune.sweep.trial_files import TrialRequest, final_metrics, record_failure, store_results, trial_key
-from mobitune.training.batches import resolve_device
-from mobitune.training.checkpoints import DIVERGED
-from mobitune.training.data import load_dataset, prepare
-from mobitune.training.loop import DeviceData, run_finetune, run_warmup
-from mobitune.training.model import load_checkpoint
+from mobitune.sweep.trial_files import TrialRequest, record_failure, store_results, trial_key
+from mobitune.training.data import prepare
 
 EpochHook = Callable[[dict[str, Any]], None]
 
@@ -42,13 +44,14 @@ PACKAGE = Path(__file__).resolve().parents[1]
 
 @functools.cache
 def code_fingerprint() -> str:
-    """A hash of the code that decides what a trial computes (the training core, the params, this module): a
-    change to any of it invalidates cached results."""
+    """A hash of the code that decides what a trial computes (the training core, the params, the trial's two
+    modules): a change to any of it invalidates cached results."""
     digest = hashlib.sha256()
     for path in [
         *sorted(PACKAGE.glob("training/*.py")),
         *sorted(PACKAGE.glob("params/*.py")),
-        Path(__file__).resolve(),
+        PACKAGE / "sweep" / "trial.py",
+        PACKAGE / "sweep" / "trial_training.py",
     ]:
         digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
@@ -89,7 +92,7 @@ def checkpoint_key(sweep_id: str, trial_id: str) -> str:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
+def exclusive(path: Path) -> Iterator[None]:
     """A file lock: concurrent trials and sweeps on this machine build a shared input once."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
@@ -105,23 +108,10 @@ def ensure_data(data: DataParams, local_root: Path) -> Path:
         identity += f"\n{local.stat().st_size}\n{local.stat().st_mtime_ns}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     out = local_root / "cache" / "data" / digest
-    with _exclusive(out):
+    with exclusive(out):
         if not (out / "meta.json").exists():
             prepare(data.source, data.md5, out)
     return out
-
-
-def _ensure_warmup(key: str, store: ArtifactStore, local_root: Path, train: Any, refresh: bool) -> Path:
-    """The shared warmup checkpoint: from the store if any trial made it (unless ``refresh``), else trained now."""
-    local = local_root / key
-    with _exclusive(local):
-        if not refresh and store.get_file(key, local):
-            return local
-        scratch = local.with_name(f".{local.name}.training")
-        train(scratch)
-        scratch.replace(local)
-        store.put_file(key, local)
-    return local
 
 
 def _finished_segment(
@@ -152,92 +142,66 @@ def _cached_result(request: TrialRequest, key: str, store: ArtifactStore, local_
     return store_results(request, store, local_root, history, metrics)
 
 
-def _keep_result(request: TrialRequest, key: str, store: ArtifactStore, local_root: Path, metrics: dict) -> None:
-    folder = local_root / trial_key(request.sweep_id, request.trial_id)
-    write_json(local_root / key / "metrics.json", metrics)
-    store.put_file(f"{key}/metrics.json", local_root / key / "metrics.json")
-    store.put_file(f"{key}/history.csv", folder / "history.csv")
+@dataclass(frozen=True)
+class TrialSetup:
+    """A trial's request resolved on this machine: its params, its store, its prepared data and that data's
+    content hash."""
+
+    request: TrialRequest
+    params: Params
+    local_root: Path
+    store: ArtifactStore
+    prepared: Path
+    data: str
+
+    @classmethod
+    def of(cls, request: TrialRequest) -> TrialSetup:
+        params = params_from_dict(request.params)
+        local_root = Path(request.local_root).resolve()
+        prepared = ensure_data(params.data, local_root)
+        return cls(request, params, local_root, request.store(), prepared, data_digest(prepared))
+
+    @property
+    def result_key(self) -> str:
+        return result_cache_key(self.params, self.request.until, self.data)
+
+    @property
+    def warmup_key(self) -> str:
+        return warmup_cache_key(warmup_key(self.params), self.data)
+
+
+def known_result(setup: TrialSetup) -> dict[str, Any] | None:
+    """What running the trial would return, when the store already holds it: this trial's own result (a
+    resumed sweep replaying it), an identical trial's (unless the request says not to use the cache), or, for a
+    warmup-only request, the stored warmup. None when it has to train."""
+    request, store, local_root = setup.request, setup.store, setup.local_root
+    if request.warmup_only:
+        key = setup.warmup_key
+        with exclusive(local_root / key):
+            if request.use_cache and store.get_file(key, local_root / key):
+                return {"warmup_key": key}
+        return None
+    if (own := _finished_segment(request, setup.params, store, local_root)) is not None:
+        return own
+    if request.use_cache:
+        return _cached_result(request, setup.result_key, store, local_root)
+    return None
 
 
 def run_trial(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[str, Any]:
-    """Train one trial (or only its warmup) and store params.json, history.csv, metrics.json.
+    """Train one trial (or only its warmup) and store params.json, history.csv, metrics.json, unless its result
+    is already known (:func:`known_result`).
 
     ``on_epoch`` gets each finetune epoch's history row once its checkpoint is in the store.
     """
     started = time.perf_counter()
-    params = params_from_dict(request.params)
-    local_root = Path(request.local_root).resolve()
-    store = request.store()
-    prepared = ensure_data(params.data, local_root)
-    data = data_digest(prepared)
-    result_key = result_cache_key(params, request.until, data)
-    if not request.warmup_only and (own := _finished_segment(request, params, store, local_root)) is not None:
-        return own
-    if request.use_cache and not request.warmup_only:
-        cached = _cached_result(request, result_key, store, local_root)
-        if cached is not None:
-            return cached
+    setup = TrialSetup.of(request)
+    known = known_result(setup)
+    if known is not None:
+        return known
+    from mobitune.sweep.trial_training import train  # torch and torchvision: only for a trial that trains
 
-    @functools.cache
-    def device_data() -> DeviceData:
-        """The data on the device, loaded only for training: a stored warmup needs none of it."""
-        dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
-        return DeviceData.create(params, dataset, resolve_device(params.device))
-
-    key = warmup_cache_key(warmup_key(params), data)
-    refresh = request.warmup_only and not request.use_cache
-    warm_path = _ensure_warmup(key, store, local_root, lambda path: run_warmup(params, device_data(), path), refresh)
-    if request.warmup_only:
-        return {"warmup_key": key}
-    warm = load_checkpoint(warm_path)
-    history = list(warm["history"])
-    status = warm["status"]
-    earlier_seconds = 0.0
-    if status != DIVERGED:
-        stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
-        local_checkpoint = local_root / stored_checkpoint
-        resumed = store.get_file(stored_checkpoint, local_checkpoint)
-        if resumed:
-            done = len(load_checkpoint(local_checkpoint)["history"])
-            print(f"{request.trial_id}: resuming from its checkpoint after finetune epoch {done}")
-            earlier_seconds = _earlier_seconds(request, store, local_root)
-
-        def checkpoint_stored(row: dict[str, Any]) -> None:
-            store.put_file(stored_checkpoint, local_checkpoint)
-            if on_epoch is not None:
-                on_epoch(row)
-
-        result = run_finetune(
-            params,
-            device_data(),
-            warm_path,
-            local_checkpoint,
-            resume=resumed,
-            on_checkpoint=checkpoint_stored,
-            until=request.until,
-        )
-        history += result.history
-        status = result.status
-    seconds = earlier_seconds + time.perf_counter() - started
-    metrics = {
-        **final_metrics(history),
-        "status": status,
-        "seconds": seconds,
-        "cached": False,
-        "git_rev": git_revision(),
-    }
-    stored = store_results(request, store, local_root, history, metrics)
-    _keep_result(request, result_key, store, local_root, metrics)
-    return stored
-
-
-def _earlier_seconds(request: TrialRequest, store: ArtifactStore, local_root: Path) -> float:
-    """Seconds the trial's earlier segments took (their stored metrics), so a promoted trial reports its total."""
-    key = trial_key(request.sweep_id, request.trial_id, "metrics.json")
-    local = local_root / key
-    if not store.get_file(key, local):
-        return 0.0
-    return float(json.loads(local.read_text()).get("seconds") or 0.0)
+    return train(setup, on_epoch, started)
 
 
 def run_trial_recorded(request: TrialRequest, on_epoch: EpochHook | None = None) -> dict[str, Any]:
@@ -261,8 +225,10 @@ def run_trial_recorded(request: TrialRequest, on_epoch: EpochHook | None = None)
 
 def _failure_reason(exc: Exception, request: TrialRequest) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    if isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in text:
-        torch.cuda.empty_cache()  # the next trial on this device starts with its memory back
+    torch = sys.modules.get("torch")  # a trial that never imported torch ran out of no device's memory
+    if (torch is not None and isinstance(exc, torch.OutOfMemoryError)) or "can't allocate memory" in text:
+        if torch is not None:
+            torch.cuda.empty_cache()  # the next trial on this device starts with its memory back
         params = request.params
         return (
             f"out of memory with batch_size={params['batch_size']}, "
