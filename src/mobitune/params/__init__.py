@@ -12,6 +12,7 @@ translated into one line that names the key, the value and what is allowed.
 from mobitune.params.loading import load_params, parse_params, recipe_overrides
 from mobitune.params.messages import ParamsError
 from mobitune.params.models import (
+    EXECUTION_KEYS,
     NUM_BLOCKS,
     PARAMS_FILE,
     AugmentParams,

@@ -258,9 +258,16 @@ class StorageParams(_Section):
     outage_s: int = Field(300, ge=0, description="how long S3 calls retry an endpoint that does not answer")
 
 
+EXECUTION_KEYS = ("device", "compile")  # how a run executes, not what it computes: neither swept nor in cache keys
+
+
 class Params(_Section):
     seed: int = 0
     device: Annotated[Text, AfterValidator(_device)] = "auto"
+    compile: Literal["none", "default", "reduce-overhead"] = Field(
+        "none",
+        description="torch.compile the train and eval steps: none (eager), default, reduce-overhead (CUDA graphs)",
+    )
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
     warmup: WarmupParams = WarmupParams()
@@ -298,7 +305,8 @@ def sweepable_keys() -> dict[str, FieldInfo]:
                 walk(nested, f"{prefix}{name}.")
 
     walk(Params, "")
-    keys.pop("device")
+    for how_it_runs in EXECUTION_KEYS:
+        keys.pop(how_it_runs)
     return keys
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mobitune.params import Params, ParamsError, get_dotted, to_override
+from mobitune.params import EXECUTION_KEYS, Params, ParamsError, get_dotted, to_override
 
 # Params that change the warmup checkpoint (dvc.yaml's warmup stage reads the same, plus its data dep).
 WARMUP_KEYS = (
@@ -41,7 +41,7 @@ class TrialSpec:
 def training_config(params: Params) -> str:
     """Canonical text of everything that defines a training run (not the sweep spec itself)."""
     raw = params.to_dict()
-    for key in ("sweep", "storage", "device"):
+    for key in ("sweep", "storage", *EXECUTION_KEYS):
         raw.pop(key)
     return json.dumps(raw, sort_keys=True)
 

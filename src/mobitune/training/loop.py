@@ -40,6 +40,7 @@ class Phase:
     unfreeze_from: str
     options: OptimizationParams = OptimizationParams()
     frozen_batchnorm: bool = False
+    compile: str = "none"  # torch.compile mode of the train and eval steps (params' ``compile``)
 
 
 def warmup_phase(params: Params) -> Phase:
@@ -51,6 +52,7 @@ def warmup_phase(params: Params) -> Phase:
         0,
         params.model.unfreeze_from,
         params.warmup,
+        compile=params.compile,
     )
 
 
@@ -64,6 +66,7 @@ def finetune_phase(params: Params) -> Phase:
         params.model.unfreeze_from,
         params.finetune,
         params.finetune.batchnorm == "frozen",
+        params.compile,
     )
 
 
@@ -141,6 +144,15 @@ class DeviceData:
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+
+def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``module`` as ``torch.compile`` captures it (``mode`` "default", or "reduce-overhead": CUDA graphs), or
+    as it is ("none"). Shapes are static (the last, smaller batch of an epoch gets a graph of its own), since a
+    CUDA graph replays one shape; the module's parameters stay shared, so checkpoints are the eager model's."""
+    if mode == "none":
+        return module
+    return torch.compile(module, mode=mode, dynamic=False)
 
 
 def _unchanged(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -262,6 +274,7 @@ def fit(
     cached = frozen_feature_data(model, device_data) if cache_features and phase.epochs else None
     if cached is not None:
         runner, device_data = model.classifier, cached
+    runner = compiled(runner, phase.compile)
     optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(device_data.train) / phase.batch_size))
     history: list[dict[str, Any]] = []
     if resume is not None:
