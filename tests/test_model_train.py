@@ -12,9 +12,16 @@ from helpers import closed_port_url
 
 from mobitune.params import AugmentParams, Params
 from mobitune.training.batches import BatchTransform, DeviceSplit, augment_batch, resolve_device
-from mobitune.training.data import load_dataset, prepare
+from mobitune.training.data import Dataset, Split, load_dataset, prepare
 from mobitune.training.evaluate import evaluate_checkpoint
 from mobitune.training.loop import DeviceData, run_finetune, run_warmup
+from mobitune.training.memory import (
+    GIB,
+    DeviceMemoryError,
+    check_trial_fits,
+    saved_for_backward_bytes,
+    trial_memory_bytes,
+)
 from mobitune.training.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
 
 
@@ -354,3 +361,36 @@ def test_compiled_steps_train_like_eager_and_resume_exactly(
     assert resumed.history == [
         {**row, "seconds": mine["seconds"]} for row, mine in zip(whole.history, resumed.history, strict=True)
     ]
+
+
+def test_memory_estimate_counts_what_a_real_forward_keeps_and_refuses_a_full_gpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The estimate's activations, from shapes alone (the meta device), are a real training forward's; a trial
+    is refused on a GPU without that much memory left, with a message that says what to do."""
+    params = small_params(**{"model.image_size": 32, "trainable_layers": 4})
+    real = build_model(params.model, 10)
+    set_trainable_blocks(real, params.trainable_layers, params.model.unfreeze_from)
+    with torch.device("meta"):
+        shapes_only = MobileNetClassifier(10, params.model.hidden_units, params.model.dropout)
+    set_trainable_blocks(shapes_only, params.trainable_layers, params.model.unfreeze_from)
+    real_bytes = saved_for_backward_bytes(real, torch.rand(4, 3, 32, 32))
+    meta_batch = torch.empty(4, 3, 32, 32, device="meta")
+    # within 1%: the meta device keeps the per-channel vectors that the CPU's BatchNorm in eval mode leaves empty
+    assert saved_for_backward_bytes(shapes_only, meta_batch) == pytest.approx(real_bytes, rel=0.01)
+
+    def need(*overrides: str) -> int:
+        return trial_memory_bytes(params.override(list(overrides)), 10, 60_000, (3, 32, 32))
+
+    assert need("model.image_size=32") < need("model.image_size=64") < need("model.image_size=224")
+    assert need("batch_size=32") < need("batch_size=192") and need("trainable_layers=17") > need()
+
+    free = need() + GIB // 2
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free - GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 3 * GIB)  # an earlier trial's, cached
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 2 * GIB)
+    images = np.zeros((50_000, 3, 32, 32), dtype=np.uint8)
+    data = Dataset(Split(images, np.zeros(50_000)), Split(images[:10_000], np.zeros(10_000)), list("abcdefghij"), {})
+    check_trial_fits(params, torch.device("cuda:0"), data)  # free + what this process caches: it fits
+    with pytest.raises(DeviceMemoryError, match=r"cuda:0: 1 trial\(s\) of about .* GiB each need .* GiB, .* GiB is fr"):
+        check_trial_fits(params.override(["model.image_size=224"]), torch.device("cuda:0"), data)

@@ -80,9 +80,35 @@ def test_local_backend_gives_one_slot_per_gpu(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(local_runner, "no_gpu_possible", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (80 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
     assert local_devices(Params(), None) == ["cuda:0", "cuda:1"]
     assert local_devices(Params(), 3) == ["cuda:0", "cuda:1", "cuda:0"]
     assert local_devices(Params().override(["device=cuda:1"]), None) == ["cuda:1"]
+
+
+def test_a_local_sweep_that_would_overpack_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--parallel 4 on one GPU: four small trials fit in its free memory, four at 224 px do not, and the
+    largest trial of the sweep is the one that counts."""
+    import torch
+
+    from mobitune.orchestration import local_runner
+    from mobitune.training.memory import GIB, DeviceMemoryError
+
+    monkeypatch.setattr(local_runner, "no_gpu_possible", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (20 * GIB, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+    small, big = Params().override(["model.image_size=64"]), Params().override(["model.image_size=224"])
+    assert local_runner.local_devices(small, 4) == ["cuda:0"] * 4
+    refused = r"cuda:0: 4 trial\(s\) of about [\d.]+ GiB each need [\d.]+ GiB, 20.0 GiB is free there; 1 fit at once"
+    with pytest.raises(DeviceMemoryError, match=refused + r"\. Run fewer trials per device \(--parallel"):
+        local_runner.local_devices(big, 4)
+    with pytest.raises(DeviceMemoryError, match=refused):
+        local_runner.local_devices(small, 4, [small, big])
 
 
 def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -141,11 +141,11 @@ def _sweep(args: argparse.Namespace) -> str:
     else:  # bad params and specs fail before Prefect starts
         params = load_params(args.params, args.overrides, args.recipe)
         args.backend = args.backend or "local"
-    Scheduler.create(params)
+    planned = [trial.params for trial in Scheduler.create(params).planned]
     if args.backend == "local":  # on workers, the device is each worker's
         from mobitune.orchestration.local_runner import local_devices
 
-        local_devices(params, args.parallel)
+        local_devices(params, args.parallel, planned)
     warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

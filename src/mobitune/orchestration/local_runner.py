@@ -24,20 +24,25 @@ def no_gpu_possible() -> bool:
     return sys.platform.startswith("linux") and not any(Path(node).exists() for node in GPU_DEVICE_NODES)
 
 
-def local_devices(params: Params, parallel: int | None) -> list[str]:
-    """One slot per GPU (or ``parallel`` slots); CPU-only machines default to one at a time. Raises a clear
-    error for a device this machine does not have."""
+def local_devices(params: Params, parallel: int | None, trials: list[Params] | None = None) -> list[str]:
+    """One slot per GPU (or ``parallel`` slots, several to a GPU when there are more than GPUs); CPU-only
+    machines default to one at a time. Raises a clear error for a device this machine does not have, and for
+    more trials on a GPU than its memory holds (each as big as the largest of ``trials``, default ``params``)."""
     if params.device == "cpu" or (params.device == "auto" and no_gpu_possible()):
         return ["cpu"] * (parallel or 1)
     import torch
 
     from mobitune.training.batches import resolve_device
+    from mobitune.training.memory import check_packing
 
     device = resolve_device(params.device)
     if device.type == "cuda" and device.index is None:
         gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-        return [gpus[i % len(gpus)] for i in range(parallel or len(gpus))]
-    return [str(device)] * (parallel or 1)
+        devices = [gpus[i % len(gpus)] for i in range(parallel or len(gpus))]
+    else:
+        devices = [str(device)] * (parallel or 1)
+    check_packing(trials or [params], devices)
+    return devices
 
 
 class LocalRunner:

@@ -80,7 +80,7 @@ def sweep(
             local_devices,
         )
 
-        devices = local_devices(params, parallel)
+        devices = local_devices(params, parallel, [trial.params for trial in run.scheduler.planned])
         run.drive(LocalRunner(devices), len(devices), logger)
     else:
         from prefect.client.orchestration import get_client

@@ -22,6 +22,7 @@ from mobitune.training.batches import resolve_device
 from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset
 from mobitune.training.loop import DeviceData, run_finetune, run_warmup
+from mobitune.training.memory import check_trial_fits
 from mobitune.training.model import load_checkpoint
 
 
@@ -34,7 +35,9 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
     def device_data() -> DeviceData:
         """The data on the device, loaded only for training: a stored warmup needs none of it."""
         dataset = load_dataset(setup.prepared, params.data.train_limit, params.data.test_limit)
-        return DeviceData.create(params, dataset, resolve_device(params.device))
+        device = resolve_device(params.device)
+        check_trial_fits(params, device, dataset)  # beside the trials already on this GPU
+        return DeviceData.create(params, dataset, device)
 
     refresh = request.warmup_only and not request.use_cache
     warm_path = _ensure_warmup(
