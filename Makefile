@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser postgres run test test-fast contracts lint bench
+.PHONY: install browser postgres run test test-fast contracts lint bench gpu-inputs
 
 install: $(STAMP)
 
@@ -51,3 +51,13 @@ bench: install
 lint: install
 	ruff check src flows tests benchmarks
 	ruff format --check src flows tests benchmarks
+
+# what benchmarks/gpu_check.sh needs on a GPU machine that cannot fetch anything: the data and stand-in
+# weights of ../shared/data, and wheels for Python 3.12 of what its image lacks; carry benchmarks/out/gpu-inputs
+gpu-inputs: install
+	mkdir -p benchmarks/out/gpu-inputs/wheels
+	cp ../shared/data/cifar10-jpeg.tar.gz ../shared/data/mobilenet_v2-imagenet-standin.pth benchmarks/out/gpu-inputs/
+	python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux2014_x86_64 -d benchmarks/out/gpu-inputs/wheels \
+		pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+		optuna==5.0.0 alembic==1.20.1 colorlog==6.12.0 sqlalchemy==2.1.9 mako==1.4.3

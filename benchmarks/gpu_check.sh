@@ -1,29 +1,40 @@
 #!/usr/bin/env bash
-# GPU check in two calls of under 10 minutes each on one H100/H200, using only what travels with
-# the working tree (shared/data's 19 MB image tarball and 14 MB stand-in weights). Writes to $OUT.
+# GPU checks, each under 9 minutes on one H100/H200, using only what travels with the working tree:
+# `make gpu-inputs` puts shared/data's 19 MB image tarball, the 14 MB stand-in weights and the wheels the
+# device image lacks (pydantic, optuna) in benchmarks/out/gpu-inputs; carry that folder. Writes to $OUT
+# (benchmarks/gpu by default); GIT_REV names the commit measured where the tree travels without .git.
+#   bash benchmarks/gpu_check.sh speed      # train step vs the bare loop, eager and captured; the protocol
+#   bash benchmarks/gpu_check.sh study      # the report's 11-trial study with 1, 4 and 2 trials on the GPU
 #   bash benchmarks/gpu_check.sh bench      # training/eval ratios, data path, CUDA variants
 #   bash benchmarks/gpu_check.sh fidelity   # report protocol vs tuned recipe, full data, 32/64/224 px
 #   bash benchmarks/gpu_check.sh search     # one-at-a-time study vs TPE/random + ASHA; then fidelity at 64 px
-#                                           # with the time left (optuna travels as wheels: see search_study.py)
-# (device tool: cp ../shared/data/*.tar.gz ../shared/data/*.pth . first if shared/ does not travel)
+#                                           # with the time left
 set -euo pipefail
-OUT=${OUT:-benchmarks/out/gpu}
+OUT=${OUT:-benchmarks/gpu}
+INPUTS=benchmarks/out/gpu-inputs
 mkdir -p "$OUT"
 export DVC_NO_ANALYTICS=1 DO_NOT_TRACK=1 PREFECT_SERVER_ANALYTICS_ENABLED=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 
-# The device image has torch, torchvision, numpy, pandas, pillow, pyyaml and tqdm but no package
-# index: run the project from source (the benchmark and training need none of prefect, dvc, boto3).
+# The device image has torch, torchvision, numpy, pandas, matplotlib, pillow, pyyaml and tqdm but no package
+# index and no pydantic or optuna (carried as wheels): run the project from source (the benchmarks and training
+# need none of prefect, dvc, boto3).
 PY=${PYTHON:-python3}
 if ! "$PY" -c "import torch, torchvision; assert torch.cuda.is_available()" 2>/dev/null; then
   echo "no CUDA-enabled torch for $PY on this machine; nothing measured" | tee "$OUT/error.txt"
   exit 1
 fi
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+if ! "$PY" -c "import pydantic, optuna" 2>/dev/null; then
+  [ -d "$INPUTS/wheels" ] || { echo "pydantic or optuna missing and no $INPUTS/wheels: run make gpu-inputs here" | tee "$OUT/error.txt"; exit 1; }
+  "$PY" -m pip install --quiet --no-index --no-deps --target /tmp/gpu-pylib "$INPUTS"/wheels/*.whl
+  export PYTHONPATH=$PYTHONPATH:/tmp/gpu-pylib
+fi
+export PYTHONUNBUFFERED=1 GIT_REV=${GIT_REV:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 
 # shared/ beside the checkout, or the files copied into the tree (untracked files travel)
 find_file() {
-  for candidate in "../shared/data/$1" "shared/data/$1" "$1"; do
+  for candidate in "../shared/data/$1" "shared/data/$1" "$INPUTS/$1" "$1"; do
     [ -f "$candidate" ] && realpath "$candidate" && return
   done
   return 0
@@ -32,6 +43,14 @@ IMAGES=$(find_file cifar10-jpeg.tar.gz)
 WEIGHTS=$(find_file mobilenet_v2-imagenet-standin.pth)
 
 case "${1:-bench}" in
+  speed|study)
+    if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
+      echo "$1 needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
+      exit 1
+    fi
+    timeout 530 "$PY" benchmarks/gpu_speed.py "$1" --images "$IMAGES" --weights "$WEIGHTS" --out "$OUT/$1.json" \
+      2>&1 | tee "$OUT/$1.txt"
+    ;;
   bench)
     [ -n "$IMAGES" ] || echo "no cifar10-jpeg.tar.gz found: the benchmark uses synthetic data" | tee "$OUT/warning.txt"
     timeout 480 "$PY" benchmarks/bench.py --skip-orchestration --out "$OUT/latest.json" ${IMAGES:+--images "$IMAGES"} \
@@ -62,7 +81,7 @@ case "${1:-bench}" in
     fi
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh [bench|fidelity|search]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|search]" >&2
     exit 2
     ;;
 esac
