@@ -330,6 +330,7 @@ from mobitune.sweep.plan import expand, new_sweep_id
 from mobitune.sweep.trial import run_trial
 from mobitune.sweep.trial_files import TrialRequest
 from mobitune.orchestration.sweep_flow import sweep
+import mobitune.sweep.trial_training  # torch and torchvision, imported by the first trial that trains: not timed
 from prefect import flow
 params = load_params({str(params_file)!r})
 @flow
