@@ -434,13 +434,18 @@ def bench_cached_sweep(work: Path, log: Callable) -> dict[str, Any]:
             breakdown = ", ".join(f"{phase} {s:.1f}s" for phase, s in result[name]["phases"].items())
             log(f"cached sweep of 2 trials, {name.replace('_', ' ')}: {seconds:.1f}s ({breakdown})")
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
     return result
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """Ctrl-C, as a user stops a server or worker; killed if it has not ended 20 s later."""
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def _wait_for_api(api: str, timeout: float = 120) -> None:
@@ -518,12 +523,7 @@ def bench_workers(work: Path, trials: int, log: Callable) -> dict[str, Any]:
         tasks = _timed(_api(api, "task_runs/filter", {"flows": {"name": {"any_": ["trial-slot"]}}}))
     finally:
         for process in reversed(processes):
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
     direct = direct_trials_seconds(project / "params.yaml", work / "direct", quiet_env(work))
     first_slot = slots[0]
     handoffs = [b["start"] - a["end"] for a, b in itertools.pairwise(tasks)]
