@@ -119,7 +119,7 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
 
 OOM_SCRIPT = """
 import json, resource, sys
-from mobitune.orchestration.local_runner import local_devices  # import torch and everything else before the cap
+import mobitune.sweep.trial_training  # torch and everything a trial trains with, imported before the cap
 from mobitune.params import load_params
 from mobitune.sweep.plan import expand
 from mobitune.sweep.trial import run_trial_recorded
