@@ -55,14 +55,24 @@ def test_stage_turns_sigterm_and_sigint_into_a_clean_stop(sig: signal.Signals, c
 
 def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
     project = dvc_experiments.project
-    assert stages_run(dvc_experiments.repro) == ["download", "warmup", "finetune", "evaluate"]
+    assert stages_run(dvc_experiments.repro) == ["download", "warmup", "finetune", "evaluate", "export"]
     metrics = dvc_experiments.evaluate_metrics
     assert metrics["status"] == "ok" and metrics["test_accuracy"] > 0.15  # chance is 0.10
     assert len((project / "data/plots/predictions.csv").read_text().splitlines()) == 501
 
+    # the ONNX files of the workspace's model (the recipe's experiment), run by ONNX Runtime on the test images
+    export = json.loads((project / "data/metrics/export.json").read_text())
+    evaluated = json.loads((project / "data/metrics/evaluate.json").read_text())["test_accuracy"]
+    fp32, int8 = export["fp32"], export["int8"]
+    assert export["test_images"] == 500 and export["pytorch_test_accuracy"] == pytest.approx(evaluated)
+    assert fp32["agreement_with_pytorch"] >= 0.999 and fp32["test_accuracy"] == pytest.approx(evaluated, abs=0.002)
+    assert int8["bytes"] == (project / "data/models/model.int8.onnx").stat().st_size
+    assert fp32["bytes"] > 3 * int8["bytes"] and int8["test_accuracy"] > fp32["test_accuracy"] - 0.05
+    assert all(f["latency_ms_batch_1"] > 0 and f["latency_ms_batch_64"] > f["latency_ms_batch_1"] for f in (fp32, int8))
+
     again = run(["dvc", "repro"], project)
     assert stages_run(again.stdout) == [] and "Data and pipelines are up to date" in again.stdout
-    assert stages_run(dvc_experiments.exp_run) == ["finetune", "evaluate"], "the recipe's experiment"
+    assert stages_run(dvc_experiments.exp_run) == ["finetune", "evaluate", "export"], "the recipe's experiment"
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     results = {}

@@ -1,0 +1,172 @@
+"""The fine-tuned model as ONNX files a caller feeds raw images to, and their check against PyTorch.
+
+``model.onnx`` takes uint8 RGB images, ``images`` of shape (N, 3, H, W), any N, H and W, and returns
+``logits`` (N, classes): the ImageNet normalisation and the bilinear resize to ``model.image_size`` are inside
+the graph, as the training's test transform does them. ``model.int8.onnx`` is ONNX Runtime's static
+quantization of it (QDQ, int8 weights per channel, uint8 activations), calibrated on training images; only the
+convolutions and dense layers are quantized, the preprocessing stays in float.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobitune.training.batches import IMAGENET_MEAN, IMAGENET_STD
+from mobitune.training.data import Dataset
+from mobitune.training.model import MobileNetClassifier
+
+INPUT, OUTPUT = "images", "logits"
+OPSET = 17
+CALIBRATION_IMAGES = 320  # training images ONNX Runtime calibrates the int8 ranges on
+CALIBRATION_BATCH = 32
+LATENCY_BATCHES = (1, 64)
+LATENCY_REPEATS = 30
+
+
+class PackagedModel(nn.Module):
+    """The classifier behind its preprocessing: uint8 RGB images of any size in, logits out."""
+
+    def __init__(self, model: MobileNetClassifier, image_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("inv_std", 1 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """As :class:`~mobitune.training.batches.BatchTransform` at test time, but always resizing: a traced
+        graph keeps only the branch its example took, and a resize to the same size changes nothing."""
+        x = (images.float() - self.mean) * self.inv_std
+        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return self.model(x)
+
+
+def export_onnx(model: MobileNetClassifier, image_size: int, path: Path) -> None:
+    """``model`` (evaluation mode, on the CPU) as ``path``, written whole or not at all."""
+    packaged = PackagedModel(model.cpu().eval(), image_size).eval()
+    example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
+    with _scratch(path) as scratch:
+        torch.onnx.export(
+            packaged,
+            (example,),
+            str(scratch),
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch", 2: "height", 3: "width"}, OUTPUT: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,  # TorchScript's exporter: one file, in a second (the dynamo one takes 16 s here)
+        )
+
+
+def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> None:
+    """The int8 copy of ``fp32``, its activation ranges calibrated on ``calibration`` (uint8 images)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // CALIBRATION_BATCH)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT: batch}
+
+    with tempfile.TemporaryDirectory() as work, _scratch(path) as scratch:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(scratch),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "Gemm"],
+        )
+
+
+def session(path: Path) -> Any:
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The file's logits for uint8 ``images`` (N, 3, H, W), ``batch`` at a time."""
+    runner = session(path)
+    chunks = [runner.run([OUTPUT], {INPUT: images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    return np.concatenate(chunks)
+
+
+@torch.inference_mode()
+def torch_logits(model: MobileNetClassifier, image_size: int, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    packaged = PackagedModel(model.cpu().eval(), image_size).eval()
+    chunks = [packaged(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
+    return np.concatenate(chunks)
+
+
+def latency_ms(path: Path, batch: int, image_shape: tuple[int, ...]) -> float:
+    """Median milliseconds of one run of ``batch`` images on this CPU, after a warm-up."""
+    runner = session(path)
+    images = np.zeros((batch, *image_shape), dtype=np.uint8)
+    for _ in range(3):
+        runner.run([OUTPUT], {INPUT: images})
+    times = []
+    for _ in range(LATENCY_REPEATS):
+        started = time.perf_counter()
+        runner.run([OUTPUT], {INPUT: images})
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def export_model(
+    model: MobileNetClassifier, image_size: int, dataset: Dataset, fp32: Path, int8: Path
+) -> dict[str, Any]:
+    """Both files, and how they compare on ``dataset``'s test images with PyTorch: accuracy, top-1 agreement,
+    size and CPU latency (``dataset``'s first training images calibrate the int8 copy)."""
+    export_onnx(model, image_size, fp32)
+    quantize_int8(fp32, int8, dataset.train.images[:CALIBRATION_IMAGES])
+    images, labels = dataset.test.images, dataset.test.labels
+    reference = torch_logits(model, image_size, images).argmax(1)
+    report: dict[str, Any] = {"test_images": len(labels), "pytorch_test_accuracy": float((reference == labels).mean())}
+    for name, path in (("fp32", fp32), ("int8", int8)):
+        predicted = onnx_logits(path, images).argmax(1)
+        report[name] = {
+            "file": str(path),
+            "bytes": path.stat().st_size,
+            "test_accuracy": float((predicted == labels).mean()),
+            "agreement_with_pytorch": float((predicted == reference).mean()),
+            **{f"latency_ms_batch_{b}": latency_ms(path, b, images.shape[1:]) for b in LATENCY_BATCHES},
+        }
+    report["int8_smaller"] = report["fp32"]["bytes"] / report["int8"]["bytes"]
+    report["int8_speedup_batch_1"] = report["fp32"]["latency_ms_batch_1"] / report["int8"]["latency_ms_batch_1"]
+    return report
+
+
+class _scratch:
+    """A scratch path beside ``path`` that replaces it on success and is removed on failure."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self.scratch
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        if kind is None:
+            self.scratch.replace(self.path)
+        else:
+            self.scratch.unlink(missing_ok=True)
