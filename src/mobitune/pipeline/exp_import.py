@@ -7,14 +7,19 @@ none) is written into the workspace at the pipeline's paths (its params in
 save -f -n <trial_id> download``. The ``download`` target limits DVC's commit
 to the data stage, whose output is the same for every trial; the trials'
 models stay in the artifact store, and ``predictions.csv`` is absent from the
-experiments (a sweep trial makes none). The workspace is restored afterwards,
-byte for byte.
+experiments (a sweep trial makes none). A project that has not run the
+pipeline (a fresh clone, right after a sweep) has no data stage output: the
+sweep's own prepared data (``artifacts/cache/data/``, decoded again from the
+trial's ``data.source`` only if this machine has no copy) stands in for it
+during the saves. The workspace is restored afterwards, byte for byte.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,12 +31,13 @@ from typing import Any
 import yaml
 
 from mobitune.errors import MobituneError
-from mobitune.params import PARAMS_FILE
+from mobitune.params import PARAMS_FILE, params_from_dict
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages import final_metrics
 from mobitune.storage.records import HISTORY_COLUMNS, write_csv, write_json
 from mobitune.storage.stores import S3Store
 from mobitune.sweep.publish import MANIFEST
+from mobitune.sweep.trial import ensure_data
 from mobitune.training.loop import FitResult
 
 WRITTEN = (
@@ -42,7 +48,10 @@ WRITTEN = (
     paths.WARMUP_HISTORY,
     paths.FINETUNE_HISTORY,
     paths.PREDICTIONS,
+    paths.DATA / ".gitignore",  # dvc exp save lists the data stage's output there if nothing did yet
+    Path("dvc.lock"),  # and records the stage in it: a project that never ran the pipeline has none
 )
+SWEEP_ROOT = Path("artifacts")  # where mobitune sweep keeps its prepared data (its --local-root)
 WORKSPACE_KEYS = ("device", "sweep", "storage")  # how this machine runs sweeps, not what a trial trained
 
 
@@ -112,11 +121,6 @@ def _write_trial(
 def _check_workspace() -> None:
     if not Path(".dvc").is_dir():
         raise ExpImportError("run mobitune exp-import in the root of the DVC project (no .dvc folder here)")
-    if not paths.PREPARED.exists():
-        raise ExpImportError(
-            f"{paths.PREPARED} is missing: dvc exp save records the data stage's output; run `dvc repro download` "
-            "(or `dvc pull`) first"
-        )
     changed = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=True
     ).stdout
@@ -133,10 +137,13 @@ def import_sweep(source: str) -> list[str]:
     _check_workspace()
     workspace_params = yaml.safe_load(PARAMS_FILE.read_text())
     kept = {path: path.read_bytes() if path.exists() else None for path in WRITTEN}
+    stand_in = None if paths.PREPARED.exists() else _SweepData()
     saved = []
     try:
         with sweep_folder(source) as folder:
             for trial_id, params, history, metrics in _trials(folder):
+                if stand_in is not None:
+                    stand_in.link(params)
                 _write_trial(workspace_params, params, history, metrics)
                 written = [arg for path in WRITTEN if path.exists() for arg in ("-I", str(path))]  # also untracked
                 save = [sys.executable, "-m", "dvc", "exp", "save", "-q", "-f", "-n", trial_id, *written, "download"]
@@ -145,9 +152,34 @@ def import_sweep(source: str) -> list[str]:
                     raise ExpImportError(f"{trial_id}: dvc exp save failed: {result.stderr.strip()}")
                 saved.append(trial_id)
     finally:
+        if stand_in is not None:
+            shutil.rmtree(paths.PREPARED, ignore_errors=True)
         for path, content in kept.items():
             if content is None:
                 path.unlink(missing_ok=True)
             else:
                 path.write_bytes(content)
     return saved
+
+
+class _SweepData:
+    """The data stage's output for a project that has none: the prepared data of the trial being saved,
+    hard-linked (or copied) at ``data/cifar10`` and replaced when a trial's data differs."""
+
+    def __init__(self) -> None:
+        self.linked: Path | None = None
+
+    def link(self, params: dict[str, Any]) -> None:
+        prepared = ensure_data(params_from_dict(params).data, SWEEP_ROOT.resolve())
+        if prepared == self.linked:
+            return
+        shutil.rmtree(paths.PREPARED, ignore_errors=True)
+        shutil.copytree(prepared, paths.PREPARED, copy_function=_link_or_copy)
+        self.linked = prepared
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system
+        shutil.copy2(source, target)
