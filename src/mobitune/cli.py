@@ -6,6 +6,8 @@ mobitune setup                                   # work pools + zombie-run autom
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
+mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best]   # a trial's model as ONNX and int8 ONNX
+mobitune predict IMAGE_OR_FOLDER... [--model data/models/model.onnx] [--top 3] [--csv FILE]
 """
 
 from __future__ import annotations
@@ -83,6 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     exp_import.add_argument("sweep", help="a sweep folder (artifacts/sweeps/<id>) or s3://bucket/prefix/sweeps/<id>")
     recipe = commands.add_parser("recipe", help="print a recipe as `-S key=value` arguments for dvc exp run")
     recipe.add_argument("file", type=Path)
+    export = commands.add_parser(
+        "export", help="a sweep trial's model as ONNX and int8 ONNX, checked against PyTorch, beside its report"
+    )
+    export.add_argument("sweep", help="a sweep folder (artifacts/sweeps/<id>) or s3://bucket/prefix/sweeps/<id>")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", default=None, help="the trial to export (its trial_id)")
+    which.add_argument("--best", action="store_true", help="the trial with the best test accuracy (the default)")
+    predict = commands.add_parser("predict", help="the top classes of JPEG/PNG images of any size")
+    predict.add_argument("images", nargs="+", type=Path, help="image files, or folders of them (a CSV answers)")
+    predict.add_argument(
+        "--model",
+        type=Path,
+        default=Path("data/models/model.onnx"),
+        help="an ONNX file of the export stage or mobitune export, or a mobitune checkpoint (.pt)",
+    )
+    predict.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    predict.add_argument("--csv", type=Path, default=None, help="write the answers to this CSV file")
     return parser
 
 
@@ -101,6 +120,10 @@ def main(argv: list[str] | None = None) -> None:
             print(_setup(args.heartbeat_timeout_s))
         elif args.command == "exp-import":
             print(_exp_import(args.sweep))
+        elif args.command == "export":
+            print(_export(args.sweep, args.trial))
+        elif args.command == "predict":
+            _predict(args)
         else:
             print(_push(args.sweep_dir, args.to))
     except Exception as exc:
@@ -182,6 +205,50 @@ def _exp_import(source: str) -> str:
     if not saved:
         raise MobituneError(f"{source}: no trial of this sweep has a history to import (all failed?)")
     return "\n".join([f"saved {len(saved)} experiment(s): " + " ".join(saved), "compare them: dvc exp show"])
+
+
+def _export(source: str, trial_id: str | None) -> str:
+    from mobitune.pipeline.sweep_export import export_trial
+
+    folder, report = export_trial(source, trial_id)
+    fp32, int8 = report["fp32"], report["int8"]
+    return "\n".join(
+        [
+            f"{folder}: model.onnx (test accuracy {fp32['test_accuracy']:.2%}, agrees with PyTorch on "
+            f"{fp32['agreement_with_pytorch']:.2%}), model.int8.onnx (test accuracy {int8['test_accuracy']:.2%}, "
+            f"{report['int8_smaller']:.1f}x smaller), export.json",
+            f"classify images with it: mobitune predict IMAGE... --model {folder / 'model.onnx'}",
+        ]
+    )
+
+
+def _predict(args: argparse.Namespace) -> None:
+    """Answers on stdout (a CSV for folders or --csv), one error line per image that could not be read on
+    stderr, and exit status 1 if there was any: the other images are answered all the same."""
+    from mobitune.export.predict import csv_rows, image_files, load_predictor, predict
+    from mobitune.storage.records import to_csv, write_csv
+
+    if args.top < 1:
+        raise MobituneError(f"--top must be at least 1, got {args.top}")
+    predictor = load_predictor(args.model)
+    top = min(args.top, len(predictor.classes))
+    answers = predict(predictor, image_files(args.images), top)
+    rows = csv_rows(answers, top)
+    columns = list(rows[0]) if rows else ["image", "error"]
+    if args.csv is not None:
+        write_csv(args.csv, rows, columns)
+        print(f"{len(answers)} image(s) answered in {args.csv}")
+    elif any(path.is_dir() for path in args.images):
+        print(to_csv(rows, columns), end="")
+    else:
+        for answer in answers:
+            if answer.top:
+                print(f"{answer.image}: " + ", ".join(f"{name} {p:.1%}" for name, p in answer.top))
+    failed = [answer for answer in answers if answer.error]
+    for answer in failed:
+        print(f"error: {answer.error}", file=sys.stderr)
+    if failed:
+        sys.exit(1)
 
 
 def _recipe_arguments(path: Path) -> str:
