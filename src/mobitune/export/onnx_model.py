@@ -62,7 +62,7 @@ def export_onnx(model: MobileNetClassifier, image_size: int, classes: list[str],
     packaged = PackagedModel(model.cpu().eval(), image_size).eval()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     with _scratch(path) as scratch, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch.onnx")
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's: see dynamo=False
         torch.onnx.export(
             packaged,
             (example,),
