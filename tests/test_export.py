@@ -1,18 +1,15 @@
-"""Shipping the model: ONNX files run by ONNX Runtime, `mobitune predict` on real image files, and `mobitune
-export` of a sweep's best trial (against the local backend's sweep, published to the S3 test server)."""
+"""Shipping the model: ONNX files run by ONNX Runtime and `mobitune predict` on real image files. `mobitune
+export` of a sweep's best trial is tested in test_sweep_flows.py, on the local backend's sweep."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import run
 from PIL import Image
 
 from mobitune import cli
@@ -110,34 +107,3 @@ def test_a_model_file_of_another_shape_is_refused_by_name(
             cli.main(["predict", str(images / "rgb.png"), "--model", str(model)])
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and str(model) in stderr and message in stderr, stderr
-
-
-@pytest.mark.e2e
-def test_export_of_a_sweeps_best_trial_is_published_beside_its_report(
-    local_sweep: dict, s3, tmp_path: Path, images: Path
-) -> None:
-    """The local backend's sweep (copied, with its checkpoints, and pointed at a bucket of its own):
-    `mobitune export --best` writes both files and export.json, lists them in the manifest with their SHA-256,
-    publishes them, and `mobitune predict` answers with the exported file."""
-    project = tmp_path / "project"
-    shutil.copytree(local_sweep["project"], project, ignore=shutil.ignore_patterns("*.lock"))
-    sweep_dir = project / "artifacts" / "sweeps" / local_sweep["sweep_id"]
-    bucket = s3.bucket("exported")
-    record = json.loads((sweep_dir / "sweep.json").read_text())
-    (sweep_dir / "sweep.json").write_text(json.dumps({**record, "storage_uri": f"s3://{bucket}/team"}))
-    out = run(["mobitune", "export", str(sweep_dir), "--best"], project, env_extra={"AWS_ENDPOINT_URL": s3.endpoint})
-    results = [r for r in csv.DictReader((sweep_dir / "results.csv").open()) if r["status"] == "ok"]
-    best = max(results, key=lambda r: float(r["test_accuracy"]))
-    folder = sweep_dir / "export" / best["trial_id"]
-    report = json.loads((folder / "export.json").read_text())
-    assert report["trial_id"] == best["trial_id"] and report["fp32"]["agreement_with_pytorch"] >= 0.999
-    assert report["fp32"]["test_accuracy"] == pytest.approx(float(best["test_accuracy"]), abs=0.002)
-    assert f"published to s3://{bucket}/team/sweeps/{sweep_dir.name}" in out.stdout
-    manifest = {entry["path"]: entry for entry in json.loads((sweep_dir / "manifest.json").read_text())["files"]}
-    keys = {obj["Key"] for obj in s3.client().list_objects_v2(Bucket=bucket)["Contents"]}
-    for name in ("model.onnx", "model.int8.onnx", "export.json"):
-        path = f"export/{best['trial_id']}/{name}"
-        assert manifest[path]["size"] == (folder / name).stat().st_size
-        assert f"team/sweeps/{sweep_dir.name}/{path}" in keys
-    answer = run(["mobitune", "predict", str(images / "rgb.png"), "--model", str(folder / "model.int8.onnx")], project)
-    assert answer.stdout.startswith(f"{images / 'rgb.png'}: ")

@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from datasets import write_cifar_archive
 from helpers import VENV_BIN, PrefectServer, free_port, run, sweep_project
+from PIL import Image
 from published import METRICS, check_published
 
 
@@ -271,3 +275,36 @@ def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
     assert (sweep_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
     manifest = json.loads((sweep_dir / "manifest.json").read_text())
     assert {"report.md", "results.csv"} <= {entry["path"] for entry in manifest["files"]}
+
+
+def test_export_of_a_sweeps_best_trial_is_published_beside_its_report(
+    local_sweep: dict, s3_server, tmp_path: Path
+) -> None:
+    """The local backend's sweep (copied, with its checkpoints, and pointed at a bucket of its own):
+    `mobitune export --best` writes both files and export.json, lists them in the manifest with their SHA-256,
+    publishes them, and `mobitune predict` answers with the exported file."""
+    project = tmp_path / "project"
+    shutil.copytree(local_sweep["project"], project, ignore=shutil.ignore_patterns("*.lock"))
+    sweep_dir = project / "artifacts" / "sweeps" / local_sweep["sweep_id"]
+    bucket = s3_server.bucket("exported")  # a bucket of its own: the shared sweep's stays as it is
+    record = json.loads((sweep_dir / "sweep.json").read_text())
+    (sweep_dir / "sweep.json").write_text(json.dumps({**record, "storage_uri": f"s3://{bucket}/team"}))
+    s3_env = {"AWS_ENDPOINT_URL": s3_server.endpoint}
+    out = run(["mobitune", "export", str(sweep_dir), "--best"], project, env_extra=s3_env)
+    results = [r for r in csv.DictReader((sweep_dir / "results.csv").open()) if r["status"] == "ok"]
+    best = max(results, key=lambda r: float(r["test_accuracy"]))
+    folder = sweep_dir / "export" / best["trial_id"]
+    report = json.loads((folder / "export.json").read_text())
+    assert report["trial_id"] == best["trial_id"] and report["fp32"]["agreement_with_pytorch"] >= 0.999
+    assert report["fp32"]["test_accuracy"] == pytest.approx(float(best["test_accuracy"]), abs=0.002)
+    assert f"published to s3://{bucket}/team/sweeps/{sweep_dir.name}" in out.stdout
+    manifest = {entry["path"]: entry for entry in json.loads((sweep_dir / "manifest.json").read_text())["files"]}
+    keys = {obj["Key"] for obj in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    for name in ("model.onnx", "model.int8.onnx", "export.json"):
+        path = f"export/{best['trial_id']}/{name}"
+        assert manifest[path]["size"] == (folder / name).stat().st_size
+        assert f"team/sweeps/{sweep_dir.name}/{path}" in keys
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (40, 30), "tan").save(photo)
+    answer = run(["mobitune", "predict", str(photo), "--model", str(folder / "model.int8.onnx")], project)
+    assert answer.stdout.startswith(f"{photo}: ")
