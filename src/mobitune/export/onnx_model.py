@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,8 +58,6 @@ class PackagedModel(nn.Module):
 def export_onnx(model: MobileNetClassifier, image_size: int, classes: list[str], path: Path) -> None:
     """``model`` (evaluation mode, on the CPU) as ``path``, written whole or not at all, its class names in the
     file's metadata (``classes``, a JSON list) for whoever runs it."""
-    import onnx
-
     packaged = PackagedModel(model.cpu().eval(), image_size).eval()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     with _scratch(path) as scratch, warnings.catch_warnings():
@@ -92,8 +91,6 @@ def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> None:
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
             return None if batch is None else {INPUT: batch}
-
-    import onnx
 
     with tempfile.TemporaryDirectory() as work, _scratch(path) as scratch:
         prepared = Path(work) / "prepared.onnx"
