@@ -13,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from mobitune.errors import MobituneError
-from mobitune.export.onnx_model import CLASSES_KEY, INPUT, OUTPUT, session
+from mobitune.export.onnx_model import CLASSES_KEY, INPUT, OUTPUT, PackagedModel, session
+from mobitune.params import params_from_dict
+from mobitune.training.checkpoints import load_trained_model
+from mobitune.training.model import load_checkpoint
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -62,13 +66,6 @@ class CheckpointPredictor:
     """A mobitune checkpoint (``finetune.pt``, a sweep's trial): its params and class names are inside it."""
 
     def __init__(self, path: Path) -> None:
-        import torch
-
-        from mobitune.export.onnx_model import PackagedModel
-        from mobitune.params import params_from_dict
-        from mobitune.training.checkpoints import load_trained_model
-        from mobitune.training.model import load_checkpoint
-
         state = load_checkpoint(path)
         if "params" not in state or "classes" not in state:
             raise ModelFileError(f"{path}: not a mobitune checkpoint (no params/classes); give a trained model")
@@ -76,11 +73,10 @@ class CheckpointPredictor:
         self.classes = list(state["classes"])
         model, _ = load_trained_model(path, params, len(self.classes))
         self.model = PackagedModel(model.eval(), params.model.image_size).eval()
-        self.torch = torch
 
+    @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(image[None])).numpy()[0]
+        return self.model(torch.from_numpy(image[None])).numpy()[0]
 
 
 def load_predictor(path: Path) -> OnnxPredictor | CheckpointPredictor:
