@@ -51,7 +51,7 @@ WRITTEN = (
     paths.DATA / ".gitignore",  # dvc exp save lists the data stage's output there if nothing did yet
     Path("dvc.lock"),  # and records the stage in it: a project that never ran the pipeline has none
 )
-SWEEP_ROOT = Path("artifacts")  # where mobitune sweep keeps its prepared data (its --local-root)
+SWEEP_ROOT = Path("artifacts")  # mobitune sweep's --local-root: sweeps, checkpoints and prepared data
 WORKSPACE_KEYS = ("device", "sweep", "storage")  # how this machine runs sweeps, not what a trial trained
 
 

@@ -17,14 +17,13 @@ from typing import Any
 from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
+from mobitune.pipeline.exp_import import SWEEP_ROOT
 from mobitune.storage.records import git_revision, write_json
 from mobitune.storage.stores import LocalStore, S3Store
 from mobitune.sweep.publish import MANIFEST, SWEEP_RECORD, publish, write_manifest
 from mobitune.sweep.trial import checkpoint_key, ensure_data
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.data import load_dataset
-
-LOCAL_ROOT = Path("artifacts")  # mobitune sweep's --local-root: sweeps, checkpoints and prepared data
 
 
 class SweepExportError(MobituneError):
@@ -64,7 +63,7 @@ def _sweep_folder(source: str) -> Path:
             raise SweepExportError(f"{source}: not a finished sweep folder; give artifacts/sweeps/<sweep_id>")
         return folder
     store = S3Store(source)
-    folder = LOCAL_ROOT.resolve() / "sweeps" / source.rstrip("/").rsplit("/", 1)[-1]
+    folder = SWEEP_ROOT.resolve() / "sweeps" / source.rstrip("/").rsplit("/", 1)[-1]
     if not store.get_file(MANIFEST, folder / MANIFEST):
         raise SweepExportError(f"{source}: no {MANIFEST}; give a published sweep (<storage.uri>/sweeps/<id>)")
     for entry in json.loads((folder / MANIFEST).read_text())["files"]:
