@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mobitune import cli
-from mobitune.export.onnx_model import export_onnx
+from mobitune.export.onnx_model import export_onnx, onnx_logits, torch_logits
 from mobitune.export.predict import CheckpointPredictor, OnnxPredictor, predict
 from mobitune.params import Params
 from mobitune.training.model import build_model
@@ -107,3 +107,16 @@ def test_a_model_file_of_another_shape_is_refused_by_name(
             cli.main(["predict", str(images / "rgb.png"), "--model", str(model)])
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and str(model) in stderr and message in stderr, stderr
+
+
+def test_with_test_flips_the_file_answers_the_mean_of_each_image_and_its_mirror(
+    calibrated_weights: Path, tmp_path: Path
+) -> None:
+    """As the training's evaluation with ``augment.test_flip`` scores the model."""
+    model = build_model(Params().override([f"model.pretrained={calibrated_weights}"]).model, len(CLASSES)).eval()
+    export_onnx(model, 32, CLASSES, tmp_path / "model.onnx", test_flip=True)
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 40), dtype=np.uint8)
+    plain = torch_logits(model, 32, images)
+    mirrored = torch_logits(model, 32, np.ascontiguousarray(images[..., ::-1]))
+    np.testing.assert_allclose(onnx_logits(tmp_path / "model.onnx", images), (plain + mirrored) / 2, atol=1e-4)
+    assert not np.allclose(plain, mirrored, atol=1e-3)

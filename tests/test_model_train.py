@@ -184,13 +184,24 @@ def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) ->
     assert resumed.history[1]["train_loss"] == pytest.approx(uninterrupted.history[1]["train_loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize(
+    "augment",
+    [{}, {"augment.flip": "true", "augment.test_flip": "true"}],
+    ids=["plain", "flips-and-test-flips"],
+)
 def test_cached_features_train_the_head_exactly_like_the_full_forward(
-    prepared: Path, calibrated_weights: Path, tmp_path: Path
+    prepared: Path, calibrated_weights: Path, tmp_path: Path, augment: dict[str, str]
 ) -> None:
-    from mobitune.training.loop import fit, warmup_phase
+    """With flips the cache keeps each image's mirror features too, and draws between them as the flip would."""
+    from mobitune.training.loop import fit, frozen_feature_data, warmup_phase
 
-    params = small_params(calibrated_weights)
+    params = small_params(calibrated_weights, **augment)
     device_data = device_data_for(params, prepared, train_limit=256)
+    probe = build_model(params.model, 10)
+    set_trainable_blocks(probe, 0, "first")
+    cached_data = frozen_feature_data(probe, device_data)
+    assert cached_data is not None
+    assert cached_data.train.images.shape == (256, 2 if augment else 1, 1280)
     histories = []
     for cache in (True, False):
         torch.manual_seed(0)
@@ -208,6 +219,33 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
     for cached, full in zip(*histories, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
             assert cached[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+
+
+def test_test_flips_score_the_mean_logits_of_each_image_and_its_mirror(
+    prepared: Path, calibrated_weights: Path
+) -> None:
+    from mobitune.training.loop import evaluate
+
+    torch.manual_seed(0)
+    model = build_model(small_params(calibrated_weights).model, 10).eval()
+    plain = device_data_for(small_params(), prepared)
+    flipped = device_data_for(small_params(**{"augment.test_flip": "true"}), prepared)
+    x = plain.test_transform(plain.test.images)
+    with torch.no_grad():
+        mean_logits = (model(x) + model(x.flip(3))) / 2
+    loss, accuracy, predicted = evaluate(model, flipped)
+    assert torch.equal(predicted, mean_logits.argmax(1))
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(mean_logits, plain.test.labels).item(), rel=1e-5)
+    assert evaluate(model, plain)[0] != pytest.approx(loss, rel=1e-3)  # the mirror images count
+
+
+def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
+    from mobitune.training.loop import frozen_feature_data
+
+    params = small_params(**{"augment.crop_padding": "2"})
+    model = build_model(params.model, 10)
+    set_trainable_blocks(model, 0, "first")
+    assert frozen_feature_data(model, device_data_for(params, prepared, train_limit=16)) is None
 
 
 def test_learning_rate_schedules_on_fixed_steps() -> None:

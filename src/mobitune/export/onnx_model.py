@@ -2,7 +2,8 @@
 
 ``model.onnx`` takes uint8 RGB images, ``images`` of shape (N, 3, H, W), any N, H and W, and returns
 ``logits`` (N, classes): the ImageNet normalisation and the bilinear resize to ``model.image_size`` are inside
-the graph, as the training's test transform does them. ``model.int8.onnx`` is ONNX Runtime's static
+the graph, as the training's test transform does them (and, with ``augment.test_flip``, the mean with the mirror
+images' logits). ``model.int8.onnx`` is ONNX Runtime's static
 quantization of it (QDQ, int8 weights per channel, uint8 activations), calibrated on training images; the
 preprocessing before the first convolution stays in float.
 """
@@ -40,10 +41,11 @@ LATENCY_REPEATS = 30
 class PackagedModel(nn.Module):
     """The classifier behind its preprocessing: uint8 RGB images of any size in, logits out."""
 
-    def __init__(self, model: MobileNetClassifier, image_size: int) -> None:
+    def __init__(self, model: MobileNetClassifier, image_size: int, test_flip: bool = False) -> None:
         super().__init__()
         self.model = model
         self.image_size = image_size
+        self.test_flip = test_flip
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("inv_std", 1 / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
@@ -52,13 +54,17 @@ class PackagedModel(nn.Module):
         graph keeps only the branch its example took, and a resize to the same size changes nothing."""
         x = (images.float() - self.mean) * self.inv_std
         x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        if self.test_flip:
+            return (self.model(x) + self.model(x.flip(3))) / 2
         return self.model(x)
 
 
-def export_onnx(model: MobileNetClassifier, image_size: int, classes: list[str], path: Path) -> None:
+def export_onnx(
+    model: MobileNetClassifier, image_size: int, classes: list[str], path: Path, test_flip: bool = False
+) -> None:
     """``model`` (evaluation mode, on the CPU) as ``path``, written whole or not at all, its class names in the
     file's metadata (``classes``, a JSON list) for whoever runs it."""
-    packaged = PackagedModel(model.cpu().eval(), image_size).eval()
+    packaged = PackagedModel(model.cpu().eval(), image_size, test_flip).eval()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
     with _scratch(path) as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's: see dynamo=False
@@ -126,8 +132,10 @@ def onnx_logits(path: Path, images: np.ndarray, batch: int = 256) -> np.ndarray:
 
 
 @torch.inference_mode()
-def torch_logits(model: MobileNetClassifier, image_size: int, images: np.ndarray, batch: int = 256) -> np.ndarray:
-    packaged = PackagedModel(model.cpu().eval(), image_size).eval()
+def torch_logits(
+    model: MobileNetClassifier, image_size: int, images: np.ndarray, test_flip: bool = False, batch: int = 256
+) -> np.ndarray:
+    packaged = PackagedModel(model.cpu().eval(), image_size, test_flip).eval()
     chunks = [packaged(torch.from_numpy(images[i : i + batch])).numpy() for i in range(0, len(images), batch)]
     return np.concatenate(chunks)
 
@@ -147,14 +155,14 @@ def latency_ms(path: Path, batch: int, image_shape: tuple[int, ...]) -> float:
 
 
 def export_model(
-    model: MobileNetClassifier, image_size: int, dataset: Dataset, fp32: Path, int8: Path
+    model: MobileNetClassifier, image_size: int, dataset: Dataset, fp32: Path, int8: Path, test_flip: bool = False
 ) -> dict[str, Any]:
     """Both files, and how they compare on ``dataset``'s test images with PyTorch: accuracy, top-1 agreement,
     size and CPU latency (``dataset``'s first training images calibrate the int8 copy)."""
-    export_onnx(model, image_size, dataset.classes, fp32)
+    export_onnx(model, image_size, dataset.classes, fp32, test_flip)
     quantize_int8(fp32, int8, dataset.train.images[:CALIBRATION_IMAGES])
     images, labels = dataset.test.images, dataset.test.labels
-    reference = torch_logits(model, image_size, images).argmax(1)
+    reference = torch_logits(model, image_size, images, test_flip).argmax(1)
     report: dict[str, Any] = {"test_images": len(labels), "pytorch_test_accuracy": float((reference == labels).mean())}
     for name, path in (("fp32", fp32), ("int8", int8)):
         predicted = onnx_logits(path, images).argmax(1)

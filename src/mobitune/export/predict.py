@@ -72,7 +72,7 @@ class CheckpointPredictor:
         params = params_from_dict(state["params"])
         self.classes = list(state["classes"])
         model, _ = load_trained_model(path, params, len(self.classes))
-        self.model = PackagedModel(model.eval(), params.model.image_size).eval()
+        self.model = PackagedModel(model.eval(), params.model.image_size, params.augment.test_flip).eval()
 
     @torch.inference_mode()
     def logits(self, image: np.ndarray) -> np.ndarray:

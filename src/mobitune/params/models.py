@@ -138,6 +138,7 @@ class FinetuneParams(OptimizationParams):
 class AugmentParams(_Section):
     flip: bool = False
     crop_padding: int = Field(0, ge=0, le=16)
+    test_flip: bool = False  # evaluate on the mean logits of each test image and its mirror
 
 
 class SearchRange(_Section):

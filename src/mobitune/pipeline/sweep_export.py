@@ -46,7 +46,9 @@ def export_trial(source: str, trial_id: str | None) -> tuple[Path, dict[str, Any
     dataset = load_dataset(ensure_data(params.data, root), CALIBRATION_IMAGES, params.data.test_limit)
     model, _ = load_trained_model(checkpoint, params, len(dataset.classes))
     out = sweep_dir / "export" / trial_id
-    report = export_model(model, params.model.image_size, dataset, out / "model.onnx", out / "model.int8.onnx")
+    report = export_model(
+        model, params.model.image_size, dataset, out / "model.onnx", out / "model.int8.onnx", params.augment.test_flip
+    )
     write_json(out / "export.json", {"trial_id": trial_id, **report, "git_rev": git_revision()})
     write_manifest(sweep_dir)
     if record.get("storage_uri"):

@@ -89,6 +89,10 @@ class BatchTransform:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def mirrored(self, images: torch.Tensor) -> torch.Tensor:
+        """The model input of the batch's mirror images (test-time flips)."""
+        return self(images.flip(3))
+
 
 def augment_batch(images: torch.Tensor, augment: AugmentParams, generator: torch.Generator) -> torch.Tensor:
     """Random crop (zero padding) and horizontal flip on a whole uint8 batch."""

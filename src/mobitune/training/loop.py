@@ -127,17 +127,21 @@ class DeviceData:
     test: DeviceSplit
     train_transform: Callable[..., torch.Tensor]  # (uint8 batch, generator) -> model input
     test_transform: Callable[..., torch.Tensor]
+    # augment.test_flip: (test batch) -> model input of its mirror images, whose logits are averaged in
+    test_mirror: Callable[..., torch.Tensor] | None = None
 
     @classmethod
     def create(cls, params: Params, dataset: Dataset, device: torch.device) -> DeviceData:
         size = params.model.image_size
+        test_transform = BatchTransform(device, size)
         return cls(
             dataset=dataset,
             device=device,
             train=DeviceSplit.from_split(dataset.train, device),
             test=DeviceSplit.from_split(dataset.test, device),
             train_transform=BatchTransform(device, size, params.augment),
-            test_transform=BatchTransform(device, size),
+            test_transform=test_transform,
+            test_mirror=test_transform.mirrored if params.augment.test_flip else None,
         )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -155,34 +159,56 @@ def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
     return torch.compile(module, mode=mode, dynamic=False)
 
 
-def _unchanged(batch: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    return batch
+def _first_view(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    return features[:, 0]
+
+
+def _mirror_view(features: torch.Tensor) -> torch.Tensor:
+    return features[:, 1]
+
+
+def _random_view(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image's features or its mirror's, drawn as :func:`~mobitune.training.batches.augment_batch` flips."""
+    if features.shape[1] == 1 or generator is None:
+        return features[:, 0]
+    flip = torch.rand(len(features), device=features.device, generator=generator) < 0.5
+    return torch.where(flip.view(-1, 1), features[:, 1], features[:, 0])
 
 
 @torch.no_grad()
 def frozen_feature_data(model: MobileNetClassifier, device_data: DeviceData) -> DeviceData | None:
-    """For a phase with every feature layer frozen and no augmentation: features once.
+    """For a phase with every feature layer frozen and no augmentation but flips: features once.
 
     Such a model maps each image to the same pooled 1280-d feature every
     epoch, so one inference pass replaces ``epochs`` passes through the
-    backbone and each epoch trains only the head. Returns the device_data of
-    features (for ``model.classifier``), or None when the phase does not qualify.
+    backbone and each epoch trains only the head. With flips, the pass also
+    keeps each image's mirror features (two passes instead of ``epochs``),
+    and each batch draws between the two as the image flip would. Returns
+    the device_data of features (for ``model.classifier``), or None when the
+    phase does not qualify (random crops: every epoch sees new pixels).
     """
-    if model.frozen_prefix < len(model.features) or getattr(device_data.train_transform, "augments", False):
+    augment = getattr(device_data.train_transform, "augment", None)
+    if model.frozen_prefix < len(model.features) or (augment is not None and augment.crop_padding):
         return None
     model.eval()
 
-    def features(split: DeviceSplit, name: str) -> DeviceSplit:
+    def features(split: DeviceSplit, name: str, mirrored: bool) -> DeviceSplit:
+        views = [device_data.test_transform] + ([device_data.test_transform.mirrored] if mirrored else [])
         chunks = []
         with tqdm(total=len(split), desc=f"frozen features, {name} (once)", unit="img", disable=None) as bar:
             for images, _ in split.batches(EVAL_BATCH_SIZE):
                 with device_data.autocast():
-                    chunks.append(model.pool(model.features(device_data.test_transform(images))).flatten(1).float())
+                    pooled = [model.pool(model.features(view(images))).flatten(1).float() for view in views]
+                chunks.append(torch.stack(pooled, 1))
                 bar.update(len(images))
         return DeviceSplit(torch.cat(chunks), split.labels)
 
-    train, test = features(device_data.train, "train"), features(device_data.test, "test")
-    return DeviceData(device_data.dataset, device_data.device, train, test, _unchanged, _unchanged)
+    flips = augment is not None and augment.flip
+    test_mirror = device_data.test_mirror is not None
+    train = features(device_data.train, "train", flips)
+    test = features(device_data.test, "test", test_mirror)
+    mirror = _mirror_view if test_mirror else None
+    return DeviceData(device_data.dataset, device_data.device, train, test, _random_view, _first_view, mirror)
 
 
 def train_one_epoch(
@@ -231,14 +257,17 @@ def train_one_epoch(
 def evaluate(
     model: torch.nn.Module, device_data: DeviceData, batch_size: int = EVAL_BATCH_SIZE
 ) -> tuple[float, float, torch.Tensor]:
-    """Mean test loss, accuracy and the predicted class of every test image."""
+    """Mean test loss, accuracy and the predicted class of every test image (with ``augment.test_flip``: of the
+    mean logits of each image and its mirror)."""
     model.eval()
     loss_sum = torch.zeros((), device=device_data.device)
     predictions = []
     for images, labels in device_data.test.batches(batch_size):
         with device_data.autocast():
-            logits = model(device_data.test_transform(images))
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
+            logits = model(device_data.test_transform(images)).float()
+            if device_data.test_mirror is not None:
+                logits = (logits + model(device_data.test_mirror(images)).float()) / 2
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         predictions.append(logits.argmax(1))
     predicted = torch.cat(predictions)
     accuracy = (predicted == device_data.test.labels).float().mean().item()

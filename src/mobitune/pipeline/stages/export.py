@@ -16,7 +16,9 @@ def main() -> None:
     params = load_params()
     dataset = load_dataset(paths.PREPARED, train_limit=CALIBRATION_IMAGES, test_limit=params.data.test_limit)
     model, _ = load_trained_model(paths.FINETUNE_CHECKPOINT, params, len(dataset.classes))
-    report = export_model(model, params.model.image_size, dataset, paths.ONNX_MODEL, paths.INT8_MODEL)
+    report = export_model(
+        model, params.model.image_size, dataset, paths.ONNX_MODEL, paths.INT8_MODEL, params.augment.test_flip
+    )
     write_json(paths.EXPORT_METRICS, {**report, "git_rev": git_revision()})
     fp32, int8 = report["fp32"], report["int8"]
     print(
