@@ -58,10 +58,13 @@ def test_head_matches_the_report() -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize(("blocks", "side", "expected"), [(10, "first", range(1, 11)), (3, "last", range(15, 18))])
-def test_freezing_by_block_count(blocks: int, side: str, expected: range) -> None:
+@pytest.mark.parametrize(
+    ("blocks", "side", "last_conv", "expected"),
+    [(10, "first", False, range(1, 11)), (3, "last", False, range(15, 18)), (17, "first", True, range(1, 19))],
+)
+def test_freezing_by_block_count(blocks: int, side: str, last_conv: bool, expected: range) -> None:
     model = MobileNetClassifier(10, 32, 0.2)
-    set_trainable_blocks(model, blocks, side)
+    set_trainable_blocks(model, blocks, side, last_conv)
     trainable = [i for i, layer in enumerate(model.features) if any(p.requires_grad for p in layer.parameters())]
     assert trainable == list(expected)
     assert all(p.requires_grad for p in model.classifier.parameters())

@@ -129,10 +129,13 @@ class FinetuneParams(OptimizationParams):
     ``batchnorm``: ``train`` (PyTorch's default: the unfrozen blocks' BatchNorm
     normalises with batch statistics and updates its running ones) or ``frozen``
     (it keeps the pretrained statistics; its scale and shift still train).
+    ``last_conv``: whether the 1x1 convolution after the last block (320 -> 1280
+    channels, ``features[18]``) trains too; ``trainable_layers`` counts blocks only.
     """
 
     epochs: int = Field(5, ge=0)
     batchnorm: Literal["train", "frozen"] = "train"
+    last_conv: Literal["frozen", "train"] = "frozen"
 
 
 class AugmentParams(_Section):

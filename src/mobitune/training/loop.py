@@ -40,6 +40,7 @@ class Phase:
     unfreeze_from: str
     options: OptimizationParams = OptimizationParams()
     frozen_batchnorm: bool = False
+    last_conv: bool = False  # features[18] trains too
     compile: str = "none"  # torch.compile mode of the train and eval steps (params' ``compile``)
 
 
@@ -66,6 +67,7 @@ def finetune_phase(params: Params) -> Phase:
         params.model.unfreeze_from,
         params.finetune,
         params.finetune.batchnorm == "frozen",
+        params.finetune.last_conv == "train",
         params.compile,
     )
 
@@ -296,7 +298,7 @@ def fit(
     evaluated run cannot silently change its configuration. ``on_checkpoint``
     gets each epoch's history row once its checkpoint is written.
     """
-    set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from)
+    set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from, phase.last_conv)
     model.frozen_batchnorm = phase.frozen_batchnorm
     model.to(device_data.device, memory_format=torch.channels_last)
     runner: torch.nn.Module = model

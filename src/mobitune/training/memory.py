@@ -38,7 +38,9 @@ def trial_memory_bytes(params: Params, num_classes: int, images: int, image_shap
     and ``images`` uint8 images of ``image_shape`` (C, H, W) kept on the device."""
     with torch.device("meta"):
         model = MobileNetClassifier(num_classes, params.model.hidden_units, params.model.dropout)
-    set_trainable_blocks(model, params.trainable_layers, params.model.unfreeze_from)
+    set_trainable_blocks(
+        model, params.trainable_layers, params.model.unfreeze_from, params.finetune.last_conv == "train"
+    )
     side = params.model.image_size
     saved = saved_for_backward_bytes(model, torch.empty(params.batch_size, 3, side, side, device="meta"))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())

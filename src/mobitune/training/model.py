@@ -65,20 +65,21 @@ class MobileNetClassifier(nn.Module):
         return self
 
 
-def set_trainable_blocks(model: MobileNetClassifier, blocks: int, unfreeze_from: str) -> None:
-    """Freeze all features, then unfreeze ``blocks`` inverted-residual blocks.
+def set_trainable_blocks(model: MobileNetClassifier, blocks: int, unfreeze_from: str, last_conv: bool = False) -> None:
+    """Freeze all features, then unfreeze ``blocks`` inverted-residual blocks (and the last convolution).
 
     ``first`` unfreezes ``features[1..blocks]`` (the report), ``last`` unfreezes
-    ``features[18-blocks..17]``. The head always trains.
+    ``features[18-blocks..17]``; ``last_conv`` unfreezes ``features[18]``. The head always trains.
     """
     if not 0 <= blocks <= NUM_BLOCKS:
         raise ValueError(f"blocks must be in 0..{NUM_BLOCKS}, got {blocks}")
     model.features.requires_grad_(False)
-    indices = range(1, blocks + 1) if unfreeze_from == "first" else range(NUM_BLOCKS + 1 - blocks, NUM_BLOCKS + 1)
+    first = range(1, blocks + 1) if unfreeze_from == "first" else range(NUM_BLOCKS + 1 - blocks, NUM_BLOCKS + 1)
+    indices = [*first, *([NUM_BLOCKS + 1] if last_conv else [])]
     for index in indices:
         model.features[index].requires_grad_(True)
     model.classifier.requires_grad_(True)
-    model.frozen_prefix = indices[0] if blocks else len(model.features)
+    model.frozen_prefix = min(indices, default=len(model.features))
 
 
 def build_model(params: ModelParams, num_classes: int) -> MobileNetClassifier:
