@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -10,7 +11,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from mobitune.sweep import lab_report
+from mobitune import cli
+from mobitune.params import Params
+from mobitune.sweep import lab_document, lab_report
 from mobitune.sweep.figures import save_figure, summary_figure
 from mobitune.sweep.report import report_markdown
 from mobitune.sweep.results import SweepResults
@@ -65,7 +68,7 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
     lines = {line.split(" | ")[0].strip("| "): line for line in lr_section.splitlines() if line.startswith("| 0.")}
     # lr 0.005: ours is the mean of two seeds (76%), the report's Table 1 row beside it, the difference
     assert re.search(
-        r"\| 0.005 \| 76.00 \| 66.41 \| \+9.59 \| 0.6000 \| 0.9567 \| 80.00 \| 67.54 \| 0.5000 \| 0.9189 \|",
+        r"\| 0.005 \| 76.00 \| 66.41 \| 1.41 \| \+9.59 \| 0.6000 \| 0.9567 \| 80.00 \| 67.54 \| 0.5000 \| 0.9189 \|",
         lines["0.005"],
     )
     assert "report: diverged (at chance)" in lines["0.05"] and "ours: diverged" in lines["0.05"]
@@ -77,7 +80,7 @@ def test_sweep_report_sets_each_value_beside_the_report() -> None:
     assert "std" in lr_section and "| 1.41 |" in lr_section  # two seeds, 75% and 77%
     batch_section = report[report.index("## batch_size") :]
     assert "Beside the report's Table 2" in batch_section
-    assert "| 192 | 76.00 | 60.96 | +15.04 |" in batch_section
+    assert "| 192 | 76.00 | 60.96 | 1.41 | +15.04 |" in batch_section
     for value in ("32", "64", "128"):
         assert f"| {value} |  |" in batch_section  # the report's rows we did not sweep: theirs only
 
@@ -113,3 +116,58 @@ def test_a_figure_of_the_same_results_is_copied_not_drawn_again(tmp_path: Path) 
     save_figure(summary, results, "lr", tmp_path / "again" / "lr_summary.png", cache)
     assert drawn == ["lr", "lr", "lr"], "another figure, and other results, are drawn"
     assert again.read_bytes() != first.read_bytes() and len(list(cache.iterdir())) == 3
+
+
+def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float, str]]) -> Path:
+    """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial."""
+    record: dict = {"sweep_id": folder.name, "axes": ["lr"], "base": {"lr": 0.005}, "mode": "grid", "trials": []}
+    for index, (overrides, seed, accuracy, status) in enumerate(trials):
+        trial_id = f"t{index:03d}-s{seed}"
+        record["trials"].append({"trial_id": trial_id, "varied": {"seed": seed}})
+        params = Params().override([*overrides, f"seed={seed}"]).to_dict()
+        trial = folder / "trials" / trial_id
+        trial.mkdir(parents=True)
+        (trial / "params.json").write_text(json.dumps({"params": params}))
+        metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
+        (trial / "metrics.json").write_text(json.dumps({**metrics, "status": status, "seconds": 1.0, "error": None}))
+        epochs = params["warmup"]["epochs"], params["finetune"]["epochs"]
+        phases = ["warmup"] * epochs[0] + ["finetune"] * epochs[1]
+        pd.DataFrame({"step": range(1, len(phases) + 1), "phase": phases}).to_csv(trial / "history.csv", index=False)
+    (folder / "sweep.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_section(tmp_path: Path) -> None:
+    tuned = ["lr=0.001", "augment.flip=true"]
+    subset = ["data.train_limit=5000", "data.test_limit=1000"]
+    full_data = _sweep_folder(
+        tmp_path / "full",
+        [([], 0, 0.74, "ok"), ([], 1, 0.76, "ok"), (tuned, 0, 0.86, "ok"), (tuned, 1, 0.88, "ok")],
+    )
+    more_seeds = _sweep_folder(tmp_path / "more", [(tuned, 2, 0.87, "ok"), (tuned, 3, 0.10, "diverged")])
+    study = _sweep_folder(
+        tmp_path / "study",
+        [
+            (subset, 0, 0.55, "ok"),
+            (subset, 1, 0.59, "ok"),
+            ([*subset, "lr=0.001"], 0, 0.65, "ok"),
+            ([*subset, "lr=0.001", "batch_size=64"], 0, 0.99, "ok"),  # two changes: in no table
+        ],
+    )
+    document = tmp_path / "fidelity.md"
+    document.write_text("# Fidelity\n\nWritten by hand.\n")
+    for _ in range(2):  # the second run replaces the section it wrote
+        cli.main(["report", str(full_data), str(more_seeds), str(study), "--into", str(document)])
+    text = document.read_text()
+    assert text.startswith("# Fidelity\n\nWritten by hand.\n") and text.count(lab_document.BEGIN) == 1
+    assert (
+        "Here, 32 px, the stand-in weights: best config **87.00 ± 1.00%** (lr=0.001, augment.flip=True), "
+        "-0.90 points against the report; the report's protocol 75.00 ± 1.41%." in text
+    )
+    rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| 50k/10k")}
+    assert rows["lr=0.001, augment.flip=True"].endswith("| 87.00 ± 1.00 | +12.00 | 86.0, 88.0, 87.0 | 0.1300 | 3 |")
+    table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs)") :]
+    lines = {line.split(" | ")[0].strip("| "): line for line in table_1.splitlines() if line.startswith("| 0.")}
+    assert lines["0.005"].startswith("| 0.005 | 57.00 | 66.41 | 2.83 | -9.41 |") and "| 2 |" in lines["0.005"]
+    assert lines["0.001"].startswith("| 0.001 | 65.00 |  |  |")  # one seed; not 82% with batch 64's trial
+    assert "Table 2" not in text  # batch 64 changed lr too: no table of its own

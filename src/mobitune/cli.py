@@ -5,6 +5,7 @@ mobitune sweep --resume SWEEP_ID                 # continue a sweep whose proces
 mobitune setup                                   # work pools + zombie-run automation on the Prefect server
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
+mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
 mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best]   # a trial's model as ONNX and int8 ONNX
 mobitune predict IMAGE_OR_FOLDER... [--model data/models/model.onnx] [--top 3] [--csv FILE]
@@ -77,8 +78,19 @@ def _parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
-    report = commands.add_parser("report", help="rebuild a sweep folder's results.csv, figures and report.md")
-    report.add_argument("sweep_dir", type=Path)
+    report = commands.add_parser(
+        "report",
+        help="rebuild a sweep folder's results.csv, figures and report.md; with --into, the report's tables "
+        "beside those of several folders",
+    )
+    report.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir")
+    report.add_argument(
+        "--into",
+        type=Path,
+        default=None,
+        help="write the lab report's headline and Tables 1-3 beside these folders' trials (seeds pooled) into "
+        "this markdown file, replacing its generated section: docs/fidelity.md",
+    )
     exp_import = commands.add_parser(
         "exp-import", help="save a sweep's trials as DVC experiments (then: dvc exp show, dvc plots diff T1 T2)"
     )
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "recipe":
             print(_recipe_arguments(args.file))
         elif args.command == "report":
-            print(_report(args.sweep_dir))
+            print(_report(args.sweep_dirs, args.into))
         elif args.command == "setup":
             print(_setup(args.heartbeat_timeout_s))
         elif args.command == "exp-import":
@@ -267,12 +279,23 @@ def _sweep_record(sweep_dir: Path) -> dict:
     return json.loads(record_path.read_text())
 
 
-def _report(sweep_dir: Path) -> Path:
-    """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune)."""
+def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
+    """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune); with ``into``,
+    the lab report's tables beside several sweeps' trials, written into that document."""
     from mobitune.sweep.publish import write_manifest
     from mobitune.sweep.report import write_report
     from mobitune.sweep.results import load_results
 
+    if into is not None:
+        from mobitune.sweep.lab_document import lab_document, write_into
+
+        for sweep_dir in sweep_dirs:
+            _sweep_record(sweep_dir)
+        write_into(into, lab_document(sweep_dirs))
+        return into
+    if len(sweep_dirs) > 1:
+        raise MobituneError("report: give one sweep folder, or several with --into FILE")
+    sweep_dir = sweep_dirs[0]
     record = _sweep_record(sweep_dir)
     write_report(load_results(sweep_dir, record), sweep_dir, record["sweep_id"])
     write_manifest(sweep_dir)

@@ -86,7 +86,8 @@ def comparison_table(axis: str, ours: pd.DataFrame) -> pd.DataFrame | None:
     """Our per-value results of ``axis`` beside the report's table; None if the report has no such table.
 
     ``ours`` has one row per value with the columns of :data:`ORDER`
-    (accuracies in %) and ``status``; the report's values we did not sweep get
+    (accuracies in %) and ``status``, and may have ``test_accuracy_std`` and
+    ``seeds`` (shown beside); the report's values we did not sweep get
     a row of their own. Differences are ours minus the report's, in points.
     """
     if axis not in TABLES:
@@ -103,7 +104,11 @@ def comparison_table(axis: str, ours: pd.DataFrame) -> pd.DataFrame | None:
             row[f"{LABELS[metric]} ours"] = own[metric] if own is not None else math.nan
             row[f"{LABELS[metric]} report"] = getattr(theirs, metric) * scale if theirs else math.nan
             if metric == "test_accuracy":
+                if "test_accuracy_std" in ours.columns:
+                    row["test acc std ours"] = own["test_accuracy_std"] if own is not None else math.nan
                 row["Δ test acc"] = row["test acc % ours"] - row["test acc % report"]
+        if "seeds" in ours.columns:
+            row["seeds"] = int(own["seeds"]) if own is not None else 0
         row["note"] = _note(axis, value, str(own["status"])) if own is not None else "not swept here"
         rows.append(row)
     return pd.DataFrame(rows)
