@@ -242,6 +242,30 @@ def test_test_flips_score_the_mean_logits_of_each_image_and_its_mirror(
     assert evaluate(model, plain)[0] != pytest.approx(loss, rel=1e-3)  # the mirror images count
 
 
+def test_recalibrated_batchnorm_statistics_are_those_the_training_batches_show(
+    prepared: Path, calibrated_weights: Path
+) -> None:
+    """After recalibration, switching to batch statistics (as the finetune does) leaves the features as they were."""
+    from mobitune.training.batchnorm import recalibrate_batchnorm
+
+    params = small_params(calibrated_weights, **{"model.image_size": "48"})  # not the calibration's 32 px
+    device_data = device_data_for(params, prepared)
+    features = build_model(params.model, 10).features
+    x = device_data.test_transform(device_data.train.images)
+
+    def batch_statistics_change() -> float:
+        with torch.no_grad():
+            stored = features.eval()(x)
+            batch = features.train()(x)
+        return ((batch - stored).norm() / stored.norm()).item()
+
+    before = batch_statistics_change()
+    features.load_state_dict(build_model(params.model, 10).features.state_dict())  # the train() pass moved them
+    recalibrate_batchnorm(features, device_data.train, device_data.test_transform)
+    assert not features.training and all(m.momentum == 0.1 for m in features.modules() if hasattr(m, "momentum"))
+    assert batch_statistics_change() < 0.05 and before > 0.5  # measured: 0.04 against 0.92
+
+
 def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
     from mobitune.training.loop import frozen_feature_data
 

@@ -118,9 +118,14 @@ class OptimizationParams(_Section):
 
 
 class WarmupParams(OptimizationParams):
+    """``batchnorm``: the backbone's BatchNorm statistics, ``pretrained`` (the
+    report) or ``recalibrated`` on the training images at ``model.image_size``
+    before warmup (AdaBN; :mod:`mobitune.training.batchnorm`)."""
+
     epochs: int = Field(5, ge=0)
     lr: Number = Field(0.001, gt=0.0)
     batch_size: int = Field(192, ge=1)
+    batchnorm: Literal["pretrained", "recalibrated"] = "pretrained"
 
 
 class FinetuneParams(OptimizationParams):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mobitune.params import OptimizationParams, Params
 from mobitune.training.batches import BatchTransform, DeviceSplit
+from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import DIVERGED, OK, load_trained_model, resume_state, save_checkpoint
 from mobitune.training.data import Dataset
 from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_blocks
@@ -368,10 +369,14 @@ def _record(params: Params, device_data: DeviceData) -> dict[str, Any]:
 
 
 def run_warmup(params: Params, device_data: DeviceData, checkpoint_path: Path, resume: bool = False) -> FitResult:
-    """Phase 1: all features frozen, only the new head trains."""
+    """Phase 1: all features frozen, only the new head trains (after re-estimating the BatchNorm statistics, with
+    ``warmup.batchnorm: recalibrated``)."""
     torch.manual_seed(params.seed)
     model = build_model(params.model, len(device_data.dataset.classes))
     resumed = resume_state(checkpoint_path, "warmup") if resume else None
+    if params.warmup.batchnorm == "recalibrated" and resumed is None:  # a resumed run's statistics are its own
+        model.to(device_data.device, memory_format=torch.channels_last)
+        recalibrate_batchnorm(model.features, device_data.train, device_data.test_transform)
     return fit(
         model,
         warmup_phase(params),
