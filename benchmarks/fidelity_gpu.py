@@ -1,81 +1,89 @@
-"""The report's protocol and the tuned recipe on all 50k/10k images at several input sizes: accuracy and wall time.
+"""The report's protocol and the tuned recipes on all 50k/10k images, over seeds and input sizes, as sweep folders.
 
 Run (a CUDA machine; ``benchmarks/gpu_check.sh fidelity`` finds the files):
 ``python benchmarks/fidelity_gpu.py --images cifar10-jpeg.tar.gz --weights mobilenet_v2-imagenet-standin.pth``
 
-Each run is the full 10-epoch budget (5 warmup + 5 finetune) through the same
-functions as the DVC stages; results are rewritten to ``--out`` after every
-run, so a run cut short by a time limit keeps what finished.
+Each (size, recipe) is a real grid sweep over ``--seeds`` driven by :class:`mobitune.sweep.run.SweepRun` with the
+trials run in this process (no Prefect: the GPU image has none; see ``search_study.py``), the full 5 + 5 epoch
+budget each. Sweeps run 64 px first (every CPU figure's size), then the others, until ``--deadline-s``; their
+folders are tarred after each, so a run cut short keeps what finished. ``mobitune report --into docs/fidelity.md``
+sets them beside the report.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
+import logging
+import shutil
+import tarfile
 import time
 from pathlib import Path
 
-import torch
+from search_study import InlineRunner
 
 from mobitune.params import load_params
-from mobitune.training.batches import resolve_device
-from mobitune.training.data import load_dataset, prepare
-from mobitune.training.loop import DeviceData, run_finetune, run_warmup
+from mobitune.sweep.results import best_trial
+from mobitune.sweep.run import SweepRun
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("report", "tuned")
+PARAMS_AXES = ("lr", "batch_size", "trainable_layers")  # the axes params.yaml sweeps by default
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, required=True, help="cifar10-jpeg.tar.gz (image-folder tarball)")
     parser.add_argument("--weights", type=Path, required=True, help="ImageNet MobileNetV2 state dict")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 224])
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 32, 224])
+    parser.add_argument("--recipes", nargs="+", default=["report", "tuned"], help="names of recipes/*.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None, help="first N train and N/5 test images (smoke runs)")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "fidelity.json")
+    parser.add_argument("--deadline-s", type=float, default=480, help="start no sweep after this many seconds")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/fidelity"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "fidelity")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logger = logging.getLogger("fidelity")
 
-    work = Path(tempfile.mkdtemp(prefix="fidelity-"))
     started = time.perf_counter()
-    prepared = work / "cifar10"
-    prepare(str(args.images.resolve()), None, prepared)
-    print(f"decode: {time.perf_counter() - started:.1f}s")
-    results = []
+    args.out.mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         for recipe in args.recipes:
+            if time.perf_counter() - started > args.deadline_s:
+                logger.info("deadline reached: %s at %d px not started", recipe, size)
+                return
+            recipe_file = ROOT / "recipes" / f"{recipe}.yaml"
             overrides = [
                 f"device={args.device}",
                 f"data.source={args.images.resolve()}",
                 "data.md5=null",
                 f"model.pretrained={args.weights.resolve()}",
                 f"model.image_size={size}",
+                "sweep.mode=grid",
+                f"sweep.seeds={args.seeds}",
             ]
             if args.limit:
                 overrides += [f"data.train_limit={args.limit}", f"data.test_limit={max(1, args.limit // 5)}"]
-            params = load_params(ROOT / "params.yaml", overrides, ROOT / "recipes" / f"{recipe}.yaml")
-            subset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
-            device_data = DeviceData.create(params, subset, resolve_device(params.device))
-            started = time.perf_counter()
-            warm = run_warmup(params, device_data, work / "warmup.pt")
-            fine = run_finetune(params, device_data, work / "warmup.pt", work / "finetune.pt")
-            if device_data.device.type == "cuda":
-                torch.cuda.synchronize()
-            row = {
-                "recipe": recipe,
-                "image_size": size,
-                "seconds": round(time.perf_counter() - started, 1),
-                "warmup_end": warm.history[-1],
-                "finetune_end": fine.history[-1] if fine.history else None,
-                "status": fine.status,
-                "device": torch.cuda.get_device_name() if device_data.device.type == "cuda" else "cpu",
-            }
-            results.append(row)
-            print(json.dumps(row))
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            recipe_params = load_params(ROOT / "params.yaml", overrides, recipe_file)
+            # params.yaml's axes at the recipe's own values: a grid over seeds alone
+            overrides += [f"sweep.{axis}=[{getattr(recipe_params, axis)}]" for axis in PARAMS_AXES]
+            params = load_params(ROOT / "params.yaml", overrides, recipe_file)
+            sweep_started = time.perf_counter()
+            run = SweepRun.start(params, args.work, str(recipe_file.relative_to(ROOT)), overrides, "local")
+            run.drive(InlineRunner(), 1, logger)
+            results = run.finish()
+            best = best_trial(results)
+            logger.info(
+                "%s at %d px: %s in %.0f s (best %s)",
+                recipe,
+                size,
+                ", ".join(f"{a * 100:.2f}%" for a in results.table["test_accuracy"]),
+                time.perf_counter() - sweep_started,
+                None if best is None else best["trial_id"],
+            )
+            shutil.copytree(run.sweep_dir, args.work / "keep" / f"{recipe}-{size}px", dirs_exist_ok=True)
+            with tarfile.open(args.out / "sweeps.tar.gz", "w:gz") as archive:
+                archive.add(args.work / "keep", arcname="sweeps")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh speed      # train step vs the bare loop, eager and captured; the protocol
 #   bash benchmarks/gpu_check.sh study      # the report's 11-trial study with 1, 4 and 2 trials on the GPU
 #   bash benchmarks/gpu_check.sh bench      # training/eval ratios, data path, CUDA variants
-#   bash benchmarks/gpu_check.sh fidelity   # report protocol vs tuned recipe, full data, 32/64/224 px
+#   bash benchmarks/gpu_check.sh fidelity   # protocol and both tuned recipes, full data, 64 px, 3 seeds: sweep folders
+#   bash benchmarks/gpu_check.sh fidelity-sizes  # the protocol and the best recipe at 32 and 224 px, 1 seed
 #   bash benchmarks/gpu_check.sh search     # one-at-a-time study vs TPE/random + ASHA; then fidelity at 64 px
 #                                           # with the time left
 set -euo pipefail
@@ -61,9 +62,20 @@ case "${1:-bench}" in
       echo "fidelity needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
       exit 1
     fi
-    # 64 px first: the size every CPU figure uses; 224 last (slowest), so a time-out loses the least
-    timeout 540 "$PY" benchmarks/fidelity_gpu.py --images "$IMAGES" --weights "$WEIGHTS" --sizes 64 32 224 \
-      --out "$OUT/fidelity.json" 2>&1 | tee "$OUT/fidelity.txt"
+    # the headline: 3 recipes x 3 seeds on all 50k/10k images at 64 px (about 50 s a run on an H200)
+    timeout 540 "$PY" benchmarks/fidelity_gpu.py --images "$IMAGES" --weights "$WEIGHTS" --sizes 64 \
+      --recipes tuned-recalibrated report tuned --seeds 0 1 2 --deadline-s 380 --out "$OUT/fidelity" \
+      2>&1 | tee "$OUT/fidelity.txt"
+    ;;
+  fidelity-sizes)
+    if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
+      echo "fidelity-sizes needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
+      exit 1
+    fi
+    # the report's 32 px (the stand-in's features are dead there) and the weights' own 224 px (slowest: last)
+    timeout 540 "$PY" benchmarks/fidelity_gpu.py --images "$IMAGES" --weights "$WEIGHTS" --sizes 32 224 \
+      --recipes tuned-recalibrated report --seeds 0 --deadline-s 300 --out "$OUT/fidelity-sizes" \
+      2>&1 | tee "$OUT/fidelity-sizes.txt"
     ;;
   search)
     if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
@@ -77,11 +89,11 @@ case "${1:-bench}" in
     left=$((540 - (SECONDS - started)))
     if [ "$left" -gt 90 ]; then
       timeout "$left" "$PY" benchmarks/fidelity_gpu.py --images "$IMAGES" --weights "$WEIGHTS" --sizes 64 \
-        --out "$OUT/fidelity.json" 2>&1 | tee "$OUT/fidelity.txt" || true
+        --recipes tuned-recalibrated --seeds 0 --deadline-s 60 --out "$OUT/fidelity" 2>&1 | tee "$OUT/fidelity.txt" || true
     fi
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|search]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|fidelity-sizes|search]" >&2
     exit 2
     ;;
 esac
