@@ -137,14 +137,22 @@ def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float, str]])
     return folder
 
 
-def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_section(tmp_path: Path) -> None:
+def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "mine.yaml").write_text("lr: 0.001\naugment.flip: true\nseed: 0  # the protocol's\n")
     tuned = ["lr=0.001", "augment.flip=true"]
     subset = ["data.train_limit=5000", "data.test_limit=1000"]
     full_data = _sweep_folder(
         tmp_path / "full",
         [([], 0, 0.74, "ok"), ([], 1, 0.76, "ok"), (tuned, 0, 0.86, "ok"), (tuned, 1, 0.88, "ok")],
     )
-    more_seeds = _sweep_folder(tmp_path / "more", [(tuned, 2, 0.87, "ok"), (tuned, 3, 0.10, "diverged")])
+    more_seeds = _sweep_folder(
+        tmp_path / "more",
+        [(tuned, 2, 0.87, "ok"), (tuned, 3, 0.10, "diverged"), ([*tuned, "batch_size=64"], 0, 0.80, "ok")],
+    )
     study = _sweep_folder(
         tmp_path / "study",
         [
@@ -161,11 +169,12 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     text = document.read_text()
     assert text.startswith("# Fidelity\n\nWritten by hand.\n") and text.count(lab_document.BEGIN) == 1
     assert (
-        "Here, 32 px, the stand-in weights: best config **87.00 ± 1.00%** (lr=0.001, augment.flip=True), "
+        "Here, 32 px, the stand-in weights: best config **87.00 ± 1.00%** (`mine`), "
         "-0.90 points against the report; the report's protocol 75.00 ± 1.41%." in text
     )
     rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| 50k/10k")}
-    assert rows["lr=0.001, augment.flip=True"].endswith("| 87.00 ± 1.00 | +12.00 | 86.0, 88.0, 87.0 | 0.1300 | 3 |")
+    assert rows["`mine`"].endswith("| 87.00 ± 1.00 | +12.00 | 86.0, 88.0, 87.0 | 0.1300 | 3 |")
+    assert rows["`mine` + batch_size=64"].endswith("| 80.00 (1 seed) | +5.00 | 80.0 | 0.2000 | 1 |")
     table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs)") :]
     lines = {line.split(" | ")[0].strip("| "): line for line in table_1.splitlines() if line.startswith("| 0.")}
     assert lines["0.005"].startswith("| 0.005 | 57.00 | 66.41 | 2.83 | -9.41 |") and "| 2 |" in lines["0.005"]

@@ -287,11 +287,11 @@ def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
     from mobitune.sweep.results import load_results
 
     if into is not None:
-        from mobitune.sweep.lab_document import lab_document, write_into
+        from mobitune.sweep.lab_document import lab_document, recipes_in, write_into
 
         for sweep_dir in sweep_dirs:
             _sweep_record(sweep_dir)
-        write_into(into, lab_document(sweep_dirs))
+        write_into(into, lab_document(sweep_dirs, recipes_in(Path("recipes"))))
         return into
     if len(sweep_dirs) > 1:
         raise MobituneError("report: give one sweep folder, or several with --into FILE")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from mobitune.params import Params, get_dotted
+from mobitune.params import Params, get_dotted, parse_override, recipe_overrides
 from mobitune.sweep import lab_report
 from mobitune.sweep.report import markdown_table
 from mobitune.sweep.results import METRIC_COLUMNS, load_results
@@ -51,9 +51,19 @@ def changed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def config_label(changed: Mapping[str, Any]) -> str:
-    """``lr=0.001, augment.flip=True``, or the protocol's name."""
-    return ", ".join(f"{key}={value}" for key, value in changed.items()) or PROTOCOL
+def config_label(changed: Mapping[str, Any], recipes: Mapping[str, Mapping[str, Any]]) -> str:
+    """The largest of ``recipes`` (name -> its changes from the protocol) whose every key the config changes,
+    then what it sets otherwise: ``tuned + augment.test_flip=True``, ``tuned + lr=0.002``; ``lr=0.001`` when no
+    recipe applies; or the protocol's name."""
+    applies = [name for name, keys in recipes.items() if keys and set(keys) <= set(changed)]
+    recipe = max(applies, key=lambda name: (len(recipes[name]), _same(changed, recipes[name])), default=None)
+    base = recipes[recipe] if recipe else {}
+    besides = [f"{key}={value}" for key, value in changed.items() if key not in base or base[key] != value]
+    return " + ".join(([f"`{recipe}`"] if recipe else []) + besides) or PROTOCOL
+
+
+def _same(changed: Mapping[str, Any], recipe: Mapping[str, Any]) -> int:
+    return sum(changed.get(key) == value for key, value in recipe.items())
 
 
 def _data_label(train_limit: int | None, test_limit: int | None) -> str:
@@ -66,8 +76,8 @@ def _data_label(train_limit: int | None, test_limit: int | None) -> str:
     return f"{count(train_limit, CIFAR_TRAIN)}/{count(test_limit, CIFAR_TEST)}"
 
 
-def trial_table(sweep_dirs: Iterable[Path]) -> pd.DataFrame:
-    """One row per finished trial of every folder: its sweep, setting, config label, seed and final metrics."""
+def trial_table(sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per trial of every folder: its sweep, setting, config (named by ``recipes``), seed, final metrics."""
     rows = []
     for sweep_dir in sweep_dirs:
         record = json.loads((sweep_dir / "sweep.json").read_text())
@@ -82,7 +92,7 @@ def trial_table(sweep_dirs: Iterable[Path]) -> pd.DataFrame:
                     "data": _data_label(get_dotted(params, "data.train_limit"), get_dotted(params, "data.test_limit")),
                     "px": get_dotted(params, "model.image_size"),
                     "epochs": f"{trial.warmup_epochs}+{trial.finetune_epochs}",
-                    "config": config_label(changed),
+                    "config": config_label(changed, recipes),
                     "changed": tuple(changed),
                     **{axis: get_dotted(params, axis) for axis in lab_report.TABLES},
                     "seed": params["seed"],
@@ -180,9 +190,24 @@ def study_tables(trials: pd.DataFrame) -> list[str]:
     return lines
 
 
-def lab_document(sweep_dirs: list[Path]) -> str:
-    """The generated section: headline, every config over seeds, Tables 1-3; the folders it came from."""
-    trials = trial_table(sweep_dirs)
+def recipes_in(folder: Path) -> dict[str, dict[str, Any]]:
+    """``folder``'s recipes (``recipes/*.yaml``) by name: the params each sets; none if there is no such folder."""
+    files = sorted(folder.glob("*.yaml"))
+    return {path.stem: dict(parse_override(line) for line in recipe_overrides(path)) for path in files}
+
+
+def lab_document(sweep_dirs: list[Path], recipes: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """The generated section: headline, every config over seeds, Tables 1-3; the folders it came from.
+
+    ``recipes`` (name -> the params it sets) name the configs that contain them; what a recipe sets to the
+    protocol's value does not count.
+    """
+    protocol = _flat(Params().to_dict())
+    changes = {
+        name: {key: value for key, value in keys.items() if protocol.get(key) != value}
+        for name, keys in (recipes or {}).items()
+    }
+    trials = trial_table(sweep_dirs, changes)
     lines = [
         BEGIN,
         "",
@@ -192,7 +217,8 @@ def lab_document(sweep_dirs: list[Path]) -> str:
         "",
         "### Every configuration, seeds pooled",
         "",
-        "Test accuracy (%) after the last epoch; Δ: points against the report's protocol in the same setting.",
+        "Test accuracy (%) after the last epoch; Δ: points against the report's protocol in the same setting. A "
+        "config is named by the largest recipe it contains (`recipes/<name>.yaml`) and what it changes besides.",
         "",
         markdown_table(config_table(trials)),
         "",
