@@ -37,9 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from mobitune.params import Params
-from mobitune.training.batches import BatchTransform, DeviceSplit, resolve_device
+from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
-from mobitune.training.loop import DeviceData, evaluate, fit, train_one_epoch, warmup_phase
+from mobitune.training.loop import evaluate, fit, train_one_epoch, warmup_phase
 from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from mobitune.params import params_from_dict
 from mobitune.sweep.trial import ensure_data
-from mobitune.training.batches import resolve_device
+from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.data import load_dataset
 from mobitune.training.evaluate import evaluate_checkpoint
-from mobitune.training.loop import DeviceData
 
 
 def main() -> None:

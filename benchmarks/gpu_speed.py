@@ -40,9 +40,9 @@ from mobitune.params import Params, load_params
 from mobitune.sweep.run import SweepRun
 from mobitune.sweep.trial import ensure_data, run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
-from mobitune.training.batches import DeviceSplit, resolve_device
+from mobitune.training.batches import DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, load_dataset, prepare
-from mobitune.training.loop import DeviceData, compiled, run_finetune, run_warmup, train_one_epoch
+from mobitune.training.loop import compiled, run_finetune, run_warmup, train_one_epoch
 from mobitune.training.memory import trial_memory_bytes
 
 WEIGHTS = ROOT.parent / "shared" / "data" / "mobilenet_v2-imagenet-standin.pth"

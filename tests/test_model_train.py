@@ -11,10 +11,10 @@ import torch
 from helpers import closed_port_url
 
 from mobitune.params import AugmentParams, Params
-from mobitune.training.batches import BatchTransform, DeviceSplit, augment_batch, resolve_device
+from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, augment_batch, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
 from mobitune.training.evaluate import evaluate_checkpoint
-from mobitune.training.loop import DeviceData, run_finetune, run_warmup
+from mobitune.training.loop import run_finetune, run_warmup
 from mobitune.training.memory import (
     GIB,
     DeviceMemoryError,
@@ -196,7 +196,8 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
     prepared: Path, calibrated_weights: Path, tmp_path: Path, augment: dict[str, str]
 ) -> None:
     """With flips the cache keeps each image's mirror features too, and draws between them as the flip would."""
-    from mobitune.training.loop import fit, frozen_feature_data, warmup_phase
+    from mobitune.training.frozen_features import frozen_feature_data
+    from mobitune.training.loop import fit, warmup_phase
 
     params = small_params(calibrated_weights, **augment)
     device_data = device_data_for(params, prepared, train_limit=256)
@@ -267,7 +268,7 @@ def test_recalibrated_batchnorm_statistics_are_those_the_training_batches_show(
 
 
 def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
-    from mobitune.training.loop import frozen_feature_data
+    from mobitune.training.frozen_features import frozen_feature_data
 
     params = small_params(**{"augment.crop_padding": "2"})
     model = build_model(params.model, 10)

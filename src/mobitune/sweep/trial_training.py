@@ -18,10 +18,10 @@ from mobitune.storage.records import git_revision, write_json
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial import EpochHook, TrialSetup, checkpoint_key, exclusive
 from mobitune.sweep.trial_files import TrialRequest, final_metrics, store_results, trial_key
-from mobitune.training.batches import resolve_device
+from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset
-from mobitune.training.loop import DeviceData, run_finetune, run_warmup
+from mobitune.training.loop import run_finetune, run_warmup
 from mobitune.training.memory import check_trial_fits
 from mobitune.training.model import load_checkpoint
 

@@ -7,19 +7,22 @@ workers and no per-sample Python on the hot path (the airbench approach).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from mobitune.errors import MobituneError
-from mobitune.params import AugmentParams
-from mobitune.training.data import Split
+from mobitune.params import AugmentParams, Params
+from mobitune.training.data import Dataset, Split
 
 # torchvision's ImageNet statistics, in uint8 units (the pretrained features expect them)
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+EVAL_BATCH_SIZE = 1000
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -112,3 +115,36 @@ def augment_batch(images: torch.Tensor, augment: AugmentParams, generator: torch
         flip = torch.rand(n, device=device, generator=generator) < 0.5
         images = torch.where(flip.view(n, 1, 1, 1), images.flip(3), images)
     return images
+
+
+@dataclass
+class DeviceData:
+    """What every phase needs: data on the device, its transform, the device."""
+
+    dataset: Dataset
+    device: torch.device
+    train: DeviceSplit
+    test: DeviceSplit
+    train_transform: Callable[..., torch.Tensor]  # (uint8 batch, generator) -> model input
+    test_transform: Callable[..., torch.Tensor]
+    # augment.test_flip: (test batch) -> model input of its mirror images, whose logits are averaged in
+    test_mirror: Callable[..., torch.Tensor] | None = None
+
+    @classmethod
+    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> DeviceData:
+        size = params.model.image_size
+        test_transform = BatchTransform(device, size)
+        return cls(
+            dataset=dataset,
+            device=device,
+            train=DeviceSplit.from_split(dataset.train, device),
+            test=DeviceSplit.from_split(dataset.test, device),
+            train_transform=BatchTransform(device, size, params.augment),
+            test_transform=test_transform,
+            test_mirror=test_transform.mirrored if params.augment.test_flip else None,
+        )
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()

@@ -9,8 +9,9 @@ from typing import Any
 import torch
 
 from mobitune.params import Params
+from mobitune.training.batches import DeviceData
 from mobitune.training.checkpoints import load_trained_model
-from mobitune.training.loop import DeviceData, evaluate
+from mobitune.training.loop import evaluate
 
 
 @dataclass

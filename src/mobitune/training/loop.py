@@ -8,7 +8,6 @@ test of the running loss every ``DIVERGENCE_CHECK_EVERY`` steps.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -21,14 +20,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobitune.params import OptimizationParams, Params
-from mobitune.training.batches import BatchTransform, DeviceSplit
+from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import DIVERGED, OK, load_trained_model, resume_state, save_checkpoint
-from mobitune.training.data import Dataset
+from mobitune.training.frozen_features import frozen_feature_data
 from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_blocks
 
 DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
-EVAL_BATCH_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -120,39 +118,6 @@ class FitResult:
     status: str
 
 
-@dataclass
-class DeviceData:
-    """What every phase needs: data on the device, its transform, the device."""
-
-    dataset: Dataset
-    device: torch.device
-    train: DeviceSplit
-    test: DeviceSplit
-    train_transform: Callable[..., torch.Tensor]  # (uint8 batch, generator) -> model input
-    test_transform: Callable[..., torch.Tensor]
-    # augment.test_flip: (test batch) -> model input of its mirror images, whose logits are averaged in
-    test_mirror: Callable[..., torch.Tensor] | None = None
-
-    @classmethod
-    def create(cls, params: Params, dataset: Dataset, device: torch.device) -> DeviceData:
-        size = params.model.image_size
-        test_transform = BatchTransform(device, size)
-        return cls(
-            dataset=dataset,
-            device=device,
-            train=DeviceSplit.from_split(dataset.train, device),
-            test=DeviceSplit.from_split(dataset.test, device),
-            train_transform=BatchTransform(device, size, params.augment),
-            test_transform=test_transform,
-            test_mirror=test_transform.mirrored if params.augment.test_flip else None,
-        )
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
 def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
     """``module`` as ``torch.compile`` captures it (``mode`` "default", or "reduce-overhead": CUDA graphs), or
     as it is ("none"). Shapes are static (the last, smaller batch of an epoch gets a graph of its own), since a
@@ -160,58 +125,6 @@ def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
     if mode == "none":
         return module
     return torch.compile(module, mode=mode, dynamic=False)
-
-
-def _first_view(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    return features[:, 0]
-
-
-def _mirror_view(features: torch.Tensor) -> torch.Tensor:
-    return features[:, 1]
-
-
-def _random_view(features: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image's features or its mirror's, drawn as :func:`~mobitune.training.batches.augment_batch` flips."""
-    if features.shape[1] == 1 or generator is None:
-        return features[:, 0]
-    flip = torch.rand(len(features), device=features.device, generator=generator) < 0.5
-    return torch.where(flip.view(-1, 1), features[:, 1], features[:, 0])
-
-
-@torch.no_grad()
-def frozen_feature_data(model: MobileNetClassifier, device_data: DeviceData) -> DeviceData | None:
-    """For a phase with every feature layer frozen and no augmentation but flips: features once.
-
-    Such a model maps each image to the same pooled 1280-d feature every
-    epoch, so one inference pass replaces ``epochs`` passes through the
-    backbone and each epoch trains only the head. With flips, the pass also
-    keeps each image's mirror features (two passes instead of ``epochs``),
-    and each batch draws between the two as the image flip would. Returns
-    the device_data of features (for ``model.classifier``), or None when the
-    phase does not qualify (random crops: every epoch sees new pixels).
-    """
-    augment = getattr(device_data.train_transform, "augment", None)
-    if model.frozen_prefix < len(model.features) or (augment is not None and augment.crop_padding):
-        return None
-    model.eval()
-
-    def features(split: DeviceSplit, name: str, mirrored: bool) -> DeviceSplit:
-        views = [device_data.test_transform] + ([device_data.test_transform.mirrored] if mirrored else [])
-        chunks = []
-        with tqdm(total=len(split), desc=f"frozen features, {name} (once)", unit="img", disable=None) as bar:
-            for images, _ in split.batches(EVAL_BATCH_SIZE):
-                with device_data.autocast():
-                    pooled = [model.pool(model.features(view(images))).flatten(1).float() for view in views]
-                chunks.append(torch.stack(pooled, 1))
-                bar.update(len(images))
-        return DeviceSplit(torch.cat(chunks), split.labels)
-
-    flips = augment is not None and augment.flip
-    test_mirror = device_data.test_mirror is not None
-    train = features(device_data.train, "train", flips)
-    test = features(device_data.test, "test", test_mirror)
-    mirror = _mirror_view if test_mirror else None
-    return DeviceData(device_data.dataset, device_data.device, train, test, _random_view, _first_view, mirror)
 
 
 def train_one_epoch(

@@ -19,8 +19,8 @@ from torch import nn
 
 from mobitune.errors import MobituneError
 from mobitune.params import Params
+from mobitune.training.batches import EVAL_BATCH_SIZE
 from mobitune.training.data import Dataset
-from mobitune.training.loop import EVAL_BATCH_SIZE
 from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
 
 CUDA_CONTEXT_BYTES = 600 * 2**20  # per process: the CUDA context, cuBLAS and cuDNN workspaces, about

@@ -7,10 +7,9 @@ from mobitune.params import load_params
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages import run_stage
 from mobitune.storage.records import git_revision, write_csv, write_json
-from mobitune.training.batches import resolve_device
+from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.data import load_dataset
 from mobitune.training.evaluate import evaluate_checkpoint
-from mobitune.training.loop import DeviceData
 
 
 def main() -> None:

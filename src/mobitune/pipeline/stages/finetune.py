@@ -6,9 +6,9 @@ Run: ``python -m mobitune.pipeline.stages.finetune`` (or ``dvc repro finetune``)
 from mobitune.params import load_params
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages import run_stage, write_phase_outputs
-from mobitune.training.batches import resolve_device
+from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.data import load_dataset
-from mobitune.training.loop import DeviceData, run_finetune
+from mobitune.training.loop import run_finetune
 
 
 def main() -> None:
