@@ -11,6 +11,7 @@ import torch
 from helpers import closed_port_url
 
 from mobitune.params import AugmentParams, Params
+from mobitune.storage.records import FLIP_METRICS
 from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, augment_batch, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
 from mobitune.training.evaluate import evaluate_checkpoint
@@ -221,13 +222,15 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
         )
         histories.append(result.history)
     for cached, full in zip(*histories, strict=True):
-        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", *cached.keys() & FLIP_METRICS):
             assert cached[key] == pytest.approx(full[key], rel=1e-4, abs=1e-6), key
+    assert ("test_accuracy_flips" in histories[0][-1]) == bool(augment)
 
 
-def test_test_flips_score_the_mean_logits_of_each_image_and_its_mirror(
+def test_test_flips_score_the_mean_logits_of_each_image_and_its_mirror_beside_the_single_view(
     prepared: Path, calibrated_weights: Path
 ) -> None:
+    """Both views come from one evaluation: ``test_accuracy`` stays the single view, the flips are labelled."""
     from mobitune.training.loop import evaluate
 
     torch.manual_seed(0)
@@ -237,10 +240,17 @@ def test_test_flips_score_the_mean_logits_of_each_image_and_its_mirror(
     x = plain.test_transform(plain.test.images)
     with torch.no_grad():
         mean_logits = (model(x) + model(x.flip(3))) / 2
-    loss, accuracy, predicted = evaluate(model, flipped)
-    assert torch.equal(predicted, mean_logits.argmax(1))
-    assert loss == pytest.approx(torch.nn.functional.cross_entropy(mean_logits, plain.test.labels).item(), rel=1e-5)
-    assert evaluate(model, plain)[0] != pytest.approx(loss, rel=1e-3)  # the mirror images count
+    scores, single = evaluate(model, flipped), evaluate(model, plain)
+    assert single.flips is None and scores.flips is not None
+    assert torch.equal(scores.flips.predicted, mean_logits.argmax(1))
+    loss = torch.nn.functional.cross_entropy(mean_logits, plain.test.labels).item()
+    assert scores.flips.loss == pytest.approx(loss, rel=1e-5)
+    assert (scores.loss, scores.accuracy) == (single.loss, single.accuracy) and torch.equal(
+        scores.predicted, single.predicted
+    )
+    assert single.loss != pytest.approx(loss, rel=1e-3)  # the mirror images count
+    row = scores.row()
+    assert row["test_accuracy"] == single.accuracy and row["test_accuracy_flips"] == scores.flips.accuracy
 
 
 def test_recalibrated_batchnorm_statistics_are_those_the_training_batches_show(

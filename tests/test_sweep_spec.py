@@ -128,5 +128,5 @@ def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest
     assert key not in others and len(others) == 3
     warmup = trial.warmup_cache_key("abc", "data-a")
     assert warmup != trial.warmup_cache_key("abc", "data-b")
-    monkeypatch.setattr(trial, "code_fingerprint", lambda: "other code")
+    monkeypatch.setattr(trial, "code_fingerprint", lambda module: "other code")
     assert trial.result_cache_key(params, None, "data-a") != key and trial.warmup_cache_key("abc", "data-a") != warmup

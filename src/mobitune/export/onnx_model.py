@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobitune.provenance import provenance
 from mobitune.training.batches import IMAGENET_MEAN, IMAGENET_STD
 from mobitune.training.data import Dataset
 from mobitune.training.model import MobileNetClassifier
@@ -163,7 +164,11 @@ def export_model(
     quantize_int8(fp32, int8, dataset.train.images[:CALIBRATION_IMAGES])
     images, labels = dataset.test.images, dataset.test.labels
     reference = torch_logits(model, image_size, images, test_flip).argmax(1)
-    report: dict[str, Any] = {"test_images": len(labels), "pytorch_test_accuracy": float((reference == labels).mean())}
+    report: dict[str, Any] = {
+        "test_images": len(labels),
+        "test_flip": test_flip,  # the files answer the mean logits of each image and its mirror: a flipped view
+        "pytorch_test_accuracy": float((reference == labels).mean()),
+    }
     for name, path in (("fp32", fp32), ("int8", int8)):
         predicted = onnx_logits(path, images).argmax(1)
         report[name] = {
@@ -175,6 +180,7 @@ def export_model(
         }
     report["int8_smaller"] = report["fp32"]["bytes"] / report["int8"]["bytes"]
     report["int8_speedup_batch_1"] = report["fp32"]["latency_ms_batch_1"] / report["int8"]["latency_ms_batch_1"]
+    report["provenance"] = provenance(device="cpu", threads=torch.get_num_threads())  # ONNX Runtime's CPU too
     return report
 
 

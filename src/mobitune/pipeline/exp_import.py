@@ -33,8 +33,8 @@ import yaml
 from mobitune.errors import MobituneError
 from mobitune.params import PARAMS_FILE, params_from_dict
 from mobitune.pipeline import paths
-from mobitune.pipeline.stages import final_metrics
-from mobitune.storage.records import HISTORY_COLUMNS, write_csv, write_json
+from mobitune.pipeline.stages.phase_outputs import write_phase_outputs
+from mobitune.storage.records import FINAL_METRICS, FLIP_METRICS, write_json
 from mobitune.storage.stores import S3Store
 from mobitune.sweep.publish import MANIFEST
 from mobitune.sweep.trial import ensure_data
@@ -90,7 +90,7 @@ def _trials(folder: Path) -> list[tuple[str, dict[str, Any], list[dict[str, Any]
                 continue
             with open(trial / "history.csv", newline="") as rows:
                 history = [
-                    {k: float(v) if k.endswith(("loss", "accuracy")) else v for k, v in r.items()}
+                    {k: float(v) if k in (*FINAL_METRICS, *FLIP_METRICS) and v else v for k, v in r.items()}
                     for r in csv.DictReader(rows)
                 ]
             if history:
@@ -108,13 +108,11 @@ def _write_trial(
         ("warmup", paths.WARMUP_HISTORY, paths.WARMUP_METRICS),
         ("finetune", paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS),
     ):
+        # the phase's history and stage metrics, as `dvc repro` writes them, with the trial's own provenance
         rows = [r for r in history if r["phase"] == phase]
-        write_csv(history_path, rows, HISTORY_COLUMNS)
-        # the phase's stage metrics, as `dvc repro` writes them, with the trial's own code revision
-        stage_metrics = final_metrics(FitResult(rows, metrics["status"]))
-        write_json(metrics_path, {**stage_metrics, "git_rev": metrics.get("git_rev")})
-    keys = ("test_loss", "test_accuracy", "status", "git_rev")
-    write_json(paths.EVALUATE_METRICS, {k: metrics.get(k) for k in keys})
+        write_phase_outputs(FitResult(rows, metrics["status"]), history_path, metrics_path, metrics.get("provenance"))
+    keys = ("test_loss", "test_accuracy", *FLIP_METRICS, "status", "provenance")
+    write_json(paths.EVALUATE_METRICS, {k: metrics[k] for k in keys if k in metrics})
     paths.PREDICTIONS.unlink(missing_ok=True)
 
 

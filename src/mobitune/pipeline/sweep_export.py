@@ -18,7 +18,7 @@ from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
 from mobitune.pipeline.exp_import import SWEEP_ROOT
-from mobitune.storage.records import git_revision, write_json
+from mobitune.storage.records import write_json
 from mobitune.storage.stores import LocalStore, S3Store
 from mobitune.sweep.publish import MANIFEST, SWEEP_RECORD, publish, write_manifest
 from mobitune.sweep.trial import checkpoint_key, ensure_data
@@ -49,7 +49,7 @@ def export_trial(source: str, trial_id: str | None) -> tuple[Path, dict[str, Any
     report = export_model(
         model, params.model.image_size, dataset, out / "model.onnx", out / "model.int8.onnx", params.augment.test_flip
     )
-    write_json(out / "export.json", {"trial_id": trial_id, **report, "git_rev": git_revision()})
+    write_json(out / "export.json", {"trial_id": trial_id, **report})
     write_manifest(sweep_dir)
     if record.get("storage_uri"):
         print(f"published to {publish(sweep_dir, record['storage_uri'])}")

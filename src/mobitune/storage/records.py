@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
-import os
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,8 +21,12 @@ HISTORY_COLUMNS = (  # one row per epoch of history.csv
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "test_loss_flips",  # with augment.test_flip: the mean logits of each test image and its mirror
+    "test_accuracy_flips",
     "seconds",
 )
+FINAL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")  # of a run's last epoch
+FLIP_METRICS = ("test_loss_flips", "test_accuracy_flips")  # beside them, in a run with test-time flips
 
 
 def json_safe(value: Any) -> Any:
@@ -59,23 +60,8 @@ def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Iterable[s
     atomic_write_text(path, to_csv(rows, columns))
 
 
-def git_revision() -> str | None:
-    """The commit the code ran from (with ``-dirty`` for local changes), if in a git checkout."""
-    return _git_revision(os.getcwd())
-
-
-@functools.cache
-def _git_revision(folder: str) -> str | None:
-    """Asked once per process and folder: ``git describe --dirty`` reads the whole work tree."""
-    try:
-        result = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=folder,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
+def final_metrics(history: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last epoch's losses and accuracies (None before any epoch), and the flipped view's where it has one."""
+    last = history[-1] if history else {}
+    flips = {key: last[key] for key in FLIP_METRICS if last.get(key) not in (None, "")}
+    return {**{key: last.get(key) for key in FINAL_METRICS}, **flips}

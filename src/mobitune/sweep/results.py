@@ -4,6 +4,7 @@ folder; the per-axis tables (the report's Tables 1-3) and the best trial."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ import pandas as pd
 from mobitune.params import get_dotted
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
+FLIP_COLUMNS = ["test_loss_flips", "test_accuracy_flips"]  # with augment.test_flip: each image and its mirror
+PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "threads"]  # of the run that computed a result
 SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
 
 
@@ -44,18 +47,31 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         metrics = json.loads((folder / "metrics.json").read_text())
         row = {"trial_id": trial_id, **{axis: get_dotted(params, axis) for axis in axes}, "seed": params["seed"]}
         history = pd.read_csv(folder / "history.csv")
+        if get_dotted(params, "augment.test_flip") and "test_accuracy_flips" not in metrics:
+            metrics, history = _flips_recorded_as_test(metrics, history)
         histories[trial_id] = history
-        row.update({key: metrics.get(key) for key in METRIC_COLUMNS})
+        row.update({key: metrics.get(key) for key in METRIC_COLUMNS + FLIP_COLUMNS})
         row.update({f"{phase}_epochs": int((history["phase"] == phase).sum()) for phase in ("warmup", "finetune")})
         row.update({key: metrics.get(key) for key in ("seconds", "status", "error")})
         row["cached"] = bool(metrics.get("cached", False))
+        row.update({key: (metrics.get("provenance") or {}).get(key) for key in PROVENANCE_COLUMNS})
         rows.append(row)
     table = pd.DataFrame(rows)
-    for column in METRIC_COLUMNS + ["seconds"]:
+    for column in METRIC_COLUMNS + FLIP_COLUMNS + ["seconds"]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
+    table = table.drop(columns=[c for c in FLIP_COLUMNS + PROVENANCE_COLUMNS if table[c].isna().all()])
     search_path = sweep_dir / SEARCH_RECORD
     search = json.loads(search_path.read_text()) if search_path.exists() else None
     return SweepResults(table, histories, axes, base, mode, search)
+
+
+def _flips_recorded_as_test(metrics: dict[str, Any], history: pd.DataFrame) -> tuple[dict[str, Any], pd.DataFrame]:
+    """A trial with test-time flips recorded before both views were: its ``test_*`` figures are the flipped
+    view's. They move to the flip columns, and its single-view figures are unknown (NaN), never mistaken."""
+    flipped = {f"{key}_flips": metrics.get(key) for key in ("test_loss", "test_accuracy")}
+    history = history.rename(columns={"test_loss": "test_loss_flips", "test_accuracy": "test_accuracy_flips"})
+    history[["test_loss", "test_accuracy"]] = math.nan
+    return {**metrics, **flipped, "test_loss": None, "test_accuracy": None}, history
 
 
 def axis_rows(results: SweepResults, axis: str) -> pd.DataFrame:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import functools
 import hashlib
 import json
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 from mobitune.errors import ServiceUnavailable
 from mobitune.params import DataParams, Params, params_from_dict
+from mobitune.provenance import code_fingerprint
 from mobitune.storage.records import STOPPED
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.plan import training_config, warmup_key
@@ -39,22 +39,7 @@ from mobitune.training.data import prepare
 EpochHook = Callable[[dict[str, Any]], None]
 
 
-PACKAGE = Path(__file__).resolve().parents[1]
-
-
-@functools.cache
-def code_fingerprint() -> str:
-    """A hash of the code that decides what a trial computes (the training core, the params, the trial's two
-    modules): a change to any of it invalidates cached results."""
-    digest = hashlib.sha256()
-    for path in [
-        *sorted(PACKAGE.glob("training/*.py")),
-        *sorted(PACKAGE.glob("params/*.py")),
-        PACKAGE / "sweep" / "trial.py",
-        PACKAGE / "sweep" / "trial_training.py",
-    ]:
-        digest.update(path.relative_to(PACKAGE).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+TRAINING_MODULE = "mobitune.sweep.trial_training"  # its import closure is the code a cached result depends on
 
 
 def data_digest(prepared: Path) -> str:
@@ -69,7 +54,9 @@ def data_digest(prepared: Path) -> str:
 
 
 def _content_key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([*parts, code_fingerprint()], sort_keys=True).encode()).hexdigest()[:24]
+    return hashlib.sha256(json.dumps([*parts, code_fingerprint(TRAINING_MODULE)], sort_keys=True).encode()).hexdigest()[
+        :24
+    ]
 
 
 def warmup_cache_key(params_key: str, data: str) -> str:

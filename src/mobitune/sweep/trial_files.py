@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mobitune.storage.records import HISTORY_COLUMNS, git_revision, write_csv, write_json
+from mobitune.provenance import provenance
+from mobitune.storage.records import HISTORY_COLUMNS, final_metrics, write_csv, write_json
 from mobitune.storage.stores import ArtifactStore, open_store
 
 FAILED = "failed"
@@ -46,15 +47,13 @@ def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
 def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> dict[str, Any]:
     """Store a ``failed`` result for the trial: its reason, no history."""
     local_root = Path(request.local_root).resolve()
-    metrics = {**final_metrics([]), "status": FAILED, "seconds": seconds, "error": reason}
+    metrics = {**final_metrics([]), **epochs_trained([]), "status": FAILED, "seconds": seconds, "error": reason}
+    metrics["provenance"] = provenance(seed=request.params.get("seed"))
     return store_results(request, request.store(), local_root, [], metrics)
 
 
-def final_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
-    last = history[-1] if history else {}
-    keys = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-    epochs = {f"{phase}_epochs": sum(row["phase"] == phase for row in history) for phase in ("warmup", "finetune")}
-    return {**{k: last.get(k) for k in keys}, **epochs, "error": None}
+def epochs_trained(history: list[dict[str, Any]]) -> dict[str, int]:
+    return {f"{phase}_epochs": sum(row["phase"] == phase for row in history) for phase in ("warmup", "finetune")}
 
 
 def store_results(
@@ -64,9 +63,10 @@ def store_results(
     history: list[dict[str, Any]],
     metrics: dict[str, Any],
 ) -> dict[str, Any]:
-    """Write and store the trial's three files; returns the metrics as stored."""
+    """Write and store the trial's three files; returns the metrics as stored (``metrics`` carries the
+    provenance of the run that computed them: this one's, or the cached trial's)."""
     folder = local_root / trial_key(request.sweep_id, request.trial_id)
-    metrics = {"trial_id": request.trial_id, **request.varied, "git_rev": git_revision(), **metrics}
+    metrics = {"trial_id": request.trial_id, **request.varied, **metrics}
     write_json(
         folder / "params.json",
         {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},

@@ -14,10 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobitune.storage.records import git_revision, write_json
+from mobitune.storage.records import final_metrics, write_json
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial import EpochHook, TrialSetup, checkpoint_key, exclusive
-from mobitune.sweep.trial_files import TrialRequest, final_metrics, store_results, trial_key
+from mobitune.sweep.trial_files import TrialRequest, epochs_trained, store_results, trial_key
 from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset
@@ -77,10 +77,12 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
     seconds = earlier_seconds + time.perf_counter() - started
     metrics = {
         **final_metrics(history),
+        **epochs_trained(history),
+        "error": None,
         "status": status,
         "seconds": seconds,
         "cached": False,
-        "git_rev": git_revision(),
+        "provenance": device_data().provenance(params.seed),
     }
     stored = store_results(request, store, local_root, history, metrics)
     _keep_result(request, setup.result_key, store, local_root, metrics)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from mobitune.errors import MobituneError
 from mobitune.params import AugmentParams, Params
+from mobitune.provenance import provenance
 from mobitune.training.data import Dataset, Split
 
 # torchvision's ImageNet statistics, in uint8 units (the pretrained features expect them)
@@ -143,6 +144,12 @@ class DeviceData:
             test_transform=test_transform,
             test_mirror=test_transform.mirrored if params.augment.test_flip else None,
         )
+
+    def provenance(self, seed: int) -> dict[str, Any]:
+        """:func:`mobitune.provenance.provenance` of a run on this device: its name and the CPU threads torch uses
+        (another thread count may change the last digits of CPU results)."""
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+        return provenance(device=name, threads=torch.get_num_threads(), seed=seed)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":

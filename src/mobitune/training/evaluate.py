@@ -11,31 +11,36 @@ import torch
 from mobitune.params import Params
 from mobitune.training.batches import DeviceData
 from mobitune.training.checkpoints import load_trained_model
-from mobitune.training.loop import evaluate
+from mobitune.training.loop import TestScores, evaluate
 
 
 @dataclass
 class Evaluation:
-    test_loss: float
-    test_accuracy: float
+    """Single-view figures; with ``augment.test_flip`` the flipped view's loss and accuracy beside them."""
+
+    scores: TestScores
     per_class_accuracy: dict[str, float]
     status: str  # the training status recorded in the checkpoint
     predictions: list[dict[str, str]]  # actual/predicted class names, for DVC's confusion template
 
+    @property
+    def test_accuracy(self) -> float:
+        return self.scores.accuracy
+
+    @property
+    def test_loss(self) -> float:
+        return self.scores.loss
+
     def metrics(self) -> dict[str, Any]:
-        return {
-            "test_loss": self.test_loss,
-            "test_accuracy": self.test_accuracy,
-            "status": self.status,
-            "per_class_accuracy": self.per_class_accuracy,
-        }
+        return {**self.scores.row(), "status": self.status, "per_class_accuracy": self.per_class_accuracy}
 
 
 def evaluate_checkpoint(params: Params, device_data: DeviceData, checkpoint_path: Path) -> Evaluation:
     classes = device_data.dataset.classes
     model, state = load_trained_model(checkpoint_path, params, len(classes))
     model.to(device_data.device, memory_format=torch.channels_last)
-    loss, accuracy, predicted = evaluate(model, device_data)
+    scores = evaluate(model, device_data)
+    predicted = scores.predicted
     labels = device_data.test.labels.cpu()
     per_class = {}
     for index, name in enumerate(classes):
@@ -45,4 +50,4 @@ def evaluate_checkpoint(params: Params, device_data: DeviceData, checkpoint_path
         {"actual": classes[a], "predicted": classes[p]}
         for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)
     ]
-    return Evaluation(loss, accuracy, per_class, state.get("status", "ok"), rows)
+    return Evaluation(scores, per_class, state.get("status", "ok"), rows)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,25 +169,57 @@ def train_one_epoch(
     return loss_sum.item() / seen, correct.item() / seen
 
 
+@dataclass(frozen=True)
+class TestScores:
+    """A model's test loss, accuracy and predictions on single images; with ``augment.test_flip`` also those of
+    the mean logits of each image and its mirror (``flips``), from the same pass: a run records both views."""
+
+    loss: float
+    accuracy: float
+    predicted: torch.Tensor  # the predicted class of every test image, on the host
+    flips: TestScores | None = None
+
+    def row(self) -> dict[str, float]:
+        """The history/metrics columns: ``test_loss``, ``test_accuracy`` (single view), and with flips
+        ``test_loss_flips``, ``test_accuracy_flips``."""
+        row = {"test_loss": self.loss, "test_accuracy": self.accuracy}
+        if self.flips is not None:
+            row.update(test_loss_flips=self.flips.loss, test_accuracy_flips=self.flips.accuracy)
+        return row
+
+
+def not_evaluated(device_data: DeviceData) -> dict[str, float]:
+    """The test columns of an epoch that diverged: NaN, with the flip columns where the run has them."""
+    nan = torch.full((0,), math.nan)
+    flips = TestScores(math.nan, math.nan, nan) if device_data.test_mirror is not None else None
+    return TestScores(math.nan, math.nan, nan, flips).row()
+
+
 @torch.inference_mode()
-def evaluate(
-    model: torch.nn.Module, device_data: DeviceData, batch_size: int = EVAL_BATCH_SIZE
-) -> tuple[float, float, torch.Tensor]:
-    """Mean test loss, accuracy and the predicted class of every test image (with ``augment.test_flip``: of the
-    mean logits of each image and its mirror)."""
+def evaluate(model: torch.nn.Module, device_data: DeviceData, batch_size: int = EVAL_BATCH_SIZE) -> TestScores:
+    """Test loss, accuracy and predictions of single images, and with ``augment.test_flip`` of the mean logits of
+    each image and its mirror too (one pass: the mirror's logits are added to the image's)."""
     model.eval()
-    loss_sum = torch.zeros((), device=device_data.device)
-    predictions = []
+    mirror = device_data.test_mirror
+    loss_sums: dict[str, torch.Tensor] = {}
+    predictions: dict[str, list[torch.Tensor]] = {}
     for images, labels in device_data.test.batches(batch_size):
         with device_data.autocast():
-            logits = model(device_data.test_transform(images)).float()
-            if device_data.test_mirror is not None:
-                logits = (logits + model(device_data.test_mirror(images)).float()) / 2
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-        predictions.append(logits.argmax(1))
-    predicted = torch.cat(predictions)
-    accuracy = (predicted == device_data.test.labels).float().mean().item()
-    return loss_sum.item() / len(device_data.test), accuracy, predicted.cpu()
+            views = {"single": model(device_data.test_transform(images)).float()}
+            if mirror is not None:
+                views["flips"] = (views["single"] + model(mirror(images)).float()) / 2
+        for view, logits in views.items():
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            loss_sums[view] = loss_sums[view] + loss if view in loss_sums else loss
+            predictions.setdefault(view, []).append(logits.argmax(1))
+
+    def scores(view: str) -> TestScores:
+        predicted = torch.cat(predictions[view])
+        accuracy = (predicted == device_data.test.labels).float().mean().item()
+        return TestScores(loss_sums[view].item() / len(device_data.test), accuracy, predicted.cpu())
+
+    single = scores("single")
+    return replace(single, flips=scores("flips")) if mirror is not None else single
 
 
 def fit(
@@ -253,11 +285,11 @@ def fit(
         row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
         if math.isfinite(train_loss):
-            test_loss, test_accuracy, _ = evaluate(runner, device_data)
+            row.update(evaluate(runner, device_data).row())
         else:
             status = DIVERGED
-            test_loss = test_accuracy = math.nan
-        row.update(test_loss=test_loss, test_accuracy=test_accuracy, seconds=time.perf_counter() - started)
+            row.update(not_evaluated(device_data))
+        row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint()
         if on_checkpoint is not None:
@@ -265,8 +297,8 @@ def fit(
         # after the checkpoint is stored, so the line means the epoch is safe; print, not tqdm.write: the bar
         # is closed, and a Prefect run with log_prints records printed lines, so its page shows its epochs
         print(
-            f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
-            f"test loss {test_loss:.4f} acc {test_accuracy:.4f} | {row['seconds']:.1f}s",
+            f"{phase.name} {epoch}/{phase.epochs}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | test loss "
+            f"{row['test_loss']:.4f} acc {row['test_accuracy']:.4f}{_flips_text(row)} | {row['seconds']:.1f}s",
             flush=True,
         )
         if status == DIVERGED:
@@ -275,6 +307,10 @@ def fit(
     if first_epoch > last_epoch:
         checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
     return FitResult(history, status)
+
+
+def _flips_text(row: dict[str, Any]) -> str:
+    return f" (flips {row['test_accuracy_flips']:.4f})" if "test_accuracy_flips" in row else ""
 
 
 def _record(params: Params, device_data: DeviceData) -> dict[str, Any]:

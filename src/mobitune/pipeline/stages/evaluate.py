@@ -6,7 +6,7 @@ Run: ``python -m mobitune.pipeline.stages.evaluate`` (or ``dvc repro evaluate``)
 from mobitune.params import load_params
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages import run_stage
-from mobitune.storage.records import git_revision, write_csv, write_json
+from mobitune.storage.records import write_csv, write_json
 from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.data import load_dataset
 from mobitune.training.evaluate import evaluate_checkpoint
@@ -18,8 +18,10 @@ def main() -> None:
     device_data = DeviceData.create(params, dataset, resolve_device(params.device))
     evaluation = evaluate_checkpoint(params, device_data, paths.FINETUNE_CHECKPOINT)
     write_csv(paths.PREDICTIONS, evaluation.predictions, ("actual", "predicted"))
-    write_json(paths.EVALUATE_METRICS, {**evaluation.metrics(), "git_rev": git_revision()})
-    print(f"test accuracy {evaluation.test_accuracy:.4f}, test loss {evaluation.test_loss:.4f}")
+    write_json(paths.EVALUATE_METRICS, {**evaluation.metrics(), "provenance": device_data.provenance(params.seed)})
+    flips = evaluation.scores.flips
+    flipped = f" (with test-time flips {flips.accuracy:.4f})" if flips is not None else ""
+    print(f"test accuracy {evaluation.test_accuracy:.4f}{flipped}, test loss {evaluation.test_loss:.4f}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import load_params
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages import run_stage
-from mobitune.storage.records import git_revision, write_json
+from mobitune.storage.records import write_json
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.data import load_dataset
 
@@ -19,7 +19,7 @@ def main() -> None:
     report = export_model(
         model, params.model.image_size, dataset, paths.ONNX_MODEL, paths.INT8_MODEL, params.augment.test_flip
     )
-    write_json(paths.EXPORT_METRICS, {**report, "git_rev": git_revision()})
+    write_json(paths.EXPORT_METRICS, {**report})
     fp32, int8 = report["fp32"], report["int8"]
     print(
         f"model.onnx: agrees with PyTorch on {fp32['agreement_with_pytorch']:.2%} of the test images; "
