@@ -18,31 +18,33 @@ $(STAMP): pyproject.toml
 run: install
 	dvc repro
 
-# headless Chromium (Debian's package) for tests/test_browser.py; where it cannot be installed
-# (no apt-get, not root) those tests are skipped and say why
+# headless Chromium (Debian's package) for tests/test_browser.py and PostgreSQL for tests/test_fleet.py (the
+# tests start and stop their own cluster): installed where apt-get and root allow; elsewhere `make test` stops here
+# and names the command, since those tests never skip
 browser:
 	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
-		echo "note: Chromium is not installed and could not be: the browser tests will be skipped"
+		{ echo "error: Chromium is not installed and could not be: run 'sudo apt-get install chromium'" >&2; exit 1; }
 
-# Debian's PostgreSQL server for tests/test_fleet.py (the tests start and stop their own cluster); skipped
-# with the reason where it cannot be installed
 postgres:
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 		apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } || \
-		echo "note: PostgreSQL is not installed and could not be: the fleet tests will be skipped"
+		{ echo "error: PostgreSQL is not installed and could not be: run 'sudo apt-get install postgresql'" >&2; exit 1; }
 
 # the architecture's import contracts ([tool.importlinter] in pyproject.toml): a wrong arrow fails the build
 contracts: install
 	lint-imports
 
-# pytest exits 5 when it collects no test: not a failure of the suite
+# every test runs: a skipped test fails the run (MOBITUNE_NO_SKIPS, tests/conftest.py; -rs lists why), and so
+# does pytest's exit status 5, no test collected
 test: install browser postgres contracts
-	pytest --durations=20 $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 $(PYTEST_ARGS); status=$$?; \
+		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
 
 # the inner loop: unit tests only (no servers, no subprocess training), under 90 s
 test-fast: install contracts
-	pytest -m "not e2e" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	@MOBITUNE_NO_SKIPS=1 pytest -rs -m "not e2e" $(PYTEST_ARGS); status=$$?; \
+		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json
 bench: install

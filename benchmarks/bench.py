@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from mobitune.params import Params
+from mobitune.provenance import provenance
 from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
 from mobitune.training.loop import evaluate, fit, train_one_epoch, warmup_phase
@@ -623,6 +624,7 @@ def main() -> None:
                 result = {"workers": bench_workers(Path(work), args.trials, log)}
             else:
                 result = {"cached_sweep": bench_cached_sweep(Path(work), log)}
+        result["provenance"] = provenance(device="cpu", threads=torch.get_num_threads())
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({**result, "log": lines}, indent=2) + "\n")
         return
@@ -637,9 +639,7 @@ def main() -> None:
         f"data: {data_name}, load {os.getloadavg()[0]:.2f}"
     )
     report: dict[str, Any] = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+        "provenance": device_data.provenance(params.seed),
         "data": data_name,
         "batch_size": 192,
         "images_per_run": images,

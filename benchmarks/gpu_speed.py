@@ -25,8 +25,6 @@ import json
 import logging
 import multiprocessing
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ import torch
 from bench import REAL_IMAGES, ROOT, alternate, make_model, median_rate, plain_train, synchronize
 
 from mobitune.params import Params, load_params
+from mobitune.provenance import provenance
 from mobitune.sweep.run import SweepRun
 from mobitune.sweep.trial import ensure_data, run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
@@ -55,12 +54,13 @@ class Results:
 
     def __init__(self, path: Path, mode: str, device: torch.device) -> None:
         self.path = path
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        source = provenance(device=name, threads=torch.get_num_threads())
+        if os.environ.get("GIT_REV"):  # the device's copy of the tree has no .git
+            source["git_commit"] = os.environ["GIT_REV"]
         self.data: dict[str, Any] = {
             "mode": mode,
-            "device": name,
-            "git_rev": os.environ.get("GIT_REV") or _git_rev(),
-            "torch": torch.__version__,
+            "provenance": {**source, "torch_build": torch.__version__},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
@@ -69,11 +69,6 @@ class Results:
         print(json.dumps({key: value}), flush=True)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
-
-
-def _git_rev() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    return result.stdout.strip() or "unknown"
 
 
 def recipe_params(recipe: str, images: Path, weights: Path | None, device: str, size: int, *extra: str) -> Params:

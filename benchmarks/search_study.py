@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.params import load_params
+from mobitune.provenance import provenance
 from mobitune.sweep.plan import expand
 from mobitune.sweep.results import best_trial
 from mobitune.sweep.run import SweepRun
@@ -97,7 +98,7 @@ def main() -> None:
     # the base trial is the report's choice (lr 0.005, batch 192, 10 blocks); its one-at-a-time axes are Tables 1-3
     trials = len(expand(load_params(ROOT / "params.yaml", base)))
     protocol = {key: value.name if isinstance(value, Path) else value for key, value in vars(args).items()}
-    summary: dict[str, Any] = {"protocol": protocol, "studies": []}
+    summary: dict[str, Any] = {"protocol": protocol, "provenance": provenance(), "studies": []}
     for name, overrides in studies(trials, args.seeds):
         if args.only and name not in args.only:
             continue

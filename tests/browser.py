@@ -21,7 +21,7 @@ from helpers import free_port
 from websockets.sync.client import ClientConnection, connect
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-NOT_INSTALLED = "Chromium is not installed: apt-get install chromium (make test installs it where apt-get works)"
+NOT_INSTALLED = "Chromium is not installed: run 'apt-get install chromium' (make test installs it where apt-get works)"
 
 # every canvas drawn by vega-embed: how many of its pixels are painted and not near-white
 PAINTED_PIXELS = """

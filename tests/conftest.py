@@ -70,6 +70,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under ``make test`` (``MOBITUNE_NO_SKIPS``) a skipped test fails the run: nothing is left out silently."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and os.environ.get("MOBITUNE_NO_SKIPS") and session.exitstatus == 0:
+        reporter.ensure_newline()
+        reporter.write_line(f"error: {len(skipped)} test(s) skipped (reasons above); every test must run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ``cifar-10-python.tar.gz`` in the official format (5x200 train, 500 test)."""
@@ -186,7 +197,7 @@ def dvc_experiments(
 def new_dvc_project(project: Path) -> Path:
     """A git + DVC repo at ``project`` with the project's dvc.yaml, params.yaml and code."""
     project.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, project / name)
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     run(["git", "init", "-q", "-b", "main"], project)

@@ -18,7 +18,7 @@ from mobitune.orchestration.sweep_flow import artifact_key
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     if CHROMIUM is None:
-        pytest.skip(NOT_INSTALLED)
+        pytest.fail(NOT_INSTALLED)
     chromium = Browser()
     yield chromium
     chromium.close()

@@ -72,6 +72,17 @@ def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
 
     again = run(["dvc", "repro"], project)
     assert stages_run(again.stdout) == [] and "Data and pipelines are up to date" in again.stdout
+    # a change to code a stage imports makes it stale, and every stage after it; one to the Prefect side, none
+    for touched, stale in (
+        ("training/checkpoints.py", {"warmup", "finetune", "evaluate", "export"}),
+        ("orchestration/slots.py", set()),
+    ):
+        source = project / "src" / "mobitune" / touched
+        original = source.read_bytes()
+        source.write_bytes(original + b"# touched\n")
+        status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+        source.write_bytes(original)
+        assert set(status) == stale, touched
     assert stages_run(dvc_experiments.exp_run) == ["finetune", "evaluate", "export"], "the recipe's experiment"
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -177,3 +188,24 @@ def test_exp_import_refuses_a_workspace_it_cannot_save_cleanly(dvc_project: Path
     result = run(["mobitune", "exp-import", "artifacts/sweeps/none"], dvc_project, check=False)
     assert result.returncode == 2 and "uncommitted changes" in result.stderr and "params.yaml" in result.stderr
     assert (dvc_project / "params.yaml").read_text() == "lr: 0.1\n"
+
+
+def test_a_stage_run_again_and_a_sweep_trial_of_the_same_params_give_identical_metrics(
+    dvc_experiments: DvcExperiments, tmp_path: Path
+) -> None:
+    """Runs repeat bit for bit on one machine and thread count (README, "Runs that repeat"): the finetune stage
+    forced to run again, and the same params and seed as a sweep trial, which shares no file with the stage.
+    Last in this file: the forced stage leaves evaluate and export stale (its checkpoint records its seconds)."""
+    from mobitune.params import load_params
+    from mobitune.sweep.trial import run_trial
+    from mobitune.sweep.trial_files import TrialRequest
+
+    project = dvc_experiments.project
+    before = json.loads((project / "data/metrics/finetune.json").read_text())
+    run(["dvc", "repro", "--force", "--single-item", "finetune"], project)
+    again = json.loads((project / "data/metrics/finetune.json").read_text())
+    params = load_params(project / "params.yaml")
+    trial = run_trial(TrialRequest("repeat", "t000", params.to_dict(), local_root=str(tmp_path)))
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
+        assert again[key] == before[key] == trial[key], key
+    assert again["provenance"]["source_fingerprint"] == trial["provenance"]["source_fingerprint"]

@@ -90,9 +90,9 @@ class Fleet:
 def postgres() -> Iterator[Postgres]:
     bindir = postgres_bin()
     if bindir is None:
-        pytest.skip(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): `make test` installs Debian's "
-            "postgresql package where apt-get and root allow it"
+        pytest.fail(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): run 'apt-get install postgresql' "
+            "(`make test` installs it where apt-get and root allow)"
         )
     server = Postgres(bindir).start()
     yield server

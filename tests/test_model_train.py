@@ -115,9 +115,10 @@ def test_imagenet_offline_says_how_to_seed_the_cache(monkeypatch: pytest.MonkeyP
     assert "set model.pretrained to a local path" in message
 
 
-def test_cuda_requested_without_cuda() -> None:
+def test_cuda_is_used_where_it_exists_and_refused_by_name_where_not() -> None:
     if torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
+        assert resolve_device("cuda").type == "cuda"
+        return
     with pytest.raises(Exception, match="device: 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
 
@@ -170,6 +171,20 @@ def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> No
     assert result.status == "diverged"
     assert len(result.history) == 1 and math.isnan(result.history[0]["train_loss"])
     assert load_checkpoint(tmp_path / "finetune.pt")["status"] == "diverged"
+
+
+def test_deterministic_kernels_train_as_the_cpu_always_does(prepared: Path, tmp_path: Path) -> None:
+    """On the CPU every run repeats already: the switch changes no number, and it is switched off again after."""
+    histories = []
+    for deterministic in ("true", "false"):
+        params = small_params(**{"warmup.epochs": 1, "finetune.epochs": 1, "deterministic": deterministic})
+        device_data = device_data_for(params, prepared, train_limit=128)
+        assert torch.are_deterministic_algorithms_enabled() == (deterministic == "true")
+        run_warmup(params, device_data, tmp_path / "warmup.pt")
+        histories.append(run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "fine.pt").history)
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in histories[0]] == [
+        {k: v for k, v in row.items() if k != "seconds"} for row in histories[1]
+    ]
 
 
 def test_resume_continues_from_the_last_epoch(prepared: Path, tmp_path: Path) -> None:

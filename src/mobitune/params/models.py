@@ -267,7 +267,8 @@ class StorageParams(_Section):
     outage_s: int = Field(300, ge=0, description="how long S3 calls retry an endpoint that does not answer")
 
 
-EXECUTION_KEYS = ("device", "compile")  # how a run executes, not what it computes: neither swept nor in cache keys
+EXECUTION_KEYS = ("device", "compile", "deterministic")  # how a run executes, not what it computes: never swept,
+# never in cache keys
 
 
 class Params(_Section):
@@ -276,6 +277,9 @@ class Params(_Section):
     compile: Literal["none", "default", "reduce-overhead"] = Field(
         "none",
         description="torch.compile the train and eval steps: none (eager), default, reduce-overhead (CUDA graphs)",
+    )
+    deterministic: bool = Field(
+        False, description="CUDA: deterministic kernels only, so a GPU run repeats bit for bit (CPU runs always do)"
     )
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()

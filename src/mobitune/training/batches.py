@@ -8,6 +8,7 @@ workers and no per-sample Python on the hot path (the airbench approach).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,16 @@ def resolve_device(spec: str) -> torch.device:
             f"device: {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
         )
     return device
+
+
+def use_deterministic_kernels(deterministic: bool) -> None:
+    """``deterministic``: torch refuses kernels whose results vary from run to run (CUDA's atomics in scatter and
+    some convolution backwards, cuBLAS's split reductions) and picks deterministic ones. CPU kernels already
+    repeat for one thread count; what it costs on a GPU: README, "Runs that repeat"."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts: before any matmul
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = False  # autotuning may pick another algorithm each run
 
 
 @dataclass
@@ -133,6 +144,7 @@ class DeviceData:
 
     @classmethod
     def create(cls, params: Params, dataset: Dataset, device: torch.device) -> DeviceData:
+        use_deterministic_kernels(params.deterministic)
         size = params.model.image_size
         test_transform = BatchTransform(device, size)
         return cls(
