@@ -118,8 +118,10 @@ def test_a_figure_of_the_same_results_is_copied_not_drawn_again(tmp_path: Path) 
     assert again.read_bytes() != first.read_bytes() and len(list(cache.iterdir())) == 3
 
 
-def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float, str]]) -> Path:
-    """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial."""
+def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float | tuple[float, float], str]]) -> Path:
+    """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial;
+    the accuracy of a trial with ``augment.test_flip`` is (single view, flips), or one figure as recorded before
+    both views were (the flipped one)."""
     record: dict = {"sweep_id": folder.name, "axes": ["lr"], "base": {"lr": 0.005}, "mode": "grid", "trials": []}
     for index, (overrides, seed, accuracy, status) in enumerate(trials):
         trial_id = f"t{index:03d}-s{seed}"
@@ -128,7 +130,10 @@ def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float, str]])
         trial = folder / "trials" / trial_id
         trial.mkdir(parents=True)
         (trial / "params.json").write_text(json.dumps({"params": params}))
+        accuracy, flips = accuracy if isinstance(accuracy, tuple) else (accuracy, None)
         metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
+        if flips is not None:
+            metrics.update(test_loss_flips=1 - flips, test_accuracy_flips=flips)
         (trial / "metrics.json").write_text(json.dumps({**metrics, "status": status, "seconds": 1.0, "error": None}))
         epochs = params["warmup"]["epochs"], params["finetune"]["epochs"]
         phases = ["warmup"] * epochs[0] + ["finetune"] * epochs[1]
@@ -151,7 +156,14 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     )
     more_seeds = _sweep_folder(
         tmp_path / "more",
-        [(tuned, 2, 0.87, "ok"), (tuned, 3, 0.10, "diverged"), ([*tuned, "batch_size=64"], 0, 0.80, "ok")],
+        [
+            (tuned, 2, 0.87, "ok"),
+            (tuned, 3, 0.10, "diverged"),
+            ([*tuned, "batch_size=64"], 0, 0.80, "ok"),
+            ([*tuned, "augment.test_flip=true"], 4, (0.85, 0.87), "ok"),  # both views: single 85, flips 87
+            ([*tuned, "augment.test_flip=true"], 5, 0.89, "ok"),  # flips only, recorded before both views were
+            (["lr=0.004"], 1, 0.755, "ok"),
+        ],
     )
     study = _sweep_folder(
         tmp_path / "study",
@@ -168,13 +180,22 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
         cli.main(["report", str(full_data), str(more_seeds), str(study), "--into", str(document)])
     text = document.read_text()
     assert text.startswith("# Fidelity\n\nWritten by hand.\n") and text.count(lab_document.BEGIN) == 1
+    # single view on both sides; the gap to the protocol on the seeds both ran (0 and 1), beside the noise
     assert (
-        "Here, 32 px, the stand-in weights: best config **87.00 ± 1.00%** (`mine`), "
-        "-0.90 points against the report; the report's protocol 75.00 ± 1.41%." in text
+        "Here, 32 px, the stand-in weights: best config **86.50 ± 1.29%** (`mine`), -1.40 points against the "
+        "report; the report's protocol 75.00 ± 1.41%, `mine` against it +12.00 (2 seeds) (noise: the larger seed "
+        "std, 1.41)." in text
     )
+    assert "the same weights score 87.00% (1 seed): +2.00 points." in text  # flips: their own line, same weights
     rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| 50k/10k")}
-    assert rows["`mine`"].endswith("| 87.00 ± 1.00 | +12.00 | 86.0, 88.0, 87.0 | 0.1300 | 3 |")
-    assert rows["`mine` + batch_size=64"].endswith("| 80.00 (1 seed) | +5.00 | 80.0 | 0.2000 | 1 |")
+    # the trial recorded before both views counts in the flips' column only; test_flip names no config
+    assert rows["`mine`"].endswith(
+        "| 86.50 ± 1.29 | 86.0, 88.0, 87.0, 85.0 | +12.00 (2 seeds) | 1.41 | 88.00 ± 1.41 | 0.1350 | 4 |"
+    )
+    assert rows["`mine` + batch_size=64"].endswith("| 80.00 (1 seed) | 80.0 | +6.00 (1 seed) | 1.41 |  | 0.2000 | 1 |")
+    assert rows["lr=0.004"].endswith(
+        "| 75.50 (1 seed) | 75.5 | -0.50 (1 seed), inside the noise | 1.41 |  | 0.2450 | 1 |"
+    )
     table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs)") :]
     lines = {line.split(" | ")[0].strip("| "): line for line in table_1.splitlines() if line.startswith("| 0.")}
     assert lines["0.005"].startswith("| 0.005 | 57.00 | 66.41 | 2.83 | -9.41 |") and "| 2 |" in lines["0.005"]

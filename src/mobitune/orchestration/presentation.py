@@ -19,8 +19,9 @@ def display_table(results: SweepResults) -> pd.DataFrame:
     shown = pd.DataFrame({"trial_id": table["trial_id"], "status": table["status"]})
     for axis in results.axes:
         shown[axis] = table[axis]
-    for column in ("test_accuracy", "train_accuracy"):
-        shown[f"{column} %"] = (table[column] * 100).round(2)
+    for column in ("test_accuracy", "test_accuracy_flips", "train_accuracy"):
+        if column in table:
+            shown[f"{column} %"] = (table[column] * 100).round(2)
     for column in ("test_loss", "train_loss"):
         shown[column] = table[column].round(4)
     shown["warmup_epochs"], shown["finetune_epochs"] = table["warmup_epochs"], table["finetune_epochs"]

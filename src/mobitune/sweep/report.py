@@ -11,7 +11,7 @@ import pandas as pd
 
 from mobitune.sweep import lab_report
 from mobitune.sweep.figures import curves_figure, save_figure, search_figure, summary_figure
-from mobitune.sweep.results import SweepResults, axis_table, best_trial
+from mobitune.sweep.results import PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
 
 
 def rung_table(search: Mapping[str, Any]) -> pd.DataFrame:
@@ -97,6 +97,12 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _distinct(table: pd.DataFrame, column: str) -> str:
+    """``git_commit 96824f3c…`` or ``threads 1, 2``: the values a column takes, for the report's provenance line."""
+    values = sorted({str(value) for value in table[column].dropna()})
+    return f"{column} " + ", ".join(value[:12] if column == "git_commit" else value for value in values)
+
+
 def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, list[str]]) -> str:
     """The markdown report: best config, results table, per-axis tables and figures."""
     table = results.table
@@ -123,9 +129,15 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     seed_report = lab_report.headline(table, results.base)
     if seed_report:
         lines += [seed_report, ""]
-    shown = table.drop(columns=["error"])
-    shown[["train_accuracy", "test_accuracy"]] *= 100
-    lines += ["## All trials", "", "Accuracies in %; final epoch.", "", markdown_table(shown), ""]
+    recorded_by = [column for column in PROVENANCE_COLUMNS if column in table]
+    shown = table.drop(columns=["error", *recorded_by])
+    percent = [column for column in ("train_accuracy", "test_accuracy", "test_accuracy_flips") if column in shown]
+    shown[percent] *= 100
+    lines += ["## All trials", "", "Accuracies in %; final epoch; test accuracy of single images"]
+    lines[-1] += " (flips: the mean of each test image and its mirror)." if "test_accuracy_flips" in shown else "."
+    lines += ["", markdown_table(shown), ""]
+    if recorded_by:
+        lines += ["Computed by: " + "; ".join(_distinct(table, column) for column in recorded_by) + ".", ""]
     failed = table[table["error"].notna()]
     if len(failed):
         lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
