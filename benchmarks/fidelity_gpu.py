@@ -37,7 +37,9 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["report", "tuned"], help="names of recipes/*.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--limit", type=int, default=None, help="first N train and N/5 test images (smoke runs)")
+    parser.add_argument("--limit", type=int, default=None, help="first N train and N/5 test images (subsets, smoke)")
+    parser.add_argument("--set", action="append", default=[], help="KEY=VALUE after the recipe (repeatable)")
+    parser.add_argument("--tag", default="", help="appended to each kept folder's name (<recipe>-<size>px<tag>)")
     parser.add_argument("--deadline-s", type=float, default=480, help="start no sweep after this many seconds")
     parser.add_argument("--work", type=Path, default=Path("/tmp/fidelity"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "fidelity")
@@ -64,6 +66,7 @@ def main() -> None:
             ]
             if args.limit:
                 overrides += [f"data.train_limit={args.limit}", f"data.test_limit={max(1, args.limit // 5)}"]
+            overrides += args.set
             recipe_params = load_params(ROOT / "params.yaml", overrides, recipe_file)
             # params.yaml's axes at the recipe's own values: a grid over seeds alone
             overrides += [f"sweep.{axis}=[{getattr(recipe_params, axis)}]" for axis in PARAMS_AXES]
@@ -81,7 +84,7 @@ def main() -> None:
                 time.perf_counter() - sweep_started,
                 None if best is None else best["trial_id"],
             )
-            shutil.copytree(run.sweep_dir, args.work / "keep" / f"{recipe}-{size}px", dirs_exist_ok=True)
+            shutil.copytree(run.sweep_dir, args.work / "keep" / f"{recipe}-{size}px{args.tag}", dirs_exist_ok=True)
             with tarfile.open(args.out / "sweeps.tar.gz", "w:gz") as archive:
                 archive.add(args.work / "keep", arcname="sweeps")
 

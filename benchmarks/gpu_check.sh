@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_check.sh bench      # training/eval ratios, data path, CUDA variants
 #   bash benchmarks/gpu_check.sh fidelity   # protocol and both tuned recipes, full data, 64 px, 3 seeds: sweep folders
 #   bash benchmarks/gpu_check.sh fidelity-sizes  # the protocol and the best recipe at 32 and 224 px, 1 seed
+#   bash benchmarks/gpu_check.sh screen     # tuned and four changes on 5k/1k, 64 px, 3 seeds, both test views
 #   bash benchmarks/gpu_check.sh search     # one-at-a-time study vs TPE/random + ASHA; then fidelity at 64 px
 #                                           # with the time left
 set -euo pipefail
@@ -67,6 +68,24 @@ case "${1:-bench}" in
       --recipes tuned-recalibrated report tuned --seeds 0 1 2 --deadline-s 380 --out "$OUT/fidelity" \
       2>&1 | tee "$OUT/fidelity.txt"
     ;;
+  screen)
+    if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
+      echo "screen needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
+      exit 1
+    fi
+    # docs/fidelity.md section 4's screen, decided on single CPU runs, over 3 seeds: tuned alone, then each change
+    started=$SECONDS
+    for change in "" lr=0.002 warmup.batchnorm=recalibrated finetune.last_conv=train \
+        "warmup.batchnorm=recalibrated finetune.last_conv=train"; do
+      left=$((520 - (SECONDS - started)))
+      [ "$left" -gt 60 ] || { echo "deadline: '$change' not started" | tee -a "$OUT/screen.txt"; break; }
+      sets=(--set augment.test_flip=true)
+      for assignment in $change; do sets+=(--set "$assignment"); done
+      timeout "$left" "$PY" benchmarks/fidelity_gpu.py --images "$IMAGES" --weights "$WEIGHTS" --sizes 64 \
+        --recipes tuned --limit 5000 --seeds 0 1 2 "${sets[@]}" --tag="-${change// /-}" --deadline-s 30 \
+        --work /tmp/screen --out "$OUT/screen" 2>&1 | tee -a "$OUT/screen.txt"
+    done
+    ;;
   fidelity-sizes)
     if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
       echo "fidelity-sizes needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
@@ -93,7 +112,7 @@ case "${1:-bench}" in
     fi
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|fidelity-sizes|search]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|screen|fidelity-sizes|search]" >&2
     exit 2
     ;;
 esac
