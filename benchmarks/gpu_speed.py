@@ -37,8 +37,9 @@ from bench import REAL_IMAGES, ROOT, alternate, make_model, median_rate, plain_t
 from mobitune.params import Params, load_params
 from mobitune.provenance import provenance
 from mobitune.sweep.run import SweepRun
-from mobitune.sweep.trial import ensure_data, run_trial_recorded
+from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
+from mobitune.sweep.trial_setup import ensure_data
 from mobitune.training.batches import DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, load_dataset, prepare
 from mobitune.training.loop import compiled, run_finetune, run_warmup, train_one_epoch

@@ -112,7 +112,7 @@ def test_a_local_sweep_that_would_overpack_a_gpu_is_refused(monkeypatch: pytest.
 
 
 def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mobitune.sweep import trial
+    from mobitune.sweep import trial_setup as trial
 
     params = Params()
     key = trial.result_cache_key(params, None, "data-a")

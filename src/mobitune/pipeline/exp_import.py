@@ -37,7 +37,7 @@ from mobitune.pipeline.stages.phase_outputs import write_phase_outputs
 from mobitune.storage.records import FINAL_METRICS, FLIP_METRICS, write_json
 from mobitune.storage.stores import S3Store
 from mobitune.sweep.publish import MANIFEST
-from mobitune.sweep.trial import ensure_data
+from mobitune.sweep.trial_setup import ensure_data
 from mobitune.training.loop import FitResult
 
 WRITTEN = (

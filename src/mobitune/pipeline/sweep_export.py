@@ -21,7 +21,7 @@ from mobitune.pipeline.exp_import import SWEEP_ROOT
 from mobitune.storage.records import write_json
 from mobitune.storage.stores import LocalStore, S3Store
 from mobitune.sweep.publish import MANIFEST, SWEEP_RECORD, publish, write_manifest
-from mobitune.sweep.trial import checkpoint_key, ensure_data
+from mobitune.sweep.trial_setup import checkpoint_key, ensure_data
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.data import load_dataset
 

@@ -2,7 +2,7 @@
 
 The Prefect flow gives :meth:`SweepRun.drive` a runner (Prefect tasks on
 this machine, or flow runs on workers); a runner only starts a
-:class:`~mobitune.sweep.trial.TrialRequest` and says when it has ended. Nothing here
+:class:`~mobitune.sweep.trial_files.TrialRequest` and says when it has ended. Nothing here
 imports Prefect, so the same decisions run anywhere (``benchmarks/`` drives
 trials in-process on a GPU machine that has no Prefect).
 """
@@ -49,7 +49,7 @@ class SweepRun:
     trial_store: str | None
     scheduler: Scheduler
     record: dict[str, Any]  # sweep.json
-    use_cache: bool = True  # reuse stored results of identical trials (see mobitune.sweep.trial.result_cache_key)
+    use_cache: bool = True  # reuse stored results of identical trials (see mobitune.sweep.trial_setup.result_cache_key)
     warmed: set[str] = field(default_factory=set)
     waiting: dict[str, list[Segment]] = field(default_factory=dict)  # warmup key -> segments waiting for it
 

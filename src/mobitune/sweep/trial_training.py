@@ -16,8 +16,8 @@ from typing import Any
 
 from mobitune.storage.records import final_metrics, write_json
 from mobitune.storage.stores import ArtifactStore
-from mobitune.sweep.trial import EpochHook, TrialSetup, checkpoint_key, exclusive
 from mobitune.sweep.trial_files import TrialRequest, epochs_trained, store_results, trial_key
+from mobitune.sweep.trial_setup import EpochHook, TrialSetup, checkpoint_key, exclusive
 from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset
