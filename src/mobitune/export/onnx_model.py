@@ -11,7 +11,6 @@ preprocessing before the first convolution stays in float.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobitune.provenance import provenance
+from mobitune.storage.stores import atomic_path
 from mobitune.training.batches import IMAGENET_MEAN, IMAGENET_STD
 from mobitune.training.data import Dataset
 from mobitune.training.model import MobileNetClassifier
@@ -67,7 +67,7 @@ def export_onnx(
     file's metadata (``classes``, a JSON list) for whoever runs it."""
     packaged = PackagedModel(model.cpu().eval(), image_size, test_flip).eval()
     example = torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8)
-    with _scratch(path) as scratch, warnings.catch_warnings():
+    with atomic_path(path) as scratch, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's: see dynamo=False
         torch.onnx.export(
             packaged,
@@ -99,7 +99,7 @@ def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> None:
             batch = next(self.batches, None)
             return None if batch is None else {INPUT: batch}
 
-    with tempfile.TemporaryDirectory() as work, _scratch(path) as scratch:
+    with tempfile.TemporaryDirectory() as work, atomic_path(path) as scratch:
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared))
         nodes = onnx.load(str(prepared)).graph.node
@@ -182,21 +182,3 @@ def export_model(
     report["int8_speedup_batch_1"] = report["fp32"]["latency_ms_batch_1"] / report["int8"]["latency_ms_batch_1"]
     report["provenance"] = provenance(device="cpu", threads=torch.get_num_threads())  # ONNX Runtime's CPU too
     return report
-
-
-class _scratch:
-    """A scratch path beside ``path`` that replaces it on success and is removed on failure."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.scratch = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
-
-    def __enter__(self) -> Path:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        return self.scratch
-
-    def __exit__(self, kind: object, *rest: object) -> None:
-        if kind is None:
-            self.scratch.replace(self.path)
-        else:
-            self.scratch.unlink(missing_ok=True)

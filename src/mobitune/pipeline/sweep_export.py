@@ -18,7 +18,7 @@ from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
 from mobitune.pipeline.exp_import import SWEEP_ROOT
-from mobitune.storage.records import write_json
+from mobitune.storage.records import Status, write_json
 from mobitune.storage.stores import LocalStore, S3Store
 from mobitune.sweep.publish import MANIFEST, SWEEP_RECORD, publish, write_manifest
 from mobitune.sweep.trial_setup import checkpoint_key, ensure_data
@@ -75,7 +75,7 @@ def _sweep_folder(source: str) -> Path:
 
 def _best_trial(sweep_dir: Path) -> str:
     with open(sweep_dir / "results.csv", newline="") as handle:
-        finished = [row for row in csv.DictReader(handle) if row["status"] == "ok" and row["test_accuracy"]]
+        finished = [row for row in csv.DictReader(handle) if row["status"] == Status.OK and row["test_accuracy"]]
     if not finished:
         raise SweepExportError(f"{sweep_dir}: no trial finished ok; nothing to export")
     return max(finished, key=lambda row: float(row["test_accuracy"]))["trial_id"]

@@ -7,12 +7,22 @@ import io
 import json
 import math
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from mobitune.storage.stores import atomic_write_text
 
-STOPPED = "stopped"  # the status of a trial that early stopping ended at a rung (beside train's ok/diverged)
+
+class Status(StrEnum):
+    """A phase's or a trial's status, in checkpoints, metrics files and ``results.csv`` (plain strings there)."""
+
+    OK = "ok"
+    DIVERGED = "diverged"  # loss NaN/inf: stopped at once, partial history kept; a result, not retried
+    STOPPED = "stopped"  # early stopping ended the trial at a rung (resumable)
+    FAILED = "failed"  # an exception (a bad config, out of memory), recorded with its reason
+
+
 HISTORY_COLUMNS = (  # one row per epoch of history.csv
     "step",
     "phase",

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mobitune.storage.records import Status
 from mobitune.sweep.results import SweepResults, axis_rows, axis_table, best_trial
 
 DPI = 110
@@ -36,7 +37,7 @@ def curves_figure(results: SweepResults, axis: str) -> Figure:
         for _, row in rows.iterrows():
             history = results.histories[row["trial_id"]]
             name = f"{axis}={row[axis]}" + (f" (seed {row['seed']})" if rows["seed"].nunique() > 1 else "")
-            if row["status"] != "ok":
+            if row["status"] != Status.OK:
                 name += f" [{row['status']}]"
             scale = 100 if column.endswith("accuracy") else 1
             ax.plot(history["step"], history[column] * scale, marker="o", markersize=3, label=name)
@@ -107,7 +108,7 @@ def search_figure(results: SweepResults) -> Figure:
             alpha=1 if is_best else 0.6,
             label=f"{row.trial_id} (best)" if is_best else None,
         )[0]
-        if row.status == "stopped":
+        if row.status == Status.STOPPED:
             last = finetune.iloc[-1]
             ax.plot(last["epoch"], last["test_accuracy"] * 100, "x", color=line.get_color(), markersize=9)
     for rung in (results.search or {}).get("rungs", []):

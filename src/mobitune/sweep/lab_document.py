@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mobitune.params import EXECUTION_KEYS, Params, get_dotted, parse_override, recipe_overrides
+from mobitune.storage.records import Status
 from mobitune.sweep import lab_report
 from mobitune.sweep.report import markdown_table
 from mobitune.sweep.results import METRIC_COLUMNS, load_results
@@ -161,7 +162,7 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Every (setting, config): single-view test accuracy mean ± std over seeds, each seed, Δ against the
     protocol paired by seed beside the noise floor, and the test-time flips' view where it was recorded. Settings
     with the most data first; within one, the best config first."""
-    ok = trials[trials["status"] == "ok"]
+    ok = trials[trials["status"] == Status.OK]
     rows = []
     for (data, px, epochs, config), group in ok.groupby(["data", "px", "epochs", "config"], sort=False):
         protocol = per_seed(_setting(ok, data, px, epochs).query("config == @PROTOCOL"))
@@ -194,7 +195,7 @@ def headline_lines(trials: pd.DataFrame) -> list[str]:
     single view on both sides, the gap to the protocol paired by seed; the flips' view on a line of its own."""
     report = f"**{lab_report.HEADLINE_TEST_ACCURACY * 100:.1f}%**"
     budget = f"{REPORT_BUDGET[0]}+{REPORT_BUDGET[1]}"
-    ok = trials[(trials["status"] == "ok") & (trials["epochs"] == budget)]
+    ok = trials[(trials["status"] == Status.OK) & (trials["epochs"] == budget)]
     full = ok[(ok["data"] == FULL_DATA) & ok["test_accuracy"].notna()]
     lines = [
         f"The report: {report} test accuracy, its protocol on all {FULL_DATA} images, {budget} epochs, torchvision's "
@@ -229,7 +230,7 @@ def headline_lines(trials: pd.DataFrame) -> list[str]:
 def study_tables(trials: pd.DataFrame) -> list[str]:
     """Tables 1-3: the trials that change only that hyperparameter from the protocol (or nothing), per setting,
     seeds pooled, beside the report's rows."""
-    ok = trials[trials["status"] == "ok"]
+    ok = trials[trials["status"] == Status.OK]
     lines: list[str] = []
     for axis in lab_report.TABLES:
         around = ok[ok["changed"].map(lambda changed, axis=axis: set(changed) <= {axis})]
@@ -241,7 +242,7 @@ def study_tables(trials: pd.DataFrame) -> list[str]:
             ours[["train_accuracy", "test_accuracy"]] *= 100
             ours["test_accuracy_std"] = grouped["test_accuracy"].std() * 100
             ours["seeds"] = grouped["seed"].nunique()
-            ours["status"] = "ok"
+            ours["status"] = Status.OK
             lines += [
                 f"### {lab_report.TABLE_NAMES[axis]}: {axis} ({data} images, {px} px, {epochs} epochs)",
                 "",

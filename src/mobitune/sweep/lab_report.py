@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from mobitune.storage.records import Status
+
 
 @dataclass(frozen=True)
 class ReportRow:
@@ -77,7 +79,7 @@ def _note(axis: str, value: Any, status: str) -> str:
         notes.append("report: named in the text, no numbers")
     elif report_row(axis, value) is None:
         notes.append("not in the report")
-    if status != "ok":
+    if status != Status.OK:
         notes.append(f"ours: {status}")
     return "; ".join(notes)
 
@@ -133,7 +135,7 @@ def headline(table: pd.DataFrame, base: dict[str, Any]) -> str | None:
         f"**{HEADLINE_TEST_ACCURACY * 100:.1f}%** test accuracy after 5 warmup + 5 finetune epochs (train/test "
         f"loss {warmup[0]}/{warmup[1]} after warmup, {finetune[0]}/{finetune[1]} after finetune)."
     )
-    ok = same[same["status"] == "ok"]
+    ok = same[same["status"] == Status.OK]
     if ok.empty:
         return line + " This sweep has no finished trial of that config."
     phases = sorted(set(zip(ok["warmup_epochs"], ok["finetune_epochs"], strict=True)))

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from mobitune.params import get_dotted
+from mobitune.storage.records import Status
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
 FLIP_COLUMNS = ["test_loss_flips", "test_accuracy_flips"]  # with augment.test_flip: each image and its mirror
@@ -99,5 +100,5 @@ def axis_table(results: SweepResults, axis: str) -> pd.DataFrame:
 
 
 def best_trial(results: SweepResults) -> pd.Series | None:
-    ok = results.table[results.table["status"] == "ok"].dropna(subset=["test_accuracy"])
+    ok = results.table[results.table["status"] == Status.OK].dropna(subset=["test_accuracy"])
     return None if ok.empty else ok.loc[ok["test_accuracy"].idxmax()]

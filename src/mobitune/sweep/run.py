@@ -21,7 +21,7 @@ import pandas as pd
 
 from mobitune.errors import MobituneError
 from mobitune.params import Params, get_dotted, params_from_dict
-from mobitune.storage.records import STOPPED, json_safe, write_json
+from mobitune.storage.records import Status, json_safe, write_json
 from mobitune.sweep.plan import new_sweep_id, warmup_key
 from mobitune.sweep.publish import SWEEP_RECORD, write_manifest
 from mobitune.sweep.report import write_report
@@ -192,10 +192,10 @@ class SweepRun:
         history = pd.read_csv(folder / "history.csv")
         accuracies = history.loc[history["phase"] == "finetune", "test_accuracy"].tolist()
         # a resumed sweep replays the rung decision that stopped a trial: the scheduler makes it again
-        status = "ok" if metrics["status"] == STOPPED else metrics["status"]
+        status = Status.OK if metrics["status"] == Status.STOPPED else metrics["status"]
         self.scheduler.segment_done(segment, status, accuracies)
         if request.trial_id in self.scheduler.stopped:
-            write_json(folder / "metrics.json", {**metrics, "status": STOPPED})
+            write_json(folder / "metrics.json", {**metrics, "status": Status.STOPPED})
 
     def _fetch(self, request: TrialRequest, folder: Path) -> bool:
         store = request.store()

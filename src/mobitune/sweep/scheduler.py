@@ -28,7 +28,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import TrialState
 
 from mobitune.params import EarlyStopParams, Params, SearchRange
-from mobitune.storage.records import STOPPED
+from mobitune.storage.records import Status
 from mobitune.sweep.plan import TrialSpec, expand, make_trial, trial_base
 
 STUDY_FILE = "study.journal"
@@ -220,7 +220,7 @@ class Scheduler:
         # a resumed sweep replaying a trial that had gone further: the promotions it earned on the way count again
         for passed in (rung for rung in self.rungs if segment.until <= rung < state.epochs):
             self._decided(passed, segment.trial.trial_id, test_accuracies[passed - 1], promote=True)
-        if status != "ok" or state.epochs >= self.epochs or state.epochs < segment.until:
+        if status != Status.OK or state.epochs >= self.epochs or state.epochs < segment.until:
             self._finish(state, status, test_accuracies)
             return
         accuracy = test_accuracies[-1]
@@ -230,7 +230,7 @@ class Scheduler:
             self.promotions.append(Segment(segment.trial, self._next_stop(state.epochs), first=False))
         else:
             self.stopped.add(segment.trial.trial_id)
-            self._finish(state, STOPPED, test_accuracies)
+            self._finish(state, Status.STOPPED, test_accuracies)
 
     def _decided(self, rung: int, trial_id: str, accuracy: float, promote: bool) -> None:
         self.reached.setdefault(rung, []).append(accuracy)
@@ -240,11 +240,11 @@ class Scheduler:
         del self.running[state.spec.trial_id]
         if state.optuna_trial is None or self.study is None:
             return
-        if status == "ok":
+        if status == Status.OK:
             self.study.tell(state.optuna_trial, test_accuracies[-1])
-        elif status == STOPPED:
+        elif status == Status.STOPPED:
             self.study.tell(state.optuna_trial, state=TrialState.PRUNED)
-        elif status == "diverged":
+        elif status == Status.DIVERGED:
             self.study.tell(state.optuna_trial, 0.0)  # evidence against its region, unlike a failure
         else:
             self.study.tell(state.optuna_trial, state=TrialState.FAIL)

@@ -24,7 +24,7 @@ from typing import Any
 
 from mobitune.errors import ServiceUnavailable
 from mobitune.params import Params
-from mobitune.storage.records import STOPPED
+from mobitune.storage.records import Status
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial_files import TrialRequest, record_failure, store_results, trial_key
 from mobitune.sweep.trial_setup import EpochHook, TrialSetup, exclusive, segment_end
@@ -40,7 +40,7 @@ def _finished_segment(
         return None
     metrics = json.loads((local_root / key).read_text())
     trained = metrics.get("finetune_epochs") or 0
-    if metrics["status"] in ("ok", STOPPED) and trained < segment_end(params, request.until):
+    if metrics["status"] in (Status.OK, Status.STOPPED) and trained < segment_end(params, request.until):
         return None  # an earlier segment's result: this one trains on from the checkpoint
     print(f"{request.trial_id}: already finished in this sweep ({metrics['status']}), kept as it is")
     return metrics

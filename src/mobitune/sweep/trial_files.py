@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.provenance import provenance
-from mobitune.storage.records import HISTORY_COLUMNS, final_metrics, write_csv, write_json
+from mobitune.storage.records import HISTORY_COLUMNS, Status, final_metrics, write_csv, write_json
 from mobitune.storage.stores import ArtifactStore, open_store
 
-FAILED = "failed"
 TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
 
 
@@ -47,7 +46,7 @@ def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
 def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> dict[str, Any]:
     """Store a ``failed`` result for the trial: its reason, no history."""
     local_root = Path(request.local_root).resolve()
-    metrics = {**final_metrics([]), **epochs_trained([]), "status": FAILED, "seconds": seconds, "error": reason}
+    metrics = {**final_metrics([]), **epochs_trained([]), "status": Status.FAILED, "seconds": seconds, "error": reason}
     metrics["provenance"] = provenance(seed=request.params.get("seed"))
     return store_results(request, request.store(), local_root, [], metrics)
 

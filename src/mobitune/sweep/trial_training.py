@@ -14,12 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobitune.storage.records import final_metrics, write_json
+from mobitune.storage.records import Status, final_metrics, write_json
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial_files import TrialRequest, epochs_trained, store_results, trial_key
 from mobitune.sweep.trial_setup import EpochHook, TrialSetup, checkpoint_key, exclusive
 from mobitune.training.batches import DeviceData, resolve_device
-from mobitune.training.checkpoints import DIVERGED
 from mobitune.training.data import load_dataset
 from mobitune.training.loop import run_finetune, run_warmup
 from mobitune.training.memory import check_trial_fits
@@ -49,7 +48,7 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
     history = list(warm["history"])
     status = warm["status"]
     earlier_seconds = 0.0
-    if status != DIVERGED:
+    if status != Status.DIVERGED:
         stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
         local_checkpoint = local_root / stored_checkpoint
         resumed = store.get_file(stored_checkpoint, local_checkpoint)

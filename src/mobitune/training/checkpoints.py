@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,22 +9,15 @@ import torch
 
 from mobitune.errors import MobituneError
 from mobitune.params import Params
+from mobitune.storage.records import Status
+from mobitune.storage.stores import atomic_path
 from mobitune.training.model import MobileNetClassifier, build_model, load_checkpoint
-
-OK, DIVERGED = "ok", "diverged"  # a phase's status, in its checkpoints and results
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    """``torch.save`` to a temp file, then rename: a checkpoint is whole or absent."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` whole or not at all."""
+    with atomic_path(path) as scratch:
+        torch.save(checkpoint, scratch)
 
 
 def resume_state(path: Path | None, phase: str) -> dict[str, Any] | None:
@@ -34,7 +25,7 @@ def resume_state(path: Path | None, phase: str) -> dict[str, Any] | None:
     if path is None or not path.exists():
         return None
     state = load_checkpoint(path)
-    return state if state.get("phase") == phase and state.get("status") == OK else None
+    return state if state.get("phase") == phase and state.get("status") == Status.OK else None
 
 
 def load_trained_model(checkpoint_path: Path, params: Params, num_classes: int) -> tuple[MobileNetClassifier, dict]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from mobitune.params import Params
+from mobitune.storage.records import Status
 from mobitune.training.batches import DeviceData
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.loop import TestScores, evaluate
@@ -50,4 +51,4 @@ def evaluate_checkpoint(params: Params, device_data: DeviceData, checkpoint_path
         {"actual": classes[a], "predicted": classes[p]}
         for a, p in zip(labels.tolist(), predicted.tolist(), strict=True)
     ]
-    return Evaluation(scores, per_class, state.get("status", "ok"), rows)
+    return Evaluation(scores, per_class, state.get("status", Status.OK), rows)

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobitune.params import OptimizationParams, Params
+from mobitune.storage.records import Status
 from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
-from mobitune.training.checkpoints import DIVERGED, OK, load_trained_model, resume_state, save_checkpoint
+from mobitune.training.checkpoints import load_trained_model, resume_state, save_checkpoint
 from mobitune.training.frozen_features import frozen_feature_data
 from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_blocks
 
@@ -115,7 +116,7 @@ def make_optimizer(
 @dataclass
 class FitResult:
     history: list[dict[str, Any]]
-    status: str
+    status: Status
 
 
 def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -260,11 +261,13 @@ def fit(
         scheduler.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
     generator = torch.Generator(device=device_data.device)
-    status = OK
+    status = Status.OK
 
     def checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        save_checkpoint(checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status})
+        save_checkpoint(
+            checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status.value}
+        )
 
     first_epoch = len(history) + 1
     last_epoch = phase.epochs if until is None else min(until, phase.epochs)
@@ -287,7 +290,7 @@ def fit(
         if math.isfinite(train_loss):
             row.update(evaluate(runner, device_data).row())
         else:
-            status = DIVERGED
+            status = Status.DIVERGED
             row.update(not_evaluated(device_data))
         row["seconds"] = time.perf_counter() - started
         history.append(row)
@@ -301,7 +304,7 @@ def fit(
             f"{row['test_loss']:.4f} acc {row['test_accuracy']:.4f}{_flips_text(row)} | {row['seconds']:.1f}s",
             flush=True,
         )
-        if status == DIVERGED:
+        if status == Status.DIVERGED:
             print(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged", flush=True)
             break
     if first_epoch > last_epoch:
