@@ -22,7 +22,7 @@ from pathlib import Path
 from search_study import InlineRunner
 
 from mobitune.params import load_params
-from mobitune.sweep.results import best_trial
+from mobitune.report.results import best_trial
 from mobitune.sweep.run import SweepRun
 
 ROOT = Path(__file__).resolve().parents[1]

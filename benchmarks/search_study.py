@@ -25,8 +25,8 @@ from typing import Any
 
 from mobitune.params import load_params
 from mobitune.provenance import provenance
+from mobitune.report.results import best_trial
 from mobitune.sweep.plan import expand
-from mobitune.sweep.results import best_trial
 from mobitune.sweep.run import SweepRun
 from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest

@@ -13,10 +13,10 @@ from matplotlib.figure import Figure
 
 from mobitune import cli
 from mobitune.params import Params
-from mobitune.sweep import lab_document, lab_report
-from mobitune.sweep.figures import save_figure, summary_figure
-from mobitune.sweep.report import report_markdown
-from mobitune.sweep.results import SweepResults
+from mobitune.report import lab_document, lab_report
+from mobitune.report.figures import save_figure, summary_figure
+from mobitune.report.results import SweepResults
+from mobitune.report.sweep_report import report_markdown
 
 # SEED-REPORT.md, Tables 1-3, as printed there (accuracies in %)
 PRINTED = {

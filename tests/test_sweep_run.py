@@ -24,8 +24,8 @@ from matplotlib.figure import Figure
 
 from mobitune.errors import EndpointUnreachable
 from mobitune.params import Params, params_from_dict
+from mobitune.report import sweep_report as report
 from mobitune.storage.stores import LocalStore
-from mobitune.sweep import report
 from mobitune.sweep.run import SweepRun, resume_backend
 from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest, store_results

@@ -282,12 +282,12 @@ def _sweep_record(sweep_dir: Path) -> dict:
 def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
     """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune); with ``into``,
     the lab report's tables beside several sweeps' trials, written into that document."""
+    from mobitune.report.results import load_results
+    from mobitune.report.sweep_report import write_report
     from mobitune.sweep.publish import write_manifest
-    from mobitune.sweep.report import write_report
-    from mobitune.sweep.results import load_results
 
     if into is not None:
-        from mobitune.sweep.lab_document import lab_document, recipes_in, write_into
+        from mobitune.report.lab_document import lab_document, recipes_in, write_into
 
         for sweep_dir in sweep_dirs:
             _sweep_record(sweep_dir)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mobitune.sweep.results import SweepResults
+from mobitune.report.results import SweepResults
 
 
 def display_table(results: SweepResults) -> pd.DataFrame:

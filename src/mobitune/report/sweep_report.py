@@ -9,9 +9,9 @@ from typing import Any
 
 import pandas as pd
 
-from mobitune.sweep import lab_report
-from mobitune.sweep.figures import curves_figure, save_figure, search_figure, summary_figure
-from mobitune.sweep.results import PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
+from mobitune.report import lab_report
+from mobitune.report.figures import curves_figure, save_figure, search_figure, summary_figure
+from mobitune.report.results import PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
 
 
 def rung_table(search: Mapping[str, Any]) -> pd.DataFrame:
@@ -162,7 +162,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
 
 def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str, figure_cache: Path | None = None) -> list[Path]:
     """results.csv, figures/*.png and report.md in ``sweep_dir``; returns the files written. ``figure_cache``:
-    a folder of figures drawn before, by what they show (see :func:`~mobitune.sweep.figures.save_figure`)."""
+    a folder of figures drawn before, by what they show (see :func:`~mobitune.report.figures.save_figure`)."""
     written = [sweep_dir / "results.csv"]
     results.table.to_csv(written[0], index=False)
     figures: dict[str, list[str]] = {}

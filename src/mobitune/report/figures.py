@@ -16,8 +16,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mobitune.report.results import SweepResults, axis_rows, axis_table, best_trial
 from mobitune.storage.records import Status
-from mobitune.sweep.results import SweepResults, axis_rows, axis_table, best_trial
 
 DPI = 110
 CURVES = [
