@@ -40,8 +40,9 @@ from mobitune.params import Params
 from mobitune.provenance import provenance
 from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
-from mobitune.training.loop import evaluate, fit, train_one_epoch, warmup_phase
-from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
+from mobitune.training.loop import evaluate, fit, train_one_epoch
+from mobitune.training.model import MobileNetClassifier, set_trainable_layers
+from mobitune.training.phases import warmup_phase
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -81,7 +82,7 @@ def make_model(mode: str, device: torch.device) -> MobileNetClassifier:
         model.requires_grad_(True)
         model.frozen_prefix = 0
     else:
-        set_trainable_blocks(model, MODES[mode], "first")
+        set_trainable_layers(model, MODES[mode], "first")
     return model.to(device, memory_format=torch.channels_last)
 
 

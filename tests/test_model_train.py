@@ -23,7 +23,7 @@ from mobitune.training.memory import (
     saved_for_backward_bytes,
     trial_memory_bytes,
 )
-from mobitune.training.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_blocks
+from mobitune.training.model import MobileNetClassifier, ModelError, build_model, load_checkpoint, set_trainable_layers
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_head_matches_the_report() -> None:
 )
 def test_freezing_by_block_count(blocks: int, side: str, last_conv: bool, expected: range) -> None:
     model = MobileNetClassifier(10, 32, 0.2)
-    set_trainable_blocks(model, blocks, side, last_conv)
+    set_trainable_layers(model, blocks, side, last_conv)
     trainable = [i for i, layer in enumerate(model.features) if any(p.requires_grad for p in layer.parameters())]
     assert trainable == list(expected)
     assert all(p.requires_grad for p in model.classifier.parameters())
@@ -213,12 +213,13 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
 ) -> None:
     """With flips the cache keeps each image's mirror features too, and draws between them as the flip would."""
     from mobitune.training.frozen_features import frozen_feature_data
-    from mobitune.training.loop import fit, warmup_phase
+    from mobitune.training.loop import fit
+    from mobitune.training.phases import warmup_phase
 
     params = small_params(calibrated_weights, **augment)
     device_data = device_data_for(params, prepared, train_limit=256)
     probe = build_model(params.model, 10)
-    set_trainable_blocks(probe, 0, "first")
+    set_trainable_layers(probe, 0, "first")
     cached_data = frozen_feature_data(probe, device_data)
     assert cached_data is not None
     assert cached_data.train.images.shape == (256, 2 if augment else 1, 1280)
@@ -297,7 +298,7 @@ def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
 
     params = small_params(**{"augment.crop_padding": "2"})
     model = build_model(params.model, 10)
-    set_trainable_blocks(model, 0, "first")
+    set_trainable_layers(model, 0, "first")
     assert frozen_feature_data(model, device_data_for(params, prepared, train_limit=16)) is None
 
 
@@ -322,11 +323,12 @@ def test_learning_rate_schedules_on_fixed_steps() -> None:
 
 
 def test_weight_decay_spares_biases_and_norms_and_the_schedule_drives_the_rate() -> None:
-    from mobitune.training.loop import finetune_phase, make_optimizer
+    from mobitune.training.loop import make_optimizer
+    from mobitune.training.phases import finetune_phase
 
     params = small_params(**{"finetune.weight_decay": 0.05, "finetune.schedule": "cosine", "trainable_layers": 2})
     model = build_model(params.model, 10)
-    set_trainable_blocks(model, 2, "first")
+    set_trainable_layers(model, 2, "first")
     optimizer, scheduler = make_optimizer(model, finetune_phase(params), steps_per_epoch=4)
     decayed, spared = optimizer.param_groups
     assert decayed["weight_decay"] == 0.05 and spared["weight_decay"] == 0.0
@@ -462,10 +464,10 @@ def test_memory_estimate_counts_what_a_real_forward_keeps_and_refuses_a_full_gpu
     is refused on a GPU without that much memory left, with a message that says what to do."""
     params = small_params(**{"model.image_size": 32, "trainable_layers": 4})
     real = build_model(params.model, 10)
-    set_trainable_blocks(real, params.trainable_layers, params.model.unfreeze_from)
+    set_trainable_layers(real, params.trainable_layers, params.model.unfreeze_from)
     with torch.device("meta"):
         shapes_only = MobileNetClassifier(10, params.model.hidden_units, params.model.dropout)
-    set_trainable_blocks(shapes_only, params.trainable_layers, params.model.unfreeze_from)
+    set_trainable_layers(shapes_only, params.trainable_layers, params.model.unfreeze_from)
     real_bytes = saved_for_backward_bytes(real, torch.rand(4, 3, 32, 32))
     meta_batch = torch.empty(4, 3, 32, 32, device="meta")
     # within 1%: the meta device keeps the per-channel vectors that the CPU's BatchNorm in eval mode leaves empty

@@ -25,51 +25,10 @@ from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import load_trained_model, resume_state, save_checkpoint
 from mobitune.training.frozen_features import frozen_feature_data
-from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_blocks
+from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_layers
+from mobitune.training.phases import Phase, finetune_phase, warmup_phase
 
 DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
-
-
-@dataclass(frozen=True)
-class Phase:
-    name: str
-    epochs: int
-    lr: float
-    batch_size: int
-    trainable_blocks: int
-    unfreeze_from: str
-    options: OptimizationParams = OptimizationParams()
-    frozen_batchnorm: bool = False
-    last_conv: bool = False  # features[18] trains too
-    compile: str = "none"  # torch.compile mode of the train and eval steps (params' ``compile``)
-
-
-def warmup_phase(params: Params) -> Phase:
-    return Phase(
-        "warmup",
-        params.warmup.epochs,
-        params.warmup.lr,
-        params.warmup.batch_size,
-        0,
-        params.model.unfreeze_from,
-        params.warmup,
-        compile=params.compile,
-    )
-
-
-def finetune_phase(params: Params) -> Phase:
-    return Phase(
-        "finetune",
-        params.finetune.epochs,
-        params.lr,
-        params.batch_size,
-        params.trainable_layers,
-        params.model.unfreeze_from,
-        params.finetune,
-        params.finetune.batchnorm == "frozen",
-        params.finetune.last_conv == "train",
-        params.compile,
-    )
 
 
 def lr_multiplier(options: OptimizationParams, step: int, total_steps: int) -> float:
@@ -245,7 +204,7 @@ def fit(
     evaluated run cannot silently change its configuration. ``on_checkpoint``
     gets each epoch's history row once its checkpoint is written.
     """
-    set_trainable_blocks(model, phase.trainable_blocks, phase.unfreeze_from, phase.last_conv)
+    set_trainable_layers(model, phase.trainable_layers, phase.unfreeze_from, phase.last_conv)
     model.frozen_batchnorm = phase.frozen_batchnorm
     model.to(device_data.device, memory_format=torch.channels_last)
     runner: torch.nn.Module = model

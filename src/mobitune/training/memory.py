@@ -21,7 +21,8 @@ from mobitune.errors import MobituneError
 from mobitune.params import Params
 from mobitune.training.batches import EVAL_BATCH_SIZE
 from mobitune.training.data import Dataset
-from mobitune.training.model import MobileNetClassifier, set_trainable_blocks
+from mobitune.training.model import MobileNetClassifier, set_trainable_layers
+from mobitune.training.phases import finetune_phase
 
 CUDA_CONTEXT_BYTES = 600 * 2**20  # per process: the CUDA context, cuBLAS and cuDNN workspaces, about
 TRANSIENT_FACTOR = 1.25  # a training step's temporaries (its outputs, gradients in flight) on top of what it saves
@@ -38,11 +39,10 @@ def trial_memory_bytes(params: Params, num_classes: int, images: int, image_shap
     and ``images`` uint8 images of ``image_shape`` (C, H, W) kept on the device."""
     with torch.device("meta"):
         model = MobileNetClassifier(num_classes, params.model.hidden_units, params.model.dropout)
-    set_trainable_blocks(
-        model, params.trainable_layers, params.model.unfreeze_from, params.finetune.last_conv == "train"
-    )
+    phase = finetune_phase(params)
+    set_trainable_layers(model, phase.trainable_layers, phase.unfreeze_from, phase.last_conv)
     side = params.model.image_size
-    saved = saved_for_backward_bytes(model, torch.empty(params.batch_size, 3, side, side, device="meta"))
+    saved = saved_for_backward_bytes(model, torch.empty(phase.batch_size, 3, side, side, device="meta"))
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     steps = max(int(TRANSIENT_FACTOR * saved), _eval_peak(model, side))

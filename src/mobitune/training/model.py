@@ -65,16 +65,22 @@ class MobileNetClassifier(nn.Module):
         return self
 
 
-def set_trainable_blocks(model: MobileNetClassifier, blocks: int, unfreeze_from: str, last_conv: bool = False) -> None:
-    """Freeze all features, then unfreeze ``blocks`` inverted-residual blocks (and the last convolution).
+def set_trainable_layers(
+    model: MobileNetClassifier, trainable_layers: int, unfreeze_from: str, last_conv: bool = False
+) -> None:
+    """Freeze all features, then unfreeze ``trainable_layers`` inverted-residual blocks (and the last convolution).
 
-    ``first`` unfreezes ``features[1..blocks]`` (the report), ``last`` unfreezes
-    ``features[18-blocks..17]``; ``last_conv`` unfreezes ``features[18]``. The head always trains.
+    ``first`` unfreezes ``features[1..trainable_layers]`` (the report), ``last`` unfreezes
+    ``features[18-trainable_layers..17]``; ``last_conv`` unfreezes ``features[18]``. The head always trains.
     """
-    if not 0 <= blocks <= NUM_BLOCKS:
-        raise ValueError(f"blocks must be in 0..{NUM_BLOCKS}, got {blocks}")
+    if not 0 <= trainable_layers <= NUM_BLOCKS:
+        raise ValueError(f"trainable_layers must be in 0..{NUM_BLOCKS}, got {trainable_layers}")
     model.features.requires_grad_(False)
-    first = range(1, blocks + 1) if unfreeze_from == "first" else range(NUM_BLOCKS + 1 - blocks, NUM_BLOCKS + 1)
+    first = (
+        range(1, trainable_layers + 1)
+        if unfreeze_from == "first"
+        else range(NUM_BLOCKS + 1 - trainable_layers, NUM_BLOCKS + 1)
+    )
     indices = [*first, *([NUM_BLOCKS + 1] if last_conv else [])]
     for index in indices:
         model.features[index].requires_grad_(True)
