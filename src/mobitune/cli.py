@@ -14,13 +14,13 @@ mobitune predict IMAGE_OR_FOLDER... [--model data/models/model.onnx] [--top 3] [
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from mobitune.errors import MobituneError
+from mobitune.storage.stores import LOCAL_ROOT
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="continue a sweep whose process died: finished trials kept, unfinished ones from their checkpoints",
     )
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    sweep.add_argument("--local-root", default="artifacts", help="local artifact folder (default: artifacts)")
+    sweep.add_argument("--local-root", default=LOCAL_ROOT, help=f"local artifact folder (default: {LOCAL_ROOT})")
     sweep.add_argument("--deployment", default="trial-slot/gpu", help="trial-slot deployment for --backend workers")
     setup = commands.add_parser(
         "setup", help="create the work pools and the zombie-run automation on the Prefect server (idempotent)"
@@ -159,38 +159,26 @@ def expected_failure(exc: BaseException) -> MobituneError | None:
 
 
 def _sweep(args: argparse.Namespace) -> str:
-    from mobitune.params import load_params, params_from_dict
-    from mobitune.storage.stores import check_storage
-    from mobitune.sweep.run import load_record, resume_backend
-    from mobitune.sweep.scheduler import Scheduler
+    from mobitune.orchestration.sweep_start import start_sweep
 
-    if args.parallel is not None and args.parallel < 1:
-        raise MobituneError(f"--parallel must be at least 1, got {args.parallel}")
-    if args.resume:
-        if args.overrides or args.recipe:
-            raise MobituneError("--resume continues a sweep with the params it started with: drop --set and --recipe")
-        record = load_record(Path(args.local_root), args.resume)
-        params = params_from_dict(record["params"])
-        args.backend, note = resume_backend(record, args.backend)
+    started = start_sweep(  # bad params, specs, devices and storage fail before Prefect starts
+        resume=args.resume,
+        overrides=args.overrides,
+        recipe=args.recipe,
+        params_file=args.params,
+        local_root=args.local_root,
+        backend=args.backend,
+        parallel=args.parallel,
+    )
+    for note in started.notes:
         print(note, file=sys.stderr)
-    else:  # bad params and specs fail before Prefect starts
-        params = load_params(args.params, args.overrides, args.recipe)
-        args.backend = args.backend or "local"
-    planned = [trial.params for trial in Scheduler.create(params).planned]
-    if args.backend == "local":  # on workers, the device is each worker's
-        from mobitune.orchestration.local_runner import local_devices
-
-        local_devices(params, args.parallel, planned)
-    warning = check_storage(params.storage.uri, allow_unreachable=args.backend == "local")
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
     from mobitune.orchestration.sweep_flow import sweep
 
     return sweep(
         overrides=args.overrides,
         recipe=args.recipe,
         params_file=args.params,
-        backend=args.backend,
+        backend=started.backend,
         parallel=args.parallel,
         local_root=args.local_root,
         deployment=args.deployment,
@@ -270,19 +258,10 @@ def _recipe_arguments(path: Path) -> str:
     return "\n".join(f"-S {shlex.quote(override)}" for override in recipe_overrides(path))
 
 
-def _sweep_record(sweep_dir: Path) -> dict:
-    from mobitune.sweep.publish import SWEEP_RECORD
-
-    record_path = sweep_dir / SWEEP_RECORD
-    if not record_path.exists():
-        raise MobituneError(f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give artifacts/sweeps/<sweep_id>")
-    return json.loads(record_path.read_text())
-
-
 def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
     """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune); with ``into``,
     the lab report's tables beside several sweeps' trials, written into that document."""
-    from mobitune.report.results import load_results
+    from mobitune.report.results import load_results, read_sweep_record
     from mobitune.report.sweep_report import write_report
     from mobitune.sweep.publish import write_manifest
 
@@ -290,22 +269,23 @@ def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
         from mobitune.report.lab_document import lab_document, recipes_in, write_into
 
         for sweep_dir in sweep_dirs:
-            _sweep_record(sweep_dir)
+            read_sweep_record(sweep_dir)
         write_into(into, lab_document(sweep_dirs, recipes_in(Path("recipes"))))
         return into
     if len(sweep_dirs) > 1:
         raise MobituneError("report: give one sweep folder, or several with --into FILE")
     sweep_dir = sweep_dirs[0]
-    record = _sweep_record(sweep_dir)
+    record = read_sweep_record(sweep_dir)
     write_report(load_results(sweep_dir, record), sweep_dir, record["sweep_id"])
     write_manifest(sweep_dir)
     return sweep_dir / "report.md"
 
 
 def _push(sweep_dir: Path, to: str | None) -> str:
+    from mobitune.report.results import read_sweep_record
     from mobitune.sweep.publish import publish, write_manifest
 
-    uri = to or _sweep_record(sweep_dir)["storage_uri"]
+    uri = to or read_sweep_record(sweep_dir)["storage_uri"]
     if not uri:
         raise MobituneError(f"{sweep_dir}: the sweep had no storage.uri; give one with --to s3://bucket/prefix")
     write_manifest(sweep_dir)

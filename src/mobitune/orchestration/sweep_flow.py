@@ -29,9 +29,9 @@ from mobitune.errors import MobituneError
 from mobitune.orchestration.form import SweepSettings
 from mobitune.orchestration.presentation import display_table, inline_figures
 from mobitune.orchestration.slots import SlotRunner
-from mobitune.params import load_params, params_from_dict
+from mobitune.orchestration.sweep_start import start_sweep
 from mobitune.storage.records import json_safe
-from mobitune.storage.stores import check_storage
+from mobitune.storage.stores import LOCAL_ROOT
 from mobitune.sweep.publish import publish
 from mobitune.sweep.run import SweepRun
 
@@ -46,7 +46,7 @@ def sweep(
     params_file: str = "params.yaml",
     backend: Literal["local", "workers"] = "local",
     parallel: int | None = None,
-    local_root: str = "artifacts",
+    local_root: str = LOCAL_ROOT,
     deployment: str = "trial-slot/gpu",
     cache: bool = True,
     resume: str | None = None,
@@ -59,29 +59,31 @@ def sweep(
     a sweep whose process died; it continues in its own folder with the params it started with.
     """
     logger = get_run_logger()
+    overrides = [*(settings.overrides() if settings else []), *(overrides or [])]
+    started = start_sweep(
+        resume=resume,
+        overrides=overrides,
+        recipe=recipe,
+        params_file=params_file,
+        local_root=local_root,
+        backend=backend,
+        parallel=parallel,
+    )
+    for note in started.notes:
+        logger.warning(note)
+    params = started.params
     if resume:
         run = SweepRun.resume(Path(local_root), resume, backend, cache)
-        params = params_from_dict(run.record["params"])
     else:
-        overrides = [*(settings.overrides() if settings else []), *(overrides or [])]
-        params = load_params(params_file, overrides, recipe)
-    warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
-    if warning:
-        logger.warning(warning)
-    if not resume:
         run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache)
     planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
     logger.info(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
     )
     if backend == "local":
-        from mobitune.orchestration.local_runner import (  # only a local sweep runs trials in this process
-            LocalRunner,
-            local_devices,
-        )
+        from mobitune.orchestration.local_runner import LocalRunner  # only a local sweep runs trials in this process
 
-        devices = local_devices(params, parallel, [trial.params for trial in run.scheduler.planned])
-        run.drive(LocalRunner(devices), len(devices), logger)
+        run.drive(LocalRunner(started.devices), len(started.devices), logger)
     else:
         from prefect.client.orchestration import get_client
 

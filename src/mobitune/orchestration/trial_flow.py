@@ -21,6 +21,7 @@ from mobitune.errors import ServiceUnavailable
 from mobitune.orchestration.mailbox import Mailbox
 from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
 from mobitune.storage.records import json_safe
+from mobitune.storage.stores import LOCAL_ROOT
 from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
 
@@ -32,7 +33,7 @@ def trial(
     params: dict[str, Any],
     varied: dict[str, Any] | None = None,
     store_uri: str | None = None,
-    local_root: str = "artifacts",
+    local_root: str = LOCAL_ROOT,
     warmup_only: bool = False,
     until: int | None = None,
     use_cache: bool = True,
@@ -53,7 +54,7 @@ def trial_slot(
     sweep_id: str,
     slot: str,
     store_uri: str | None = None,
-    local_root: str = "artifacts",
+    local_root: str = LOCAL_ROOT,
     idle_timeout_s: float = SLOT_IDLE_SECONDS,
     outage_s: float = 0,
 ) -> int:

@@ -35,7 +35,7 @@ from mobitune.params import PARAMS_FILE, params_from_dict
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages.phase_outputs import write_phase_outputs
 from mobitune.storage.records import FINAL_METRICS, FLIP_METRICS, write_json
-from mobitune.storage.stores import S3Store
+from mobitune.storage.stores import LOCAL_ROOT, S3Store
 from mobitune.sweep.publish import MANIFEST
 from mobitune.sweep.trial_setup import ensure_data
 from mobitune.training.loop import FitResult
@@ -51,7 +51,6 @@ WRITTEN = (
     paths.DATA / ".gitignore",  # dvc exp save lists the data stage's output there if nothing did yet
     Path("dvc.lock"),  # and records the stage in it: a project that never ran the pipeline has none
 )
-SWEEP_ROOT = Path("artifacts")  # mobitune sweep's --local-root: sweeps, checkpoints and prepared data
 WORKSPACE_KEYS = ("device", "sweep", "storage")  # how this machine runs sweeps, not what a trial trained
 
 
@@ -168,7 +167,7 @@ class _SweepData:
         self.linked: Path | None = None
 
     def link(self, params: dict[str, Any]) -> None:
-        prepared = ensure_data(params_from_dict(params).data, SWEEP_ROOT.resolve())
+        prepared = ensure_data(params_from_dict(params).data, Path(LOCAL_ROOT).resolve())
         if prepared == self.linked:
             return
         shutil.rmtree(paths.PREPARED, ignore_errors=True)

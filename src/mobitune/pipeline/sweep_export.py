@@ -17,10 +17,10 @@ from typing import Any
 from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
-from mobitune.pipeline.exp_import import SWEEP_ROOT
+from mobitune.report.results import SWEEP_RECORD, read_sweep_record
 from mobitune.storage.records import Status, write_json
-from mobitune.storage.stores import LocalStore, S3Store
-from mobitune.sweep.publish import MANIFEST, SWEEP_RECORD, publish, write_manifest
+from mobitune.storage.stores import LOCAL_ROOT, LocalStore, S3Store
+from mobitune.sweep.publish import MANIFEST, publish, write_manifest
 from mobitune.sweep.trial_setup import checkpoint_key, ensure_data
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.data import load_dataset
@@ -34,7 +34,7 @@ def export_trial(source: str, trial_id: str | None) -> tuple[Path, dict[str, Any
     """Export ``trial_id`` (None: the best trial, by test accuracy, of those that finished ``ok``) of the sweep
     at ``source`` (a folder, or ``s3://…/sweeps/<id>``); returns the export folder and its report."""
     sweep_dir = _sweep_folder(source)
-    record = json.loads((sweep_dir / SWEEP_RECORD).read_text())
+    record = read_sweep_record(sweep_dir)
     trial_id = trial_id or _best_trial(sweep_dir)
     trial = sweep_dir / "trials" / trial_id
     if not (trial / "params.json").exists():
@@ -65,7 +65,7 @@ def _sweep_folder(source: str) -> Path:
             raise SweepExportError(f"{source}: not a finished sweep folder; give artifacts/sweeps/<sweep_id>")
         return folder
     store = S3Store(source)
-    folder = SWEEP_ROOT.resolve() / "sweeps" / source.rstrip("/").rsplit("/", 1)[-1]
+    folder = Path(LOCAL_ROOT).resolve() / "sweeps" / source.rstrip("/").rsplit("/", 1)[-1]
     if not store.get_file(MANIFEST, folder / MANIFEST):
         raise SweepExportError(f"{source}: no {MANIFEST}; give a published sweep (<storage.uri>/sweeps/<id>)")
     for entry in json.loads((folder / MANIFEST).read_text())["files"]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mobitune.params import EXECUTION_KEYS, Params, get_dotted, parse_override, recipe_overrides
 from mobitune.report import lab_report
-from mobitune.report.results import METRIC_COLUMNS, load_results
+from mobitune.report.results import METRIC_COLUMNS, load_results, read_sweep_record
 from mobitune.report.sweep_report import markdown_table
 from mobitune.storage.records import Status
 
@@ -92,7 +92,7 @@ def trial_table(sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, A
     """One row per trial of every folder: its sweep, setting, config (named by ``recipes``), seed, final metrics."""
     rows = []
     for sweep_dir in sweep_dirs:
-        record = json.loads((sweep_dir / "sweep.json").read_text())
+        record = read_sweep_record(sweep_dir)
         results = load_results(sweep_dir, record)
         for trial in results.table.itertuples(index=False):
             params = json.loads((sweep_dir / "trials" / trial.trial_id / "params.json").read_text())["params"]

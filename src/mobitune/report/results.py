@@ -12,12 +12,15 @@ from typing import Any
 
 import pandas as pd
 
+from mobitune.errors import MobituneError
 from mobitune.params import get_dotted
 from mobitune.storage.records import Status
+from mobitune.storage.stores import LOCAL_ROOT
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
 FLIP_COLUMNS = ["test_loss_flips", "test_accuracy_flips"]  # with augment.test_flip: each image and its mirror
 PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "threads"]  # of the run that computed a result
+SWEEP_RECORD = "sweep.json"  # a sweep's spec, params, trials and backend, in its folder
 SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
 
 
@@ -33,6 +36,14 @@ class SweepResults:
     @property
     def sampled(self) -> bool:
         return self.mode in ("random", "tpe")
+
+
+def read_sweep_record(sweep_dir: Path) -> dict[str, Any]:
+    """A sweep folder's ``sweep.json``, or an error that says the folder is not one."""
+    path = sweep_dir / SWEEP_RECORD
+    if not path.exists():
+        raise MobituneError(f"{sweep_dir}: not a sweep folder (no {SWEEP_RECORD}); give {LOCAL_ROOT}/sweeps/<sweep_id>")
+    return json.loads(path.read_text())
 
 
 def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:

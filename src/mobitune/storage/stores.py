@@ -165,6 +165,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+LOCAL_ROOT = "artifacts"  # the local artifact folder (mobitune sweep's --local-root): sweeps, caches, checkpoints
+
+
 def public_uri(uri: str) -> str:
     """``uri`` with any user:password stripped, safe to log."""
     parts = urllib.parse.urlsplit(uri)

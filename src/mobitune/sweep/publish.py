@@ -12,7 +12,6 @@ from mobitune.storage.records import write_json
 from mobitune.storage.stores import EndpointUnreachable, S3Store, StorageError
 
 MANIFEST = "manifest.json"
-SWEEP_RECORD = "sweep.json"
 
 
 class PublishError(MobituneError):

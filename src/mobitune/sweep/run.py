@@ -21,11 +21,11 @@ import pandas as pd
 
 from mobitune.errors import MobituneError
 from mobitune.params import Params, get_dotted, params_from_dict
-from mobitune.report.results import SEARCH_RECORD, SweepResults, load_results
+from mobitune.report.results import SEARCH_RECORD, SWEEP_RECORD, SweepResults, load_results
 from mobitune.report.sweep_report import write_report
 from mobitune.storage.records import Status, json_safe, write_json
 from mobitune.sweep.plan import new_sweep_id, warmup_key
-from mobitune.sweep.publish import SWEEP_RECORD, write_manifest
+from mobitune.sweep.publish import write_manifest
 from mobitune.sweep.scheduler import STUDY_FILE, Scheduler, Segment
 from mobitune.sweep.trial_files import TRIAL_FILES, TrialRequest, record_failure, trial_key
 

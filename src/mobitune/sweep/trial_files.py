@@ -13,7 +13,7 @@ from typing import Any
 
 from mobitune.provenance import provenance
 from mobitune.storage.records import HISTORY_COLUMNS, Status, final_metrics, write_csv, write_json
-from mobitune.storage.stores import ArtifactStore, open_store
+from mobitune.storage.stores import LOCAL_ROOT, ArtifactStore, open_store
 
 TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
 
@@ -27,7 +27,7 @@ class TrialRequest:
     params: dict[str, Any]
     varied: dict[str, Any] = field(default_factory=dict)
     store_uri: str | None = None
-    local_root: str = "artifacts"
+    local_root: str = LOCAL_ROOT
     warmup_only: bool = False
     until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
     use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
