@@ -173,6 +173,44 @@ def test_divergence_is_recorded_not_raised(prepared: Path, tmp_path: Path) -> No
     assert load_checkpoint(tmp_path / "finetune.pt")["status"] == "diverged"
 
 
+@pytest.mark.parametrize(
+    ("row", "warmup_accuracy", "expected"),
+    [
+        ({"test_accuracy": 0.11, "train_loss": 1.2}, 0.60, "test accuracy 11.0% (chance: 1/10 + 2%), 60.0% after"),
+        ({"test_accuracy": 0.35, "train_loss": 2.30}, 0.60, "train loss 2.3000 is ln 10"),
+        ({"test_accuracy": 0.35, "train_loss": 1.9}, 0.60, None),  # worse, not at chance
+        ({"test_accuracy": 0.09, "train_loss": 2.30}, 0.11, None),  # never above chance: nothing to lose
+        ({"test_accuracy": 0.09, "train_loss": 2.30}, None, None),  # a warmup: no earlier phase
+    ],
+)
+def test_a_finetune_that_falls_to_chance_has_collapsed(
+    row: dict, warmup_accuracy: float | None, expected: str | None
+) -> None:
+    from mobitune.training.collapse import collapse_reason
+
+    reason = collapse_reason({**row, "phase": "finetune", "epoch": 2}, 10, warmup_accuracy)
+    if expected is None:
+        assert reason is None
+    else:
+        assert reason.startswith("collapsed to chance at finetune epoch 2: ") and expected in reason
+
+
+def test_frozen_batchnorm_at_a_large_lr_collapses_and_is_recorded_diverged(
+    prepared: Path, calibrated_weights: Path, tmp_path: Path
+) -> None:
+    """``docs/fidelity.md``'s frozen-BatchNorm rows ended at chance and were ``ok``; such a run now stops, diverged,
+    at the epoch it collapsed, with the reason in its checkpoint."""
+    params = small_params(calibrated_weights, **{"finetune.batchnorm": "frozen", "lr": 0.05, "finetune.epochs": 3})
+    device_data = device_data_for(params, prepared)
+    warm = run_warmup(params, device_data, tmp_path / "warmup.pt")
+    assert warm.status == "ok" and warm.history[-1]["test_accuracy"] > 0.3
+    result = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
+    assert result.status == "diverged" and result.reason.startswith("collapsed to chance at finetune epoch 1")
+    assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
+    checkpoint = load_checkpoint(tmp_path / "finetune.pt")
+    assert (checkpoint["status"], checkpoint["reason"]) == ("diverged", result.reason)
+
+
 def test_deterministic_kernels_train_as_the_cpu_always_does(prepared: Path, tmp_path: Path) -> None:
     """On the CPU every run repeats already: the switch changes no number, and it is switched off again after."""
     histories = []

@@ -190,11 +190,13 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| 50k/10k")}
     # the trial recorded before both views counts in the flips' column only; test_flip names no config
     assert rows["`mine`"].endswith(
-        "| 86.50 ± 1.29 | 86.0, 88.0, 87.0, 85.0 | +12.00 (2 seeds) | 1.41 | 88.00 ± 1.41 | 0.1350 | 4 |"
+        "| 86.50 ± 1.29 | 86.0, 88.0, 87.0, 85.0 | +12.00 (2 seeds) | 1.41 | 88.00 ± 1.41 | 0.1350 | 4 | 1 of 6 |"
     )
-    assert rows["`mine` + batch_size=64"].endswith("| 80.00 (1 seed) | 80.0 | +6.00 (1 seed) | 1.41 |  | 0.2000 | 1 |")
+    assert rows["`mine` + batch_size=64"].endswith(
+        "| 80.00 (1 seed) | 80.0 | +6.00 (1 seed) | 1.41 |  | 0.2000 | 1 |  |"
+    )
     assert rows["lr=0.004"].endswith(
-        "| 75.50 (1 seed) | 75.5 | -0.50 (1 seed), inside the noise | 1.41 |  | 0.2450 | 1 |"
+        "| 75.50 (1 seed) | 75.5 | -0.50 (1 seed), inside the noise | 1.41 |  | 0.2450 | 1 |  |"
     )
     table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs)") :]
     lines = {line.split(" | ")[0].strip("| "): line for line in table_1.splitlines() if line.startswith("| 0.")}

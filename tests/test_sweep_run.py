@@ -262,7 +262,7 @@ def test_failed_and_diverged_trials_are_results(tmp_path: Path, cifar_archive: P
     failed = json.loads((run.sweep_dir / "trials" / failed_id / "metrics.json").read_text())
     assert "model.pretrained" in failed["error"] and "no such file" in failed["error"]
     report = (run.sweep_dir / "report.md").read_text()
-    assert "1 diverged, 1 failed, 1 ok" in report and "Failures:" in report
+    assert "1 diverged, 1 failed, 1 ok" in report and "Failed or diverged, and why:" in report
 
 
 def test_a_trial_stopped_by_an_unreachable_store_is_not_recorded_as_failed(

@@ -161,10 +161,14 @@ def _setting(trials: pd.DataFrame, data: str, px: int, epochs: str) -> pd.DataFr
 def config_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Every (setting, config): single-view test accuracy mean ± std over seeds, each seed, Δ against the
     protocol paired by seed beside the noise floor, and the test-time flips' view where it was recorded. Settings
-    with the most data first; within one, the best config first."""
-    ok = trials[trials["status"] == Status.OK]
+    with the most data first; within one, the best config first. Figures are of the trials that finished ``ok``;
+    those that diverged (NaN/inf, or a collapse to chance) are counted beside them, so no config is hidden."""
+    finished = trials[trials["status"].isin([Status.OK, Status.DIVERGED])]
+    ok = finished[finished["status"] == Status.OK]
     rows = []
-    for (data, px, epochs, config), group in ok.groupby(["data", "px", "epochs", "config"], sort=False):
+    for (data, px, epochs, config), every in finished.groupby(["data", "px", "epochs", "config"], sort=False):
+        group = every[every["status"] == Status.OK]
+        diverged = len(every) - len(group)
         protocol = per_seed(_setting(ok, data, px, epochs).query("config == @PROTOCOL"))
         mine = per_seed(group)
         delta, pairs = paired_delta(mine, protocol)
@@ -182,11 +186,14 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "test acc, flips %": _spread(group["test_accuracy_flips"]),
                 "test loss": group["test_loss"].mean(),
                 "seeds": len(mine),
+                "diverged": f"{diverged} of {len(every)}" if diverged else "",
                 "_mean": mine.mean(),
                 "_full": data == FULL_DATA,
             }
         )
-    table = pd.DataFrame(rows).sort_values(["_full", "data", "px", "epochs", "_mean"], ascending=False)
+    table = pd.DataFrame(rows).sort_values(
+        ["_full", "data", "px", "epochs", "_mean"], ascending=False, na_position="last"
+    )
     return table.drop(columns=["_mean", "_full"])
 
 

@@ -140,7 +140,9 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         lines += ["Computed by: " + "; ".join(_distinct(table, column) for column in recorded_by) + ".", ""]
     failed = table[table["error"].notna()]
     if len(failed):
-        lines += ["Failures:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
+        lines += (
+            ["Failed or diverged, and why:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
+        )
     if results.search is not None:
         lines += search_markdown(results, figures.get("search", []))
     for axis in [] if results.sampled else results.axes:

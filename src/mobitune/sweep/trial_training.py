@@ -46,7 +46,7 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
         return {"warmup_key": setup.warmup_key}
     warm = load_checkpoint(warm_path)
     history = list(warm["history"])
-    status = warm["status"]
+    status, reason = warm["status"], warm.get("reason")
     earlier_seconds = 0.0
     if status != Status.DIVERGED:
         stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
@@ -72,12 +72,12 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
             until=request.until,
         )
         history += result.history
-        status = result.status
+        status, reason = result.status, result.reason
     seconds = earlier_seconds + time.perf_counter() - started
     metrics = {
         **final_metrics(history),
         **epochs_trained(history),
-        "error": None,
+        "error": reason,  # why it diverged (NaN/inf, or a collapse to chance), if it did
         "status": status,
         "seconds": seconds,
         "cached": False,

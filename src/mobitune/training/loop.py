@@ -24,6 +24,7 @@ from mobitune.storage.records import Status
 from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import load_trained_model, resume_state, save_checkpoint
+from mobitune.training.collapse import collapse_reason
 from mobitune.training.frozen_features import frozen_feature_data
 from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_layers
 from mobitune.training.phases import Phase, finetune_phase, warmup_phase
@@ -76,6 +77,7 @@ def make_optimizer(
 class FitResult:
     history: list[dict[str, Any]]
     status: Status
+    reason: str | None = None  # why a run diverged: its loss went NaN/inf, or it collapsed to chance
 
 
 def compiled(module: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -195,6 +197,7 @@ def fit(
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     cache_features: bool = True,
     until: int | None = None,
+    warmup_accuracy: float | None = None,
 ) -> FitResult:
     """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
 
@@ -202,7 +205,8 @@ def fit(
     schedule is still the whole phase's, so a later resume continues it exactly.
     ``record`` (params, classes) is stored in every checkpoint so a resumed or
     evaluated run cannot silently change its configuration. ``on_checkpoint``
-    gets each epoch's history row once its checkpoint is written.
+    gets each epoch's history row once its checkpoint is written. ``warmup_accuracy`` (the finetune's): an epoch
+    that falls to chance from above it ends the run as diverged (:mod:`mobitune.training.collapse`).
     """
     set_trainable_layers(model, phase.trainable_layers, phase.unfreeze_from, phase.last_conv)
     model.frozen_batchnorm = phase.frozen_batchnorm
@@ -220,12 +224,13 @@ def fit(
         scheduler.load_state_dict(resume["scheduler"])
         history = list(resume["history"])
     generator = torch.Generator(device=device_data.device)
-    status = Status.OK
+    status, reason = Status.OK, None
 
     def checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(
-            checkpoint_path, {**record, **state, "phase": phase.name, "history": history, "status": status.value}
+            checkpoint_path,
+            {**record, **state, "phase": phase.name, "history": history, "status": status.value, "reason": reason},
         )
 
     first_epoch = len(history) + 1
@@ -248,9 +253,11 @@ def fit(
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
         if math.isfinite(train_loss):
             row.update(evaluate(runner, device_data).row())
+            reason = collapse_reason(row, len(device_data.dataset.classes), warmup_accuracy)
         else:
-            status = Status.DIVERGED
+            reason = f"train loss is {train_loss} at {phase.name} epoch {epoch}"
             row.update(not_evaluated(device_data))
+        status = Status.DIVERGED if reason else Status.OK
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint()
@@ -264,11 +271,11 @@ def fit(
             flush=True,
         )
         if status == Status.DIVERGED:
-            print(f"{phase.name}: loss is {train_loss}; stopping, run recorded as diverged", flush=True)
+            print(f"{phase.name}: {reason}; stopping, run recorded as diverged", flush=True)
             break
     if first_epoch > last_epoch:
         checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
-    return FitResult(history, status)
+    return FitResult(history, status, reason)
 
 
 def _flips_text(row: dict[str, Any]) -> str:
@@ -323,4 +330,5 @@ def run_finetune(
         resume=resumed,
         on_checkpoint=on_checkpoint,
         until=until,
+        warmup_accuracy=warm["history"][-1]["test_accuracy"] if warm["history"] else None,
     )

@@ -13,4 +13,6 @@ def write_phase_outputs(result: FitResult, history_path: Path, metrics_path: Pat
     """The phase's history (the plots' CSV) and its last epoch's metrics with the run's provenance."""
     write_csv(history_path, result.history, HISTORY_COLUMNS)
     metrics = {**final_metrics(result.history), "epochs": len(result.history), "status": result.status}
+    if result.reason:
+        metrics["reason"] = result.reason
     write_json(metrics_path, {**metrics, "provenance": provenance})
