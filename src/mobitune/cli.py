@@ -161,30 +161,20 @@ def expected_failure(exc: BaseException) -> MobituneError | None:
 def _sweep(args: argparse.Namespace) -> str:
     from mobitune.orchestration.sweep_start import start_sweep
 
-    started = start_sweep(  # bad params, specs, devices and storage fail before Prefect starts
-        resume=args.resume,
-        overrides=args.overrides,
-        recipe=args.recipe,
-        params_file=args.params,
-        local_root=args.local_root,
-        backend=args.backend,
-        parallel=args.parallel,
-    )
+    given = {
+        "resume": args.resume,
+        "overrides": args.overrides,
+        "recipe": args.recipe,
+        "params_file": args.params,
+        "local_root": args.local_root,
+        "parallel": args.parallel,
+    }
+    started = start_sweep(**given, backend=args.backend)  # bad params, devices, storage: fail before Prefect
     for note in started.notes:
         print(note, file=sys.stderr)
     from mobitune.orchestration.sweep_flow import sweep
 
-    return sweep(
-        overrides=args.overrides,
-        recipe=args.recipe,
-        params_file=args.params,
-        backend=started.backend,
-        parallel=args.parallel,
-        local_root=args.local_root,
-        deployment=args.deployment,
-        cache=args.cache,
-        resume=args.resume,
-    )
+    return sweep(**given, backend=started.backend, deployment=args.deployment, cache=args.cache)
 
 
 def _setup(heartbeat_timeout_s: int) -> str:
