@@ -147,7 +147,8 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "recipes").mkdir()
-    (tmp_path / "recipes" / "mine.yaml").write_text("lr: 0.001\naugment.flip: true\nseed: 0  # the protocol's\n")
+    recipe = "lr: 0.001\naugment.flip: true\nseed: 0  # the protocol's\naugment.test_flip: true  # no config\n"
+    (tmp_path / "recipes" / "mine.yaml").write_text(recipe)
     tuned = ["lr=0.001", "augment.flip=true"]
     subset = ["data.train_limit=5000", "data.test_limit=1000"]
     full_data = _sweep_folder(

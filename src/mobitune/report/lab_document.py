@@ -56,11 +56,12 @@ def _flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def changed_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The training params a trial sets apart from the report's protocol (its setting and seed aside)."""
     protocol = _flat(Params().to_dict())
-    return {
-        key: value
-        for key, value in _flat(params).items()
-        if not any(key == skip or key.startswith(f"{skip}.") for skip in NOT_CONFIG) and protocol.get(key) != value
-    }
+    return {key: value for key, value in _flat(params).items() if _trains(key) and protocol.get(key) != value}
+
+
+def _trains(key: str) -> bool:
+    """Whether a dotted param key is part of what a config trains (not in :data:`NOT_CONFIG`)."""
+    return not any(key == skip or key.startswith(f"{skip}.") for skip in NOT_CONFIG)
 
 
 def config_label(changed: Mapping[str, Any], recipes: Mapping[str, Mapping[str, Any]]) -> str:
@@ -269,11 +270,11 @@ def lab_document(sweep_dirs: list[Path], recipes: Mapping[str, Mapping[str, Any]
     """The generated section: headline, every config over seeds, Tables 1-3; the folders it came from.
 
     ``recipes`` (name -> the params it sets) name the configs that contain them; what a recipe sets to the
-    protocol's value does not count.
+    protocol's value, or outside what a config trains (`augment.test_flip`), does not count.
     """
     protocol = _flat(Params().to_dict())
     changes = {
-        name: {key: value for key, value in keys.items() if protocol.get(key) != value}
+        name: {key: value for key, value in keys.items() if _trains(key) and protocol.get(key) != value}
         for name, keys in (recipes or {}).items()
     }
     trials = trial_table(sweep_dirs, changes)
