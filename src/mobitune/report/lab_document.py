@@ -159,6 +159,12 @@ def _setting(trials: pd.DataFrame, data: str, px: int, epochs: str) -> pd.DataFr
     return trials[(trials["data"] == data) & (trials["px"] == px) & (trials["epochs"] == epochs)]
 
 
+def _delta_cell(config: str, mine: pd.Series, delta: float, pairs: int, noise: float) -> str:
+    if config == PROTOCOL:
+        return ""
+    return "no single view recorded" if mine.empty else delta_text(delta, pairs, noise)
+
+
 def config_table(trials: pd.DataFrame) -> pd.DataFrame:
     """Every (setting, config): single-view test accuracy mean ± std over seeds, each seed, Δ against the
     protocol paired by seed beside the noise floor, and the test-time flips' view where it was recorded. Settings
@@ -182,8 +188,8 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "config": config,
                 "test acc % (mean ± std)": _spread(group["test_accuracy"]),
                 "per seed": ", ".join(f"{accuracy:.1f}" for accuracy in mine),
-                "Δ vs protocol, paired by seed": "" if config == PROTOCOL else delta_text(delta, pairs, noise),
-                "noise (seed std)": "" if math.isnan(noise) else f"{noise:.2f}",
+                "Δ vs protocol, paired by seed": _delta_cell(config, mine, delta, pairs, noise),
+                "noise (seed std)": "" if math.isnan(noise) or mine.empty else f"{noise:.2f}",
                 "test acc, flips %": _spread(group["test_accuracy_flips"]),
                 "test loss": group["test_loss"].mean(),
                 "seeds": len(mine),
@@ -223,7 +229,8 @@ def headline_lines(trials: pd.DataFrame) -> list[str]:
             delta, pairs = paired_delta(per_seed(mine), per_seed(protocol))
             noise = noise_floor(per_seed(mine), per_seed(protocol))
             line += f"; the report's protocol {_spread(protocol['test_accuracy'], '%')}, {best} against it "
-            line += f"{delta_text(delta, pairs, noise)} (noise: the larger seed std, {noise:.2f})"
+            line += delta_text(delta, pairs, noise)
+            line += "" if math.isnan(noise) else f" (noise: the larger seed std, {noise:.2f})"
         lines += ["", line + "."]
         flipped = mine.dropna(subset=["test_accuracy_flips"])
         if len(flipped):

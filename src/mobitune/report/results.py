@@ -59,7 +59,7 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         metrics = json.loads((folder / "metrics.json").read_text())
         row = {"trial_id": trial_id, **{axis: get_dotted(params, axis) for axis in axes}, "seed": params["seed"]}
         history = pd.read_csv(folder / "history.csv")
-        if get_dotted(params, "augment.test_flip") and "test_accuracy_flips" not in metrics:
+        if params.get("augment", {}).get("test_flip") and "test_accuracy_flips" not in metrics:
             metrics, history = _flips_recorded_as_test(metrics, history)
         histories[trial_id] = history
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS + FLIP_COLUMNS})
