@@ -31,6 +31,12 @@ def test_local_backend_publishes_a_complete_sweep(local_sweep: dict) -> None:
     assert shared == 1, "the shared warmup ran once, for both sweeps at once"
     local_dir = local_sweep["project"] / "artifacts" / "sweeps" / local_sweep["sweep_id"]
     assert (local_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
+    # what each trial cost; the GPU's figures absent on this CPU, not zero; which code and machine computed it
+    assert (results["device_seconds"] > 0).all() and (results["train_images_per_s"] > 0).all()
+    assert not {"peak_memory_bytes", "gpu_utilization_percent"} & set(results.columns)
+    assert set(results["device"]) == {"cpu"} and results["source_fingerprint"].nunique() == 1
+    report = local_sweep["tree"]["report.md"].decode()
+    assert "## Cost" in report and "device-hours" in report and "GPU busy" not in report
 
 
 def test_the_recipe_reaches_every_trial_and_the_report_sits_beside_the_seed_report(local_sweep: dict) -> None:

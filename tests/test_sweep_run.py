@@ -327,3 +327,31 @@ print(json.dumps({"devices": devices, "warmup": warmup, "cached": metrics["cache
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer["devices"] == ["cpu"] and answer["warmup"]["warmup_key"].startswith("cache/warmup/")
     assert answer["cached"] is True and answer["torch"] is False, answer
+
+
+def test_the_report_says_what_the_trials_cost_and_leaves_out_the_cached() -> None:
+    """Device-hours per config and in all, the busy share of the trials' wall time; a cached trial cost nothing."""
+    from mobitune.report.results import SweepResults
+    from mobitune.report.sweep_report import cost_markdown
+    from mobitune.storage.records import cost_metrics
+
+    history = [
+        {"phase": "finetune", "seconds": 30.0, "train_images_per_s": "100.0", "eval_images_per_s": "400"},
+        {"phase": "finetune", "seconds": 42.0, "train_images_per_s": "80.0", "eval_images_per_s": ""},  # diverged
+    ]
+    assert cost_metrics(history) == {"device_seconds": 72.0, "train_images_per_s": 90.0, "eval_images_per_s": 400}
+    assert cost_metrics([{"phase": "finetune", "seconds": 1.0}]) == {}, "a run older than the figures: none"
+    table = pd.DataFrame(
+        {
+            "lr": [0.001, 0.001, 0.005],
+            "seed": [0, 1, 0],
+            "seconds": [4000.0, 2000.0, 50.0],
+            "device_seconds": [3600.0, 1800.0, 40.0],
+            "train_images_per_s": [100.0, 200.0, 300.0],
+            "cached": [False, False, True],
+        }
+    )
+    lines = cost_markdown(SweepResults(table, {}, ["lr"], {"lr": 0.005}, "grid"))
+    text = "\n".join(lines)
+    assert "**1.500 device-hours**" in text and "90% of the trials' wall time; 1 answered from the cache" in text
+    assert "| 0.001 | 1.5 | 150" in text and "0.005" not in text.split("| lr |")[1]

@@ -26,6 +26,9 @@ def display_table(results: SweepResults) -> pd.DataFrame:
         shown[column] = table[column].round(4)
     shown["warmup_epochs"], shown["finetune_epochs"] = table["warmup_epochs"], table["finetune_epochs"]
     shown["seconds"] = table["seconds"].round(1)
+    for column, digits in (("device_seconds", 1), ("train_images_per_s", 0), ("gpu_utilization_percent", 1)):
+        if column in table:  # what the trial cost; GPU figures only where a GPU ran it
+            shown[column] = table[column].round(digits)
     shown["cached"] = table["cached"]
     shown["error"] = table["error"]
     return shown

@@ -19,6 +19,16 @@ from mobitune.storage.stores import LOCAL_ROOT
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
 FLIP_COLUMNS = ["test_loss_flips", "test_accuracy_flips"]  # with augment.test_flip: each image and its mirror
+# what a trial cost: its finetune epochs on the device, throughput; on a GPU its memory and NVML's utilisation
+COST_COLUMNS = [
+    "device_seconds",
+    "train_images_per_s",
+    "eval_images_per_s",
+    "peak_memory_bytes",
+    "memory_estimate_bytes",
+    "gpu_utilization_percent",
+    "gpu_memory_used_bytes",
+]
 PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "threads"]  # of the run that computed a result
 SWEEP_RECORD = "sweep.json"  # a sweep's spec, params, trials and backend, in its folder
 SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
@@ -64,14 +74,16 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         histories[trial_id] = history
         row.update({key: metrics.get(key) for key in METRIC_COLUMNS + FLIP_COLUMNS})
         row.update({f"{phase}_epochs": int((history["phase"] == phase).sum()) for phase in ("warmup", "finetune")})
-        row.update({key: metrics.get(key) for key in ("seconds", "status", "error")})
+        row.update({key: metrics.get(key) for key in ("seconds", "status", "error", *COST_COLUMNS)})
         row["cached"] = bool(metrics.get("cached", False))
         row.update({key: (metrics.get("provenance") or {}).get(key) for key in PROVENANCE_COLUMNS})
         rows.append(row)
     table = pd.DataFrame(rows)
-    for column in METRIC_COLUMNS + FLIP_COLUMNS + ["seconds"]:
+    for column in METRIC_COLUMNS + FLIP_COLUMNS + ["seconds", *COST_COLUMNS]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    table = table.drop(columns=[c for c in FLIP_COLUMNS + PROVENANCE_COLUMNS if table[c].isna().all()])
+    # absent, not zero: a column nobody recorded (flips off, a CPU's GPU figures, runs older than it) is left out
+    optional = FLIP_COLUMNS + COST_COLUMNS + PROVENANCE_COLUMNS
+    table = table.drop(columns=[column for column in optional if table[column].isna().all()])
     search_path = sweep_dir / SEARCH_RECORD
     search = json.loads(search_path.read_text()) if search_path.exists() else None
     return SweepResults(table, histories, axes, base, mode, search)

@@ -11,7 +11,7 @@ import pandas as pd
 
 from mobitune.report import lab_report
 from mobitune.report.figures import curves_figure, save_figure, search_figure, summary_figure
-from mobitune.report.results import PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
+from mobitune.report.results import COST_COLUMNS, PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
 
 
 def rung_table(search: Mapping[str, Any]) -> pd.DataFrame:
@@ -97,6 +97,39 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def cost_markdown(results: SweepResults) -> list[str]:
+    """The "Cost" section: device-hours per config and for the study, the share of the trials' wall time their
+    device was busy, throughput, and on a GPU memory (peak beside the estimate) and utilisation. Trials answered
+    from the cache cost this sweep nothing and are left out."""
+    table = results.table
+    if "device_seconds" not in table:
+        return []
+    trained = table[~table["cached"]].dropna(subset=["device_seconds"])
+    if trained.empty:
+        return ["## Cost", "", "Every trial was answered from the cache: this sweep trained nothing.", ""]
+    device_hours = trained["device_seconds"].sum() / 3600
+    busy = trained["device_seconds"].sum() / trained["seconds"].sum()
+    lines = [
+        "## Cost",
+        "",
+        f"The finetune epochs of the {len(trained)} trial(s) trained here took **{device_hours:.3f} device-hours** "
+        f"(training and evaluation; the shared warmups apart), {busy:.0%} of the trials' wall time"
+        f"{'' if len(trained) == len(table) else f'; {len(table) - len(trained)} answered from the cache'}.",
+        "",
+    ]
+    columns = {
+        "device_seconds": ("device-hours", lambda s: s.sum() / 3600),
+        "train_images_per_s": ("train img/s", "mean"),
+        "eval_images_per_s": ("eval img/s", "mean"),
+        "peak_memory_bytes": ("peak memory GiB", lambda s: s.max() / 2**30),
+        "memory_estimate_bytes": ("estimate GiB", lambda s: s.max() / 2**30),
+        "gpu_utilization_percent": ("GPU busy %", "mean"),
+    }
+    aggregations = {name: (column, how) for column, (name, how) in columns.items() if column in trained}
+    per_config = trained.groupby(results.axes, sort=True).agg(**aggregations)
+    return [*lines, markdown_table(per_config.reset_index()), ""]
+
+
 def _distinct(table: pd.DataFrame, column: str) -> str:
     """``git_commit 96824f3c…`` or ``threads 1, 2``: the values a column takes, for the report's provenance line."""
     values = sorted({str(value) for value in table[column].dropna()})
@@ -130,7 +163,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     if seed_report:
         lines += [seed_report, ""]
     recorded_by = [column for column in PROVENANCE_COLUMNS if column in table]
-    shown = table.drop(columns=["error", *recorded_by])
+    shown = table.drop(columns=["error", *recorded_by, *[column for column in COST_COLUMNS if column in table]])
     percent = [column for column in ("train_accuracy", "test_accuracy", "test_accuracy_flips") if column in shown]
     shown[percent] *= 100
     lines += ["## All trials", "", "Accuracies in %; final epoch; test accuracy of single images"]
@@ -143,6 +176,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
         lines += (
             ["Failed or diverged, and why:", ""] + [f"- `{r.trial_id}`: {r.error}" for r in failed.itertuples()] + [""]
         )
+    lines += cost_markdown(results)
     if results.search is not None:
         lines += search_markdown(results, figures.get("search", []))
     for axis in [] if results.sampled else results.axes:

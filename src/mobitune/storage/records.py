@@ -33,7 +33,9 @@ HISTORY_COLUMNS = (  # one row per epoch of history.csv
     "test_accuracy",
     "test_loss_flips",  # with augment.test_flip: the mean logits of each test image and its mirror
     "test_accuracy_flips",
-    "seconds",
+    "seconds",  # the epoch on the device: training and evaluation
+    "train_images_per_s",
+    "eval_images_per_s",
 )
 FINAL_METRICS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")  # of a run's last epoch
 FLIP_METRICS = ("test_loss_flips", "test_accuracy_flips")  # beside them, in a run with test-time flips
@@ -68,6 +70,22 @@ def to_csv(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
 
 def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> None:
     atomic_write_text(path, to_csv(rows, columns))
+
+
+def cost_metrics(history: list[Mapping[str, Any]]) -> dict[str, float]:
+    """What these epochs cost: ``device_seconds`` (their training and evaluation, nothing around them) and the
+    mean ``train_images_per_s`` and ``eval_images_per_s``; empty for rows that recorded none (older runs)."""
+    timed = [row for row in history if row.get("train_images_per_s") not in (None, "")]
+    if not timed:
+        return {}
+    evaluated = [float(row["eval_images_per_s"]) for row in timed if row.get("eval_images_per_s") not in (None, "")]
+    cost = {
+        "device_seconds": sum(float(row["seconds"]) for row in timed),
+        "train_images_per_s": sum(float(row["train_images_per_s"]) for row in timed) / len(timed),
+    }
+    if evaluated:
+        cost["eval_images_per_s"] = sum(evaluated) / len(evaluated)
+    return cost
 
 
 def final_metrics(history: list[Mapping[str, Any]]) -> dict[str, Any]:

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mobitune.storage.records import Status, final_metrics, write_json
+from mobitune.storage.records import Status, cost_metrics, final_metrics, write_json
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial_files import TrialRequest, epochs_trained, store_results, trial_key
 from mobitune.sweep.trial_setup import EpochHook, TrialSetup, checkpoint_key, exclusive
 from mobitune.training.batches import DeviceData, resolve_device
 from mobitune.training.data import load_dataset
+from mobitune.training.device_use import DeviceUse
 from mobitune.training.loop import run_finetune, run_warmup
 from mobitune.training.memory import check_trial_fits
 from mobitune.training.model import load_checkpoint
@@ -48,6 +49,7 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
     history = list(warm["history"])
     status, reason = warm["status"], warm.get("reason")
     earlier_seconds = 0.0
+    use = None
     if status != Status.DIVERGED:
         stored_checkpoint = checkpoint_key(request.sweep_id, request.trial_id)
         local_checkpoint = local_root / stored_checkpoint
@@ -62,20 +64,24 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
             if on_epoch is not None:
                 on_epoch(row)
 
-        result = run_finetune(
-            params,
-            device_data(),
-            warm_path,
-            local_checkpoint,
-            resume=resumed,
-            on_checkpoint=checkpoint_stored,
-            until=request.until,
-        )
+        data = device_data()
+        with DeviceUse(params, data.device, data.dataset) as use:
+            result = run_finetune(
+                params,
+                data,
+                warm_path,
+                local_checkpoint,
+                resume=resumed,
+                on_checkpoint=checkpoint_stored,
+                until=request.until,
+            )
         history += result.history
         status, reason = result.status, result.reason
     seconds = earlier_seconds + time.perf_counter() - started
     metrics = {
         **final_metrics(history),
+        **cost_metrics([row for row in history if row["phase"] == "finetune"]),  # warmups are shared: apart
+        **(use.metrics() if use is not None else {}),
         **epochs_trained(history),
         "error": reason,  # why it diverged (NaN/inf, or a collapse to chance), if it did
         "status": status,

@@ -249,10 +249,13 @@ def fit(
             scheduler,
             phase.options.label_smoothing,
         )
+        trained = time.perf_counter()  # train_one_epoch ends on a host sync: the device is done
         row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
+        row["train_images_per_s"] = len(device_data.train) / (trained - started)
         if math.isfinite(train_loss):
             row.update(evaluate(runner, device_data).row())
+            row["eval_images_per_s"] = len(device_data.test) / (time.perf_counter() - trained)
             reason = collapse_reason(row, len(device_data.dataset.classes), warmup_accuracy)
         else:
             reason = f"train loss is {train_loss} at {phase.name} epoch {epoch}"
