@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobitune.params import OptimizationParams, Params
-from mobitune.storage.records import Status
+from mobitune.storage.records import FLIP_METRICS, Status
 from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import load_trained_model, resume_state, save_checkpoint
@@ -152,9 +152,8 @@ class TestScores:
 
 def not_evaluated(device_data: DeviceData) -> dict[str, float]:
     """The test columns of an epoch that diverged: NaN, with the flip columns where the run has them."""
-    nan = torch.full((0,), math.nan)
-    flips = TestScores(math.nan, math.nan, nan) if device_data.test_mirror is not None else None
-    return TestScores(math.nan, math.nan, nan, flips).row()
+    flips = FLIP_METRICS if device_data.test_mirror is not None else ()
+    return dict.fromkeys(("test_loss", "test_accuracy", *flips), math.nan)
 
 
 @torch.inference_mode()
@@ -172,7 +171,7 @@ def evaluate(model: torch.nn.Module, device_data: DeviceData, batch_size: int = 
                 views["flips"] = (views["single"] + model(mirror(images)).float()) / 2
         for view, logits in views.items():
             loss = F.cross_entropy(logits, labels, reduction="sum")
-            loss_sums[view] = loss_sums[view] + loss if view in loss_sums else loss
+            loss_sums[view] = loss_sums.get(view, 0) + loss
             predictions.setdefault(view, []).append(logits.argmax(1))
 
     def scores(view: str) -> TestScores:
