@@ -14,11 +14,11 @@ import pandas as pd
 
 from mobitune.errors import MobituneError
 from mobitune.params import get_dotted
-from mobitune.storage.records import Status
+from mobitune.storage.records import FLIP_METRICS, Status
 from mobitune.storage.stores import LOCAL_ROOT
 
 METRIC_COLUMNS = ["train_loss", "test_loss", "train_accuracy", "test_accuracy"]
-FLIP_COLUMNS = ["test_loss_flips", "test_accuracy_flips"]  # with augment.test_flip: each image and its mirror
+FLIP_COLUMNS = list(FLIP_METRICS)  # with augment.test_flip: each test image and its mirror
 # what a trial cost: its finetune epochs on the device, throughput; on a GPU its memory and NVML's utilisation
 COST_COLUMNS = [
     "device_seconds",

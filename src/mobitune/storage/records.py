@@ -18,7 +18,7 @@ class Status(StrEnum):
     """A phase's or a trial's status, in checkpoints, metrics files and ``results.csv`` (plain strings there)."""
 
     OK = "ok"
-    DIVERGED = "diverged"  # loss NaN/inf: stopped at once, partial history kept; a result, not retried
+    DIVERGED = "diverged"  # loss NaN/inf, or a collapse to chance: stopped at once, history kept; a result
     STOPPED = "stopped"  # early stopping ended the trial at a rung (resumable)
     FAILED = "failed"  # an exception (a bad config, out of memory), recorded with its reason
 
