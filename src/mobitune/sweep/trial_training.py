@@ -18,7 +18,7 @@ from mobitune.storage.records import Status, cost_metrics, final_metrics, write_
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.trial_files import TrialRequest, epochs_trained, store_results, trial_key
 from mobitune.sweep.trial_setup import EpochHook, TrialSetup, checkpoint_key, exclusive
-from mobitune.training.batches import DeviceData, resolve_device
+from mobitune.training.batches import DeviceData, device_provenance, resolve_device
 from mobitune.training.data import load_dataset
 from mobitune.training.device_use import DeviceUse
 from mobitune.training.loop import run_finetune, run_warmup
@@ -87,7 +87,7 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
         "status": status,
         "seconds": seconds,
         "cached": False,
-        "provenance": device_data().provenance(params.seed),
+        "provenance": device_provenance(resolve_device(params.device), params.seed),  # no data loaded for it
     }
     stored = store_results(request, store, local_root, history, metrics)
     _keep_result(request, setup.result_key, store, local_root, metrics)

@@ -53,6 +53,13 @@ def use_deterministic_kernels(deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = False  # autotuning may pick another algorithm each run
 
 
+def device_provenance(device: torch.device, seed: int) -> dict[str, Any]:
+    """:func:`mobitune.provenance.provenance` of a run on ``device``: its name and the CPU threads torch uses
+    (another thread count may change the last digits of CPU results)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return provenance(device=name, threads=torch.get_num_threads(), seed=seed)
+
+
 @dataclass
 class DeviceSplit:
     images: torch.Tensor  # (N, 3, H, W) uint8 on the device
@@ -158,10 +165,7 @@ class DeviceData:
         )
 
     def provenance(self, seed: int) -> dict[str, Any]:
-        """:func:`mobitune.provenance.provenance` of a run on this device: its name and the CPU threads torch uses
-        (another thread count may change the last digits of CPU results)."""
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
-        return provenance(device=name, threads=torch.get_num_threads(), seed=seed)
+        return device_provenance(self.device, seed)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.device.type == "cuda":
