@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 
 import pytest
 
@@ -183,3 +184,21 @@ def test_importance_ranks_the_axis_that_decides_accuracy() -> None:
     importance = scheduler.summary()["importance"]
     assert set(importance) == {"lr", "batch_size", "trainable_layers"}
     assert max(importance, key=importance.get) == "lr"
+
+
+def test_past_the_time_budget_nothing_starts_and_a_trial_that_never_ran_counts_as_not_started() -> None:
+    scheduler = Scheduler.create(params("sweep.lr=[0.01,0.001]", "sweep.finetune_epochs=3", "sweep.time_budget_s=60"))
+    scheduler.start_clock()
+    waiting = scheduler.next_segment()  # its warmup still trains when the budget runs out
+    scheduler.deadline = time.time() - 1
+    assert scheduler.next_segment() is None
+    scheduler.withdraw(waiting)
+    summary = scheduler.summary()
+    assert scheduler.started == [] and scheduler.epochs_committed == 0
+    assert (summary["ended_by_time_budget"], summary["not_started"], summary["time_budget_s"]) == (True, 2, 60)
+
+
+def test_a_sweep_without_a_time_budget_has_no_deadline() -> None:
+    scheduler = Scheduler.create(params("sweep.lr=[0.01,0.001]"))
+    scheduler.start_clock()
+    assert scheduler.deadline is None and scheduler.next_segment() is not None

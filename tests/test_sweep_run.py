@@ -13,12 +13,14 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+import torch
 from helpers import closed_port_url, sweep_project, tiny_params
 from matplotlib.figure import Figure
 
@@ -355,3 +357,33 @@ def test_the_report_says_what_the_trials_cost_and_leaves_out_the_cached() -> Non
     text = "\n".join(lines)
     assert "**1.500 device-hours**" in text and "90% of the trials' wall time; 1 answered from the cache" in text
     assert "| 0.001 | 1.5 | 150" in text and "0.005" not in text.split("| lr |")[1]
+
+
+def test_the_time_budget_stops_the_sweep_after_the_running_epoch_with_every_trial_recorded(
+    tmp_path: Path, cifar_archive: Path
+) -> None:
+    raw = tiny_params(str(cifar_archive), **{"finetune.epochs": 200})
+    raw["sweep"].update(mode="grid", seeds=[0], lr=[0.001, 0.002, 0.003], batch_size=[100], trainable_layers=[2])
+    raw["sweep"]["time_budget_s"] = 4
+    run = SweepRun.start(params_from_dict(raw), tmp_path / "artifacts", None, [], "local")
+    run.drive(InProcessRunner(), 1, LOGGER)
+    ended = time.time()
+    run.finish()
+    results = pd.read_csv(run.sweep_dir / "results.csv")
+    assert results["lr"].tolist() == [0.001], "nothing started after the budget"
+    stopped = results.iloc[0]
+    assert stopped["status"] == "stopped" and 1 <= stopped["finetune_epochs"] < 200
+    assert "time budget ended after finetune epoch" in stopped["error"]
+    history = pd.read_csv(run.sweep_dir / "trials" / stopped["trial_id"] / "history.csv")
+    assert ended - run.scheduler.deadline <= history["seconds"].iloc[-1] + 1.0, "ended within one epoch of it"
+    checkpoint = torch.load(
+        tmp_path / "artifacts" / "checkpoints" / run.sweep_id / f"{stopped['trial_id']}.pt", weights_only=False
+    )
+    assert len(checkpoint["history"]) == stopped["finetune_epochs"], "its last epoch is kept: resumable"
+    search = json.loads((run.sweep_dir / "search.json").read_text())
+    assert (search["ended_by_time_budget"], search["not_started"]) == (True, 2)
+    assert (
+        "**The time budget (4 s) ended the sweep**: 2 planned trials did not start"
+        in (run.sweep_dir / "report.md").read_text()
+    )
+    assert not list((tmp_path / "artifacts" / "cache" / "trials").glob("*")), "a cut-short trial is no cached result"

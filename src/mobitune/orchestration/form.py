@@ -31,6 +31,7 @@ KEYS = {
     "finetune_epochs": "sweep.finetune_epochs",
     "early_stop": "sweep.early_stop.method",
     "budget_epochs": "sweep.budget_epochs",
+    "time_budget_s": "sweep.time_budget_s",
     "storage_uri": "storage.uri",
 }
 

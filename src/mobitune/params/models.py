@@ -202,6 +202,9 @@ class SweepParams(_Section):
     search_seed: int = 0
     early_stop: EarlyStopParams = EarlyStopParams()
     budget_epochs: int | None = Field(None, ge=1, description="start no new trial once this many epochs are spent")
+    time_budget_s: Number | None = Field(
+        None, gt=0, description="seconds: then nothing new starts, and running trials stop after their epoch"
+    )
     worker_timeout_s: int = Field(300, ge=1)
     server_outage_s: int = Field(
         300, ge=0, description="workers: how long the sweep rides out a Prefect server that does not answer"

@@ -49,6 +49,13 @@ def search_markdown(results: SweepResults, figures: list[str]) -> list[str]:
     lines += [f"Finetune epochs spent: **{spent}** of the {full} that {len(results.table)} full trials take{share}."]
     if search["budget_epochs"] is not None:
         lines[-1] += f" Budget: {search['budget_epochs']} epochs."
+    if search.get("ended_by_time_budget"):
+        lines += [
+            "",
+            f"**The time budget ({search['time_budget_s']:g} s) ended the sweep**: {search['not_started']} planned "
+            "trials did not start, and the trials running then stopped after their epoch (status `stopped`, "
+            "resumable with `mobitune sweep --resume`).",
+        ]
     lines += [""]
     if search["decisions"]:
         lines += [markdown_table(rung_table(search)), ""]

@@ -19,7 +19,7 @@ class Status(StrEnum):
 
     OK = "ok"
     DIVERGED = "diverged"  # loss NaN/inf, or a collapse to chance: stopped at once, history kept; a result
-    STOPPED = "stopped"  # early stopping ended the trial at a rung (resumable)
+    STOPPED = "stopped"  # early stopping ended the trial at a rung, or the sweep's time budget ran out (resumable)
     FAILED = "failed"  # an exception (a bad config, out of memory), recorded with its reason
 
 

@@ -118,7 +118,7 @@ class SweepRun:
         self.record["trials"] = [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.started]
         write_json(self.sweep_dir / SWEEP_RECORD, self.record)
         sweep = scheduler.params.sweep
-        if sweep.searched or scheduler.rungs or sweep.budget_epochs:
+        if sweep.searched or scheduler.rungs or sweep.budget_epochs or sweep.time_budget_s:
             write_json(self.sweep_dir / SEARCH_RECORD, json_safe(scheduler.summary()))
         results = load_results(self.sweep_dir, self.record)
         write_report(results, self.sweep_dir, self.sweep_id, self.root / "cache" / "figures")
@@ -136,12 +136,14 @@ class SweepRun:
             str(self.root),
             until=segment.until,
             use_cache=self.use_cache,
+            deadline=self.scheduler.deadline,
         )
 
     def drive(self, runner: Runner, slots: int, logger: logging.Logger | logging.LoggerAdapter) -> None:
         """Run segments until the scheduler has none left: at most ``slots`` jobs at a time, each trial's
         shared warmup trained once before the trials that need it."""
         in_flight: list[tuple[TrialRequest, Segment | None, Any]] = []
+        self.scheduler.start_clock()
         while True:
             while len(in_flight) < slots:
                 job = self._next_job()
@@ -167,7 +169,13 @@ class SweepRun:
                 self._segment_done(request, segment, failure)
 
     def _next_job(self) -> tuple[TrialRequest, Segment | None] | None:
-        """A segment whose warmup exists, or the warmup a new segment needs, or None."""
+        """A segment whose warmup exists, or the warmup a new segment needs, or None (for good once the time
+        budget is spent: the segments still waiting for a warmup are withdrawn)."""
+        if self.scheduler.past_deadline():
+            for segment in (s for segments in self.waiting.values() for s in segments):
+                self.scheduler.withdraw(segment)
+            self.waiting.clear()
+            return None
         for key, segments in self.waiting.items():
             if key in self.warmed and segments:
                 segment = segments.pop(0)
@@ -191,8 +199,11 @@ class SweepRun:
         metrics = json.loads((folder / "metrics.json").read_text())
         history = pd.read_csv(folder / "history.csv")
         accuracies = history.loc[history["phase"] == "finetune", "test_accuracy"].tolist()
-        # a resumed sweep replays the rung decision that stopped a trial: the scheduler makes it again
-        status = Status.OK if metrics["status"] == Status.STOPPED else metrics["status"]
+        # a resumed sweep replays the rung decision that stopped a trial: the scheduler makes it again; a trial
+        # the time budget stopped short of its segment stays stopped
+        status = metrics["status"]
+        if status == Status.STOPPED and len(accuracies) >= segment.until:
+            status = Status.OK
         self.scheduler.segment_done(segment, status, accuracies)
         if request.trial_id in self.scheduler.stopped:
             write_json(folder / "metrics.json", {**metrics, "status": Status.STOPPED})

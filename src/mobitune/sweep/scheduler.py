@@ -1,4 +1,5 @@
-"""What a sweep runs next: enumerated or sampled trials, asynchronous successive halving, a budget.
+"""What a sweep runs next: enumerated or sampled trials, asynchronous successive halving, budgets of epochs and
+of time.
 
 Pure decisions with no Prefect in them: the sweep flow asks
 :meth:`Scheduler.next_segment` whenever it has a free slot, runs the segment
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
@@ -138,6 +140,8 @@ class Scheduler:
     accuracies: dict[str, list[float]] = field(default_factory=dict)  # trial -> test accuracy per finetune epoch
     epochs_committed: int = 0
     exhausted: bool = False
+    deadline: float | None = None  # wall clock (time.time()) after which nothing starts: see start_clock
+    out_of_time: bool = False  # the time budget ended the sweep
 
     @classmethod
     def create(cls, params: Params, folder: Path | None = None) -> Scheduler:
@@ -158,12 +162,26 @@ class Scheduler:
     def _next_stop(self, trained: int) -> int:
         return next((rung for rung in self.rungs if rung > trained), self.epochs)
 
+    def start_clock(self) -> None:
+        """Start ``sweep.time_budget_s``: from now on, past it, no trial or promotion starts, and the trials
+        running stop after the epoch they are in (their requests carry :attr:`deadline`)."""
+        if self.params.sweep.time_budget_s is not None:
+            self.deadline = time.time() + self.params.sweep.time_budget_s
+
+    def past_deadline(self) -> bool:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.out_of_time = True
+        return self.out_of_time
+
     def _over_budget(self) -> bool:
         budget = self.params.sweep.budget_epochs
         return budget is not None and self.epochs_committed >= budget
 
     def next_segment(self) -> Segment | None:
-        """A promoted trial's next segment first, else a new trial (within the budget), else None."""
+        """A promoted trial's next segment first, else a new trial (within the budget), else None; None for good
+        once the time budget is spent."""
+        if self.past_deadline():
+            return None
         if self.promotions:
             return self._commit(self.promotions.popleft())
         if self._over_budget():
@@ -176,6 +194,23 @@ class Scheduler:
     def _commit(self, segment: Segment) -> Segment:
         self.epochs_committed += segment.until - self.running[segment.trial.trial_id].epochs
         return segment
+
+    def withdraw(self, segment: Segment) -> None:
+        """Take back a trial's first segment that never ran (it waited for its warmup when time ran out): the
+        trial counts as not started."""
+        state = self.running.pop(segment.trial.trial_id)
+        self.started.remove(segment.trial)
+        self.epochs_committed -= segment.until
+        if state.optuna_trial is not None and self.study is not None:
+            self.study.tell(state.optuna_trial, state=TrialState.FAIL)
+        else:
+            self.planned.appendleft(segment.trial)
+
+    def not_started(self) -> int:
+        """Trials the sweep planned (enumerated, or ``sweep.trials`` to sample) that it did not start."""
+        if self.params.sweep.searched:
+            return 0 if self.exhausted else max(0, self.params.sweep.trials - len(self.started))
+        return len(self.planned)
 
     def _new_trial(self) -> TrialSpec | None:
         if not self.params.sweep.searched:
@@ -209,8 +244,9 @@ class Scheduler:
         return None
 
     def segment_done(self, segment: Segment, status: str, test_accuracies: Sequence[float]) -> None:
-        """Take a segment's outcome: ``status`` (ok, diverged, failed) and the test accuracy after each finetune
-        epoch trained so far. Decides at a rung whether the trial continues."""
+        """Take a segment's outcome: ``status`` (ok, diverged, failed; stopped: the time budget ended it before
+        ``segment.until``) and the test accuracy after each finetune epoch trained so far. Decides at a rung
+        whether the trial continues."""
         state = self.running[segment.trial.trial_id]
         self.accuracies[segment.trial.trial_id] = list(test_accuracies)
         for epoch in range(state.epochs, len(test_accuracies)):
@@ -260,6 +296,9 @@ class Scheduler:
             "mode": self.params.sweep.mode,
             "early_stop": self.params.sweep.early_stop.model_dump(),
             "budget_epochs": self.params.sweep.budget_epochs,
+            "time_budget_s": self.params.sweep.time_budget_s,
+            "ended_by_time_budget": self.out_of_time,
+            "not_started": self.not_started(),
             "full_epochs": self.epochs,
             "rungs": self.rungs,
             "decisions": [dataclasses.asdict(d) for d in self.decisions],

@@ -31,6 +31,7 @@ class TrialRequest:
     warmup_only: bool = False
     until: int | None = None  # stop after this many finetune epochs (an early-stopping rung); None: all
     use_cache: bool = True  # reuse a stored result of the same config, data and code (False: train, refresh it)
+    deadline: float | None = None  # the sweep's time budget ends then (time.time()): stop after the epoch running
 
     def store(self) -> ArtifactStore:
         """The store the trial's files go to, riding out an S3 endpoint that does not answer for

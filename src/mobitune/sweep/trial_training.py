@@ -74,6 +74,7 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
                 resume=resumed,
                 on_checkpoint=checkpoint_stored,
                 until=request.until,
+                deadline=request.deadline,
             )
         history += result.history
         status, reason = result.status, result.reason
@@ -83,14 +84,15 @@ def train(setup: TrialSetup, on_epoch: EpochHook | None, started: float) -> dict
         **cost_metrics([row for row in history if row["phase"] == "finetune"]),  # warmups are shared: apart
         **(use.metrics() if use is not None else {}),
         **epochs_trained(history),
-        "error": reason,  # why it diverged (NaN/inf, or a collapse to chance), if it did
+        "error": reason,  # why it diverged (NaN/inf, a collapse to chance) or the time budget stopped it
         "status": status,
         "seconds": seconds,
         "cached": False,
         "provenance": device_provenance(resolve_device(params.device), params.seed),  # no data loaded for it
     }
     stored = store_results(request, store, local_root, history, metrics)
-    _keep_result(request, setup.result_key, store, local_root, metrics)
+    if status != Status.STOPPED:  # a trial cut short by the time budget is no result of its config
+        _keep_result(request, setup.result_key, store, local_root, metrics)
     return stored
 
 

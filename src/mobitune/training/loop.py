@@ -196,12 +196,14 @@ def fit(
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     cache_features: bool = True,
     until: int | None = None,
+    deadline: float | None = None,
     warmup_accuracy: float | None = None,
 ) -> FitResult:
     """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
 
     ``until`` stops after that many epochs (an early-stopping rung); the
-    schedule is still the whole phase's, so a later resume continues it exactly.
+    schedule is still the whole phase's, so a later resume continues it exactly. Past ``deadline``
+    (``time.time()``, a sweep's time budget) it stops after the epoch it is in, ``stopped`` and resumable alike.
     ``record`` (params, classes) is stored in every checkpoint so a resumed or
     evaluated run cannot silently change its configuration. ``on_checkpoint``
     gets each epoch's history row once its checkpoint is written. ``warmup_accuracy`` (the finetune's): an epoch
@@ -275,6 +277,10 @@ def fit(
         if status == Status.DIVERGED:
             print(f"{phase.name}: {reason}; stopping, run recorded as diverged", flush=True)
             break
+        if deadline is not None and time.time() >= deadline and epoch < last_epoch:
+            status, reason = Status.STOPPED, f"the sweep's time budget ended after {phase.name} epoch {epoch}"
+            print(f"{phase.name}: {reason}; stopping, resumable from its checkpoint", flush=True)
+            break
     if first_epoch > last_epoch:
         checkpoint()  # no epoch ran (0 epochs, or resumed complete): the phase's output still exists
     return FitResult(history, status, reason)
@@ -316,8 +322,10 @@ def run_finetune(
     resume: bool = False,
     on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     until: int | None = None,
+    deadline: float | None = None,
 ) -> FitResult:
-    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``: see :func:`fit`)."""
+    """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``, ``deadline``:
+    see :func:`fit`)."""
     torch.manual_seed(params.seed)
     model, warm = load_trained_model(warmup_checkpoint, params, len(device_data.dataset.classes))
     resumed = resume_state(checkpoint_path, "finetune") if resume else None
@@ -332,5 +340,6 @@ def run_finetune(
         resume=resumed,
         on_checkpoint=on_checkpoint,
         until=until,
+        deadline=deadline,
         warmup_accuracy=warm["history"][-1]["test_accuracy"] if warm["history"] else None,
     )
