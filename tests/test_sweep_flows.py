@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from datasets import write_cifar_archive
 from helpers import VENV_BIN, PrefectServer, free_port, run, sweep_project
 from PIL import Image
@@ -314,3 +315,48 @@ def test_export_of_a_sweeps_best_trial_is_published_beside_its_report(
     Image.new("RGB", (40, 30), "tan").save(photo)
     answer = run(["mobitune", "predict", str(photo), "--model", str(folder / "model.int8.onnx")], project)
     assert answer.stdout.startswith(f"{photo}: ")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_sweeps_models_registered_in_turn_are_versions_dvc_artifacts_get_gives_back(
+    local_sweep: dict, tmp_path: Path
+) -> None:
+    """`mobitune export --register NAME` in a git and DVC project: the best trial's model is NAME@v0.0.1, another
+    trial's v0.0.2; `dvc artifacts get` returns each version's bytes, the artifact's meta names its trial, and
+    what the user had staged stays staged, out of the registry's commits."""
+    project = tmp_path / "project"
+    shutil.copytree(local_sweep["project"], project, ignore=shutil.ignore_patterns("*.lock"))
+    sweep_dir = project / "artifacts" / "sweeps" / local_sweep["sweep_id"]
+    (sweep_dir / "sweep.json").write_text(
+        json.dumps({**json.loads((sweep_dir / "sweep.json").read_text()), "storage_uri": None})
+    )
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", ".dvc", "params.yaml"]):
+        run(command, project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], project)
+    (project / "notes.txt").write_text("the user's own change\n")
+    run(["git", "add", "notes.txt"], project)
+    refused = run(["mobitune", "export", str(sweep_dir), "--register", "best model"], project, check=False)
+    assert refused.returncode != 0 and "error: --register best model: Can't use" in refused.stderr
+    assert "model.onnx" not in refused.stdout and not (project / "models").exists(), "it fails before the export"
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    ok = [r for r in csv.DictReader((sweep_dir / "results.csv").open()) if r["status"] == "ok"]
+    ranked = sorted(ok, key=lambda r: float(r["test_accuracy"]), reverse=True)
+    exported = {}
+    for which, version in ((["--best"], "v0.0.1"), (["--trial", ranked[1]["trial_id"]], "v0.0.2")):
+        out = run(["mobitune", "export", str(sweep_dir), *which, "--register", "cifar10-best"], project, env_extra=env)
+        trial_id = ranked[0 if which == ["--best"] else 1]["trial_id"]
+        exported[version] = sha256(sweep_dir / "export" / trial_id / "model.onnx")
+        assert f"registered cifar10-best@{version} at commit " in out.stdout and exported[version] in out.stdout
+    assert exported["v0.0.1"] != exported["v0.0.2"]
+    for rev, version in (([], "v0.0.2"), (["--rev", "v0.0.1"], "v0.0.1")):
+        got = tmp_path / f"got-{version}.onnx"
+        run(["dvc", "artifacts", "get", ".", "cifar10-best", *rev, "-o", str(got)], project)
+        assert sha256(got) == exported[version], f"{rev or 'latest'} gives {version}'s bytes"
+    meta = yaml.safe_load((project / "dvc.yaml").read_text())["artifacts"]["cifar10-best"]
+    assert (meta["type"], meta["path"]) == ("model", "models/cifar10-best.onnx")
+    assert meta["meta"]["trial_id"] == ranked[1]["trial_id"] and meta["meta"]["sha256"] == exported["v0.0.2"]
+    staged = run(["git", "diff", "--cached", "--name-only"], project).stdout.split()
+    assert staged == ["notes.txt"], "the user's staged change is neither committed nor unstaged"

@@ -7,7 +7,7 @@ mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
-mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best]   # a trial's model as ONNX and int8 ONNX
+mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best] [--register NAME]   # ONNX + int8 ONNX; registered
 mobitune predict IMAGE_OR_FOLDER... [--model data/models/model.onnx] [--top 3] [--csv FILE]
 """
 
@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     which = export.add_mutually_exclusive_group()
     which.add_argument("--trial", default=None, help="the trial to export (its trial_id)")
     which.add_argument("--best", action="store_true", help="the trial with the best test accuracy (the default)")
+    export.add_argument(
+        "--register",
+        metavar="NAME",
+        default=None,
+        help="register the model in this project's DVC model registry as the next version of NAME "
+        "(then: dvc artifacts get . NAME)",
+    )
     predict = commands.add_parser("predict", help="the top classes of JPEG/PNG images of any size")
     predict.add_argument("images", nargs="+", type=Path, help="image files, or folders of them (a CSV answers)")
     predict.add_argument(
@@ -133,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "exp-import":
             print(_exp_import(args.sweep))
         elif args.command == "export":
-            print(_export(args.sweep, args.trial))
+            print(_export(args.sweep, args.trial, args.register))
         elif args.command == "predict":
             _predict(args)
         else:
@@ -197,19 +204,27 @@ def _exp_import(source: str) -> str:
     return "\n".join([f"saved {len(saved)} experiment(s): " + " ".join(saved), "compare them: dvc exp show"])
 
 
-def _export(source: str, trial_id: str | None) -> str:
-    from mobitune.pipeline.sweep_export import export_trial
+def _export(source: str, trial_id: str | None, register: str | None) -> str:
+    from mobitune.release.registry import open_registry
+    from mobitune.release.sweep_export import export_trial, register_export
 
+    if register is not None:
+        open_registry(Path.cwd(), register)  # a wrong name or folder fails before the export's minutes
     folder, report = export_trial(source, trial_id)
     fp32, int8 = report["fp32"], report["int8"]
-    return "\n".join(
-        [
-            f"{folder}: model.onnx (test accuracy {fp32['test_accuracy']:.2%}, agrees with PyTorch on "
-            f"{fp32['agreement_with_pytorch']:.2%}), model.int8.onnx (test accuracy {int8['test_accuracy']:.2%}, "
-            f"{report['int8_smaller']:.1f}x smaller), export.json",
-            f"classify images with it: mobitune predict IMAGE... --model {folder / 'model.onnx'}",
+    lines = [
+        f"{folder}: model.onnx (test accuracy {fp32['test_accuracy']:.2%}, agrees with PyTorch on "
+        f"{fp32['agreement_with_pytorch']:.2%}), model.int8.onnx (test accuracy {int8['test_accuracy']:.2%}, "
+        f"{report['int8_smaller']:.1f}x smaller), export.json",
+        f"classify images with it: mobitune predict IMAGE... --model {folder / 'model.onnx'}",
+    ]
+    if register is not None:
+        done = register_export(folder, register, Path.cwd())
+        lines += [
+            f"registered {done.name}@{done.version} at commit {done.commit[:7]}: {done.path} (sha256 {done.sha256})",
+            f"fetch it: dvc artifacts get . {done.name} --rev {done.version}",
         ]
-    )
+    return "\n".join(lines)
 
 
 def _predict(args: argparse.Namespace) -> None:

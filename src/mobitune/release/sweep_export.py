@@ -1,6 +1,7 @@
 """``mobitune export SWEEP``: a sweep trial's model as the export stage writes it (``model.onnx``,
 ``model.int8.onnx``, ``export.json``), in ``export/<trial_id>/`` of the sweep's folder, published beside its
-report when the sweep has a ``storage.uri``.
+report when the sweep has a ``storage.uri``; with ``--register NAME``, registered in the project's model registry
+(:mod:`mobitune.release.registry`).
 
 The trial's model is its finetune checkpoint (``checkpoints/<sweep_id>/<trial_id>.pt``), on this disk (local
 backend) or in the sweep's store (workers backend). A trial that reused an identical trial's cached result
@@ -17,6 +18,7 @@ from typing import Any
 from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
+from mobitune.release.registry import Registered, register_model
 from mobitune.report.results import SWEEP_RECORD, read_sweep_record
 from mobitune.storage.records import Status, write_json
 from mobitune.storage.stores import LOCAL_ROOT, LocalStore, S3Store
@@ -54,6 +56,24 @@ def export_trial(source: str, trial_id: str | None) -> tuple[Path, dict[str, Any
     if record.get("storage_uri"):
         print(f"published to {publish(sweep_dir, record['storage_uri'])}")
     return out, report
+
+
+def register_export(out: Path, name: str, project: Path) -> Registered:
+    """Register the model that :func:`export_trial` wrote to ``out`` as the next version of ``name``, its trial
+    and scores as the artifact's metadata."""
+    sweep_dir = out.parents[1]
+    report = json.loads((out / "export.json").read_text())
+    trial = sweep_dir / "trials" / report["trial_id"]
+    metrics = json.loads((trial / "metrics.json").read_text())
+    meta = {
+        "sweep_id": sweep_dir.name,
+        "trial_id": report["trial_id"],
+        "varied": json.loads((trial / "params.json").read_text())["varied"],
+        "test_accuracy": metrics["test_accuracy"],
+        "onnx_test_accuracy": report["fp32"]["test_accuracy"],
+        "int8_test_accuracy": report["int8"]["test_accuracy"],
+    }
+    return register_model(out / "model.onnx", name, meta, project)
 
 
 def _sweep_folder(source: str) -> Path:
