@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import http.server
 import io
 import json
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -181,6 +183,61 @@ def test_setup_names_the_server_it_needs(tmp_path: Path) -> None:
     for api, message in (("", "PREFECT_API_URL is not set"), (closed, f"no Prefect server answers at {closed}")):
         result = run(["mobitune", "setup"], tmp_path, check=False, env_extra={"PREFECT_API_URL": api})
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+class Webhook(http.server.ThreadingHTTPServer):
+    """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        webhook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                webhook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/sweeps"
+
+
+def test_setup_notify_sends_one_message_when_a_sweep_completes_and_one_when_it_fails(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """`mobitune setup --notify URL` twice (the second updates, nothing doubles), then a sweep that completes
+    and one that fails in its flow (bad params given to the flow itself, as a UI run's form can): the webhook
+    gets exactly one message for each, with the sweep's id, counts, best accuracy and report, or the error."""
+    webhook = Webhook()
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]})
+    try:
+        for verb in ("created", "updated"):
+            out = run(["mobitune", "setup", "--notify", webhook.url], project).stdout
+            assert f"automation 'mobitune: tell a webhook when a sweep ends': {verb}" in out
+        finished = Path(run(["mobitune", "sweep"], project).stdout.strip().splitlines()[-1])
+        failing = "from mobitune.orchestration.sweep_flow import sweep; sweep(overrides=['lr=-1'])"
+        assert run([str(VENV_BIN / "python"), "-c", failing], project, check=False).returncode != 0
+        deadline = time.monotonic() + 90
+        while len(webhook.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)  # a second message for either would have come by now
+    finally:
+        run(["prefect", "automation", "delete", "mobitune: tell a webhook when a sweep ends"], project, check=False)
+        webhook.shutdown()
+    by_subject = {message["subject"].rsplit(": ", 1)[-1]: message for message in webhook.received}
+    assert len(webhook.received) == 2 and set(by_subject) == {"Completed", "Failed"}, webhook.received
+    done = by_subject["Completed"]
+    assert done["subject"] == f"mobitune sweep {finished.name}: Completed"
+    assert f"sweep {finished.name}: 1 trials (1 ok); best test accuracy " in done["body"]
+    assert f"report: {finished}/report.md" in done["body"]
+    assert "lr: must be greater than 0.0, got -1.0" in by_subject["Failed"]["body"]
 
 
 # --------------------------------------------------------------- workers backend

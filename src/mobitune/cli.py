@@ -2,7 +2,7 @@
 
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
-mobitune setup                                   # work pools + zombie-run automation on the Prefect server
+mobitune setup [--notify URL]                    # work pools, zombie-run automation, word when a sweep ends
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
@@ -75,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
         default=90,
         help="mark a flow run Crashed after this long without a heartbeat (default 90; workers beat every 30 s)",
     )
+    setup.add_argument(
+        "--notify",
+        metavar="URL",
+        default=None,
+        help="POST a message to this webhook whenever a sweep completes, fails or crashes",
+    )
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "report":
             print(_report(args.sweep_dirs, args.into))
         elif args.command == "setup":
-            print(_setup(args.heartbeat_timeout_s))
+            print(_setup(args.heartbeat_timeout_s, args.notify))
         elif args.command == "exp-import":
             print(_exp_import(args.sweep))
         elif args.command == "export":
@@ -184,7 +190,7 @@ def _sweep(args: argparse.Namespace) -> str:
     return sweep(**given, backend=started.backend, deployment=args.deployment, cache=args.cache)
 
 
-def _setup(heartbeat_timeout_s: int) -> str:
+def _setup(heartbeat_timeout_s: int, notify_url: str | None) -> str:
     from mobitune.orchestration.server_setup import HEARTBEAT_SECONDS, setup_server
 
     if heartbeat_timeout_s < 2 * HEARTBEAT_SECONDS:
@@ -192,7 +198,9 @@ def _setup(heartbeat_timeout_s: int) -> str:
             f"--heartbeat-timeout-s must be at least {2 * HEARTBEAT_SECONDS} (two heartbeats of "
             f"{HEARTBEAT_SECONDS} s), got {heartbeat_timeout_s}"
         )
-    return "\n".join(setup_server(heartbeat_timeout_s))
+    if notify_url is not None and not notify_url.startswith(("http://", "https://")):
+        raise MobituneError(f"--notify {notify_url}: give the webhook's http:// or https:// URL")
+    return "\n".join(setup_server(heartbeat_timeout_s, notify_url))
 
 
 def _exp_import(source: str) -> str:

@@ -23,6 +23,9 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.runtime import flow_run
+from prefect.states import Completed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mobitune.errors import MobituneError
@@ -30,6 +33,7 @@ from mobitune.orchestration.form import SweepSettings
 from mobitune.orchestration.presentation import display_table, inline_figures
 from mobitune.orchestration.slots import SlotRunner
 from mobitune.orchestration.sweep_start import start_sweep
+from mobitune.report.sweep_report import outcome
 from mobitune.storage.records import json_safe
 from mobitune.storage.stores import LOCAL_ROOT
 from mobitune.sweep.publish import publish
@@ -50,9 +54,11 @@ def sweep(
     deployment: str = "trial-slot/gpu",
     cache: bool = True,
     resume: str | None = None,
-) -> str:
+) -> State:
     """The whole study of ``params.sweep`` (``recipe``, then ``settings``, then ``overrides``, on
-    ``params_file``); returns its folder. ``settings`` is the deployment form's typed view of the main keys.
+    ``params_file``); a call returns its folder. ``settings`` is the deployment form's typed view of the main keys.
+    The flow run takes the sweep's id as its name, and ends Completed with the sweep's outcome as the state's
+    message (what ``mobitune setup --notify`` sends).
 
     ``cache``: reuse the stored result of a trial whose config, data and training code are unchanged
     (False trains every trial and its warmup again, and refreshes what is stored). ``resume``: the id of
@@ -76,6 +82,8 @@ def sweep(
         run = SweepRun.resume(Path(local_root), resume, backend, cache)
     else:
         run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache)
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, name=run.sweep_id)
     planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
     logger.info(
         "sweep %s (%s): %s trials, %s backend -> %s", run.sweep_id, params.sweep.mode, planned, backend, run.sweep_dir
@@ -85,8 +93,6 @@ def sweep(
 
         run.drive(LocalRunner(started.devices), len(started.devices), logger)
     else:
-        from prefect.client.orchestration import get_client
-
         # enumerated trials may all be in flight at once; sampled ones wait for feedback
         slots = parallel or (SEARCH_IN_FLIGHT if params.sweep.searched else len(run.scheduler.planned))
         with get_client(sync_client=True) as client:
@@ -111,10 +117,8 @@ def sweep(
     create_table_artifact(table, key=f"{key}-results", description=f"Sweep {sweep_id}: one row per trial")
     report = inline_figures((sweep_dir / "report.md").read_text(), sweep_dir)
     create_markdown_artifact(report, key=f"{key}-report", description=f"Sweep {sweep_id} report")
-    if params.storage.uri:
-        logger.info("published to %s", publish(sweep_dir, params.storage.uri))
-    else:
-        logger.info("results in %s", sweep_dir)
+    where = publish(sweep_dir, params.storage.uri) if params.storage.uri else str(sweep_dir)
+    logger.info("published to %s" if params.storage.uri else "results in %s", where)
     given_up = [t for t in runner.timed_out if not t.startswith("warmup-")] if backend == "workers" else []
     if given_up:
         raise NoWorkerError(
@@ -122,7 +126,7 @@ def sweep(
             f"for {params.sweep.worker_timeout_s} s (sweep.worker_timeout_s). The trials that finished are in "
             f"{sweep_dir}. Start a worker in the project root with: {runner.start_worker}"
         )
-    return str(sweep_dir)
+    return Completed(message=f"{outcome(results, sweep_id)}; report: {where}/report.md", data=str(sweep_dir))
 
 
 def artifact_key(sweep_id: str) -> str:

@@ -143,15 +143,31 @@ def _distinct(table: pd.DataFrame, column: str) -> str:
     return f"{column} " + ", ".join(value[:12] if column == "git_commit" else value for value in values)
 
 
+def status_counts(table: pd.DataFrame) -> str:
+    """``1 diverged, 3 ok``: trials by status."""
+    return ", ".join(f"{n} {status}" for status, n in sorted(table["status"].value_counts().items()))
+
+
+def outcome(results: SweepResults, sweep_id: str) -> str:
+    """One line for a sweep's end: its trials by status and its best trial (a notification's text)."""
+    table = results.table
+    best = best_trial(results)
+    found = (
+        f"best test accuracy {best['test_accuracy'] * 100:.2f}% (trial {best['trial_id']})"
+        if best is not None
+        else "no trial finished ok"
+    )
+    return f"sweep {sweep_id}: {len(table)} trials ({status_counts(table)}); {found}"
+
+
 def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, list[str]]) -> str:
     """The markdown report: best config, results table, per-axis tables and figures."""
     table = results.table
-    counts = table["status"].value_counts().to_dict()
     lines = [
         f"# Sweep {sweep_id}",
         "",
         f"{len(table)} trials ({results.mode}): "
-        + ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        + status_counts(table)
         + "."
         + (f" {int(table['cached'].sum())} reused from the trial cache (`cached`)." if table["cached"].any() else ""),
         "",
