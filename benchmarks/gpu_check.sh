@@ -5,6 +5,7 @@
 # (benchmarks/gpu by default); GIT_REV names the commit measured where the tree travels without .git.
 #   bash benchmarks/gpu_check.sh speed      # train step vs the bare loop, eager and captured; the protocol
 #   bash benchmarks/gpu_check.sh study      # the report's 11-trial study with 1, 4 and 2 trials on the GPU
+#   bash benchmarks/gpu_check.sh nvml       # what recording device use (NVML thread, peak memory) costs an epoch
 #   bash benchmarks/gpu_check.sh bench      # training/eval ratios, data path, CUDA variants
 #   bash benchmarks/gpu_check.sh fidelity   # protocol and both tuned recipes, full data, 64 px, 3 seeds: sweep folders
 #   bash benchmarks/gpu_check.sh fidelity-sizes  # the protocol and the best recipe at 32 and 224 px, 1 seed
@@ -45,7 +46,7 @@ IMAGES=$(find_file cifar10-jpeg.tar.gz)
 WEIGHTS=$(find_file mobilenet_v2-imagenet-standin.pth)
 
 case "${1:-bench}" in
-  speed|study)
+  speed|study|nvml)
     if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
       echo "$1 needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
       exit 1

@@ -9,6 +9,9 @@ Run on a CUDA machine through ``benchmarks/gpu_check.sh speed`` and ``benchmarks
   batch 32 and 192; the bare loop at batch 1024 (the saturated rate the busy share is measured against); the
   report's protocol on all 50k/10k images at 32 and 64 px, eager and captured; the memory estimate of
   :mod:`mobitune.training.memory` beside what the protocol's trial allocated.
+- ``nvml``: what recording a trial's device use (:class:`~mobitune.training.device_use.DeviceUse`: peak memory,
+  and NVML read by a thread once a second) costs a finetune epoch: the protocol's finetune at 64 px on every
+  image, one epoch at a time with and without it, alternating.
 - ``study``: the report's one-at-a-time study (11 trials, 5 + 5 epochs, full data, 32 px) as a sweep whose
   trials run in 1, 2 or 4 processes sharing the GPU (what ``prefect worker start --limit N`` does on a worker),
   nothing cached; the busy share is the study's images/s over the saturated bare loop's.
@@ -25,6 +28,7 @@ import json
 import logging
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +46,7 @@ from mobitune.sweep.trial_files import TrialRequest
 from mobitune.sweep.trial_setup import ensure_data
 from mobitune.training.batches import DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, load_dataset, prepare
+from mobitune.training.device_use import DeviceUse
 from mobitune.training.loop import compiled, run_finetune, run_warmup, train_one_epoch
 from mobitune.training.memory import trial_memory_bytes
 
@@ -164,6 +169,41 @@ def speed(args: argparse.Namespace, results: Results, dataset: Dataset, prepared
         results.add("protocol", protocol(args, prepared, work, size, compile_mode))
 
 
+def device_use_overhead(
+    args: argparse.Namespace, results: Results, dataset: Dataset, prepared: Path, work: Path
+) -> None:
+    """Median finetune-epoch seconds with and without :class:`DeviceUse` around it, 5 alternating pairs."""
+    params = recipe_params("report", args.images, args.weights, args.device, 64, "finetune.epochs=1")
+    if args.smoke:
+        params = params.override(SMOKE)
+    dataset = load_dataset(prepared, params.data.train_limit, params.data.test_limit)
+    device_data = DeviceData.create(params, dataset, resolve_device(params.device))
+    run_warmup(params, device_data, work / "warmup.pt")
+    seconds: dict[str, list[float]] = {"without": [], "with": []}
+    for _ in range(2 if args.smoke else 5):
+        for recorded in ("without", "with"):
+            use = DeviceUse(params, device_data.device, dataset) if recorded == "with" else None
+            started = time.perf_counter()
+            if use is None:
+                run_finetune(params, device_data, work / "warmup.pt", work / "finetune.pt")
+            else:
+                with use:
+                    run_finetune(params, device_data, work / "warmup.pt", work / "finetune.pt")
+            synchronize(device_data.device)
+            seconds[recorded].append(time.perf_counter() - started)
+    medians = {recorded: statistics.median(values) for recorded, values in seconds.items()}
+    results.add(
+        "device_use",
+        {
+            "epoch_seconds": {k: [round(v, 3) for v in values] for k, values in seconds.items()},
+            "median_without_s": round(medians["without"], 3),
+            "median_with_s": round(medians["with"], 3),
+            "overhead_percent": round(100 * (medians["with"] / medians["without"] - 1), 2),
+            "nvml_samples_last_epoch": len(use.samples) if use is not None else 0,
+        },
+    )
+
+
 def _run_trial(request: TrialRequest) -> str:
     """A trial in a worker process of the study's pool; "" when it completed."""
     run_trial_recorded(request)
@@ -232,7 +272,7 @@ def study(args: argparse.Namespace, results: Results, dataset: Dataset, prepared
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["speed", "study"])
+    parser.add_argument("mode", choices=["speed", "study", "nvml"])
     parser.add_argument("--images", type=Path, default=REAL_IMAGES, help="cifar10-jpeg.tar.gz (image folders)")
     parser.add_argument("--weights", type=Path, default=WEIGHTS, help="ImageNet MobileNetV2 state dict")
     parser.add_argument("--device", default="auto")
@@ -254,6 +294,8 @@ def main() -> None:
     dataset = load_dataset(prepared)
     if args.mode == "speed":
         speed(args, results, dataset, prepared, work)
+    elif args.mode == "nvml":
+        device_use_overhead(args, results, dataset, prepared, work)
     else:
         study(args, results, dataset, prepared, work)
     print(f"wrote {out}", file=sys.stderr)
