@@ -1,5 +1,5 @@
-"""Dockerfile, docker-compose.yml and prefect.yaml cannot be built or started here (no Docker
-engine): check that what they reference exists and that they agree with each other."""
+"""Dockerfile, docker-compose.yml and prefect.yaml, read without an engine (the fast tier): what they reference
+exists and they agree with each other. tests/containers/ builds and runs them."""
 
 from __future__ import annotations
 
@@ -30,15 +30,25 @@ def test_prefect_yaml_entrypoints_load_the_named_flows() -> None:
 
 def test_dockerfile_copies_what_exists_and_starts_a_gpu_worker() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM pytorch/pytorch:2\.14\.1-cuda[\d.]+-cudnn\d+-runtime$", text, re.M)
+    assert re.search(r"^ARG BASE=pytorch/pytorch:2\.14\.1-cuda[\d.]+-cudnn\d+-runtime$", text, re.M)
     for line in re.findall(r"^COPY (.+)$", text, re.M):
-        *sources, _target = line.split()
+        *sources, _target = (word for word in line.split() if not word.startswith("--chown"))
+        if sources[0].startswith("--from="):
+            continue  # from the install stage, not the context
         for source in sources:
             assert (ROOT / source).exists(), source
     cmd = yaml.safe_load(re.search(r"^CMD (.+)$", text, re.M).group(1))
     assert cmd[:3] == ["prefect", "worker", "start"]
     assert cmd[cmd.index("--pool") + 1] == "gpu" and cmd[cmd.index("--limit") + 1] == "1"
     assert "PREFECT_FLOWS_HEARTBEAT_FREQUENCY=30" in text, "the worker's flow runs send heartbeats"
+    assert re.search(r"^USER mobitune$", text, re.M), "not root"
+    context = (ROOT / ".dockerignore").read_text()
+    assert all(
+        f"!{source}" in context
+        for line in re.findall(r"^COPY (?!--from)(.+)$", text, re.M)
+        for source in line.split()[:-1]
+        if not source.startswith("--")
+    ), "the context holds what it copies"
 
 
 def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:

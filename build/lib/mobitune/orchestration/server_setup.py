@@ -1,0 +1,133 @@
+"""``mobitune setup``: what a Prefect server needs before sweeps run on workers, created idempotently.
+
+- the work pools ``gpu`` (trials) and ``sweeps`` (the orchestrating flow);
+- an automation that marks a flow run ``Crashed`` when its heartbeats stop
+  (a worker machine lost mid-trial), so the sweep gives the trial to another slot and
+  it resumes from its checkpoint instead of waiting on a run that stays
+  ``Running`` forever. Flow runs emit heartbeats when their worker sets
+  ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (seconds, at least 30);
+- with ``--notify URL``: a webhook block and an automation that POSTs one message to URL whenever a ``sweep``
+  flow run completes, fails or crashes. The sweep names its flow run after its sweep id and ends on a state
+  whose message gives the trial counts, the best accuracy and where the report is; a failure's message is the
+  error, a crash's Prefect's own.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import UUID
+
+import httpx
+from prefect.blocks.notifications import CustomWebhookNotificationBlock
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.objects import StateType
+from prefect.events.actions import ChangeFlowRunState, SendNotification
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import PREFECT_API_URL
+
+from mobitune.errors import MobituneError
+
+WORK_POOLS = ("gpu", "sweeps")
+ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
+HEARTBEAT_SECONDS = 30  # the smallest frequency Prefect accepts
+NOTIFY_AUTOMATION = "mobitune: tell a webhook when a sweep ends"
+NOTIFY_BLOCK = "mobitune-sweep-end"  # a custom-webhook notification block
+SWEEP_ENDS = ("Completed", "Failed", "Crashed")
+
+
+def zombie_automation(timeout_s: int) -> AutomationCore:
+    """After a flow run's heartbeat, expect another heartbeat or a final state within ``timeout_s``."""
+    final = ("Completed", "Failed", "Cancelled", "Crashed")
+    return AutomationCore(
+        name=ZOMBIE_AUTOMATION,
+        description=f"A flow run that sends no heartbeat for {timeout_s} s has lost its machine: mark it Crashed.",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{state}" for state in final)},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=timeout_s),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED, message=f"no heartbeat for {timeout_s} s: its worker or machine was lost"
+            )
+        ],
+    )
+
+
+def notify_automation(block_document_id: UUID) -> AutomationCore:
+    """One message per ``sweep`` flow run that reaches a final state other than Cancelled."""
+    return AutomationCore(
+        name=NOTIFY_AUTOMATION,
+        description="POST the sweep's end (its id, trial counts, best accuracy, report) to the webhook block "
+        f"{NOTIFY_BLOCK}.",
+        trigger=EventTrigger(
+            expect={f"prefect.flow-run.{state}" for state in SWEEP_ENDS},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": "sweep"}),
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        actions=[
+            SendNotification(
+                block_document_id=block_document_id,
+                subject="mobitune sweep {{ flow_run.name }}: {{ flow_run.state.name }}",
+                body="{{ flow_run.state.message }}\nflow run: {{ flow_run|ui_url }}",
+            )
+        ],
+    )
+
+
+def _put_automation(client: SyncPrefectClient, wanted: AutomationCore) -> str:
+    """Create ``wanted``, or update the automation of its name (one: duplicates deleted); "created"/"updated"."""
+    existing = client.read_automations_by_name(wanted.name)
+    for duplicate in existing[1:]:
+        client.delete_automation(duplicate.id)
+    if existing:
+        client.update_automation(existing[0].id, wanted)
+        return "updated"
+    client.create_automation(wanted)
+    return "created"
+
+
+def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None) -> list[str]:
+    """Create what is missing on the server at ``PREFECT_API_URL``; returns one line per thing, done or found."""
+    api = PREFECT_API_URL.value()
+    if not api:
+        raise MobituneError(
+            "PREFECT_API_URL is not set: mobitune setup configures a running Prefect server, "
+            "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
+    done = []
+    try:
+        with get_client(sync_client=True) as client:
+            for pool in WORK_POOLS:
+                try:
+                    client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+                    done.append(f"work pool {pool}: created")
+                except ObjectAlreadyExists:
+                    done.append(f"work pool {pool}: exists")
+            verb = _put_automation(client, zombie_automation(heartbeat_timeout_s))
+            done.append(f"automation '{ZOMBIE_AUTOMATION}': {verb} (no heartbeat for {heartbeat_timeout_s} s)")
+            if notify_url is not None:
+                webhook = CustomWebhookNotificationBlock(
+                    name="mobitune",
+                    url=notify_url,
+                    json_data={"subject": "{{subject}}", "body": "{{body}}"},
+                    allow_private_urls=True,  # a team's webhook relay is often on its own network
+                )
+                block_id = webhook.save(NOTIFY_BLOCK, overwrite=True)
+                verb = _put_automation(client, notify_automation(block_id))
+                done.append(f"webhook block '{NOTIFY_BLOCK}': {notify_url}")
+                done.append(f"automation '{NOTIFY_AUTOMATION}': {verb} (a sweep that completes, fails or crashes)")
+    except httpx.ConnectError:
+        message = f"no Prefect server answers at {api} (PREFECT_API_URL); start one with: prefect server start"
+        raise MobituneError(message) from None
+    done.append(f"start workers with PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_SECONDS} so their runs send them")
+    return done

@@ -1,0 +1,58 @@
+"""How a sweep starts, the same from ``mobitune sweep`` and from the Prefect flow: its params (a resumed sweep's
+own, or the params file with a recipe and overrides), its backend, and the checks that must pass before anything
+runs (the devices of local trials, the storage). No Prefect here: the CLI runs it before Prefect starts, so bad
+params, a device this machine lacks or a missing bucket fail in a second."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from mobitune.errors import MobituneError
+from mobitune.orchestration.local_runner import local_devices
+from mobitune.params import Params, load_params, params_from_dict
+from mobitune.storage.stores import check_storage
+from mobitune.sweep.run import load_record, resume_backend
+from mobitune.sweep.scheduler import Scheduler
+
+
+@dataclass(frozen=True)
+class SweepStart:
+    params: Params
+    backend: str
+    devices: list[str]  # the local backend's trial slots ("cpu", "cuda:0", ...); empty on workers
+    notes: list[str]  # for the user: the resumed sweep's backend, a storage that does not answer yet
+
+
+def start_sweep(
+    *,
+    resume: str | None,
+    overrides: list[str],
+    recipe: str | None,
+    params_file: str,
+    local_root: str,
+    backend: str | None,
+    parallel: int | None,
+) -> SweepStart:
+    """The params, backend and devices of a sweep about to run, checked; raises :class:`MobituneError` naming
+    what is wrong."""
+    if parallel is not None and parallel < 1:
+        raise MobituneError(f"--parallel must be at least 1, got {parallel}")
+    notes = []
+    if resume:
+        if overrides or recipe:
+            raise MobituneError("--resume continues a sweep with the params it started with: drop --set and --recipe")
+        record = load_record(Path(local_root), resume)
+        params = params_from_dict(record["params"])
+        backend, note = resume_backend(record, backend)
+        notes.append(note)
+    else:
+        params = load_params(params_file, overrides, recipe)
+        backend = backend or "local"
+    devices = []
+    if backend == "local":  # on workers, the device is each worker's
+        devices = local_devices(params, parallel, [trial.params for trial in Scheduler.create(params).planned])
+    warning = check_storage(params.storage.uri, allow_unreachable=backend == "local")
+    if warning:
+        notes.append(f"warning: {warning}")
+    return SweepStart(params, backend, devices, notes)

@@ -1,0 +1,159 @@
+"""Prefect flows ``trial`` and ``trial-slot`` (deployment entry point ``flows/trial.py``) and the ``trial`` task
+that both backends run each trial as.
+
+Kept apart from :mod:`mobitune.orchestration.sweep_flow` so that a worker's flow-run process
+imports what a trial needs and no more: the sweep side's Optuna, pandas and
+matplotlib would add about a second to every trial's start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State
+
+from mobitune.errors import ServiceUnavailable
+from mobitune.orchestration.mailbox import Mailbox
+from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
+from mobitune.storage.records import json_safe
+from mobitune.storage.stores import LOCAL_ROOT
+from mobitune.sweep.trial import run_trial_recorded
+from mobitune.sweep.trial_files import TrialRequest
+
+
+@flow(name="trial", log_prints=True)
+def trial(
+    sweep_id: str,
+    trial_id: str,
+    params: dict[str, Any],
+    varied: dict[str, Any] | None = None,
+    store_uri: str | None = None,
+    local_root: str = LOCAL_ROOT,
+    warmup_only: bool = False,
+    until: int | None = None,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
+    (resuming from its checkpoint in the store), store params/history/metrics."""
+    request = TrialRequest(
+        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
+    )
+    return run_trial_recorded(request, EpochProgress(request))
+
+
+SLOT_IDLE_SECONDS = 120.0  # a slot run with no job for this long ends (the sweep starts another if it needs one)
+
+
+@flow(name="trial-slot", log_prints=True)
+def trial_slot(
+    sweep_id: str,
+    slot: str,
+    store_uri: str | None = None,
+    local_root: str = LOCAL_ROOT,
+    idle_timeout_s: float = SLOT_IDLE_SECONDS,
+    outage_s: float = 0,
+) -> int:
+    """One worker slot of a sweep: the trials the sweep posts to this slot's
+    :class:`~mobitune.orchestration.mailbox.Mailbox`, one after another, each a ``trial`` task run named after
+    it (as on the local backend); returns how many it ran.
+
+    Why: a flow run costs a worker seconds before its trial starts (pickup,
+    a new process, importing torch and Prefect; benchmarks/RESULTS.md has the
+    figures). A slot pays that once and then starts each trial within a second. It ends on the sweep's ``stop``,
+    or after ``idle_timeout_s`` without a job (a sweep that died). ``outage_s``: how long the mailbox rides out
+    an S3 endpoint that does not answer (``storage.outage_s``).
+
+    A trial stopped by a service that did not answer answers ``{"service": ...}``: the sweep runs it again
+    rather than recording it.
+    """
+    mailbox = Mailbox(store_uri, local_root, sweep_id, slot, outage_s)
+    # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
+    # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist
+    ran: list[Any] = []
+    with mailbox.beating():
+        while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
+            request = TrialRequest(**job["request"])
+            state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
+            mailbox.send(f"done-{len(ran)}", slot_answer(state))
+            ran.append(state)
+    mailbox.remove()
+    return len(ran)
+
+
+def slot_answer(state: State) -> dict[str, Any]:
+    """A trial task's end, as the slot answers it: ``failure`` "" when it completed; ``service`` when a service
+    of the fleet stopped it."""
+    if state.is_completed():
+        return {"failure": ""}
+    answer = {"failure": f"its trial task ended {state.name}: {state.message}"}
+    if isinstance(raised := state.result(raise_on_failure=False), ServiceUnavailable):
+        answer["service"] = str(raised)
+    return answer
+
+
+@task(name="trial", cache_policy=NO_CACHE)
+def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -> dict[str, Any]:
+    """A trial on the next free device of ``devices`` (the local backend's slots), or on its own ``device``."""
+    if devices is None:
+        return run_trial_recorded(request, EpochProgress(request))
+    device = devices.get()
+    try:
+        params = {**request.params, "device": device}
+        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
+    finally:
+        devices.put(device)
+
+
+class EpochProgress:
+    """A trial's finetune epochs on its run page: a progress artifact moved on after each epoch, and a table
+    artifact of the epochs so far (the printed epoch lines are in the run's logs through ``log_prints``)."""
+
+    def __init__(self, request: TrialRequest) -> None:
+        self.trial_id = request.trial_id
+        self.epochs = request.params["finetune"]["epochs"]
+        self.rows: list[dict[str, Any]] = []
+        self.progress_id: Any = None
+
+    def __call__(self, row: dict[str, Any]) -> None:
+        """Show the epoch; a server that does not answer costs the display, not the trial."""
+        self.rows.append(row)
+        try:
+            with client_retries(1):
+                self._show(row)
+        except Exception as exc:
+            if not server_unreachable(exc):
+                raise
+            print(
+                f"{self.trial_id}: epoch {row['epoch']} not shown in the UI: the Prefect server at {api_url()} "
+                f"does not answer ({type(exc).__name__}); the trial goes on"
+            )
+
+    def _show(self, row: dict[str, Any]) -> None:
+        percent = 100.0 * row["epoch"] / max(1, self.epochs)
+        if self.progress_id is None:
+            self.progress_id = create_progress_artifact(percent, description=f"{self.trial_id}: finetune epochs")
+        else:
+            update_progress_artifact(self.progress_id, percent)
+        create_table_artifact(
+            json_safe(epoch_rows(self.rows)), description=f"{self.trial_id}: epoch {row['epoch']}/{self.epochs}"
+        )
+
+
+def epoch_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch history rows as people read them: accuracies in %, losses to 4 decimals."""
+    return [
+        {
+            "epoch": f"{row['phase']} {row['epoch']}",
+            "train_accuracy %": round(row["train_accuracy"] * 100, 2),
+            "test_accuracy %": round(row["test_accuracy"] * 100, 2),
+            "train_loss": round(row["train_loss"], 4),
+            "test_loss": round(row["test_loss"], 4),
+            "seconds": round(row["seconds"], 1),
+        }
+        for row in history
+    ]

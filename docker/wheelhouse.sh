@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The worker image's packages as wheels, for an offline `docker build --build-arg WHEELHOUSE=1`: the project and
+# every pinned dependency (torch with its CUDA wheels: ~4 GB), resolved by the host's pip for the image's
+# Python. Debian's python3 is 3.11.2, below the 3.11.3 that some markers test (redis wants async-timeout there),
+# so such wheels are added by name.
+#   bash docker/wheelhouse.sh [FOLDER]     # default docker/wheelhouse; wheels already there are kept
+set -euo pipefail
+folder=${1:-docker/wheelhouse}
+python=${PYTHON:-.venv/bin/python}
+mkdir -p "$folder"
+"$python" -m pip wheel --quiet --wheel-dir "$folder" --find-links "$folder" . "async-timeout>=4.0.3"
+echo "$folder: $(ls "$folder"/*.whl | wc -l) wheels, $(du -sh "$folder" | cut -f1)"
