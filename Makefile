@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install browser postgres run test test-fast contracts lint bench gpu-inputs
+.PHONY: install browser postgres run test test-fast test-containers contracts lint bench gpu-inputs
 
 install: $(STAMP)
 
@@ -38,13 +38,18 @@ contracts: install
 # every test runs: a skipped test fails the run (MOBITUNE_NO_SKIPS, tests/conftest.py; -rs lists why), and so
 # does pytest's exit status 5, no test collected
 test: install browser postgres contracts
-	@MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 $(PYTEST_ARGS); status=$$?; \
+	@MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -m "not containers" $(PYTEST_ARGS); status=$$?; \
 		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
 
 # the inner loop: unit tests only (no servers, no subprocess training), under 90 s
 test-fast: install contracts
-	@MOBITUNE_NO_SKIPS=1 pytest -rs -m "not e2e" $(PYTEST_ARGS); status=$$?; \
+	@MOBITUNE_NO_SKIPS=1 pytest -rs -m "not e2e and not containers" $(PYTEST_ARGS); status=$$?; \
 		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
+
+# the worker image built and run in a Docker engine (installed and started if missing, stopped again after), from a
+# local Debian base and an offline wheelhouse; every container and volume the tests made is removed, pass or fail
+test-containers: install
+	@bash docker/test-containers.sh $(PYTEST_ARGS)
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json
 bench: install

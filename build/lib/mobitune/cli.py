@@ -2,7 +2,7 @@
 
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
-mobitune setup [--notify URL]                    # work pools, zombie-run automation, word when a sweep ends
+mobitune setup [--pool-type docker] [--notify URL]   # work pools, zombie-run automation, word at a sweep's end
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
@@ -81,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="POST a message to this webhook whenever a sweep completes, fails or crashes",
     )
+    setup.add_argument(
+        "--pool-type",
+        choices=["process", "docker", "kubernetes"],
+        default="process",
+        help="the gpu pool's type: process (workers run slots in the project root), docker (a container of the "
+        "worker image per slot), kubernetes (a Job per slot); default process",
+    )
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "report":
             print(_report(args.sweep_dirs, args.into))
         elif args.command == "setup":
-            print(_setup(args.heartbeat_timeout_s, args.notify))
+            print(_setup(args.heartbeat_timeout_s, args.notify, args.pool_type))
         elif args.command == "exp-import":
             print(_exp_import(args.sweep))
         elif args.command == "export":
@@ -190,7 +197,7 @@ def _sweep(args: argparse.Namespace) -> str:
     return sweep(**given, backend=started.backend, deployment=args.deployment, cache=args.cache)
 
 
-def _setup(heartbeat_timeout_s: int, notify_url: str | None) -> str:
+def _setup(heartbeat_timeout_s: int, notify_url: str | None, pool_type: str) -> str:
     from mobitune.orchestration.server_setup import HEARTBEAT_SECONDS, setup_server
 
     if heartbeat_timeout_s < 2 * HEARTBEAT_SECONDS:
@@ -200,7 +207,7 @@ def _setup(heartbeat_timeout_s: int, notify_url: str | None) -> str:
         )
     if notify_url is not None and not notify_url.startswith(("http://", "https://")):
         raise MobituneError(f"--notify {notify_url}: give the webhook's http:// or https:// URL")
-    return "\n".join(setup_server(heartbeat_timeout_s, notify_url))
+    return "\n".join(setup_server(heartbeat_timeout_s, notify_url, pool_type))
 
 
 def _exp_import(source: str) -> str:

@@ -15,6 +15,7 @@ WORKER_IMAGE = "mobitune-worker:latest"
 GPU_RESOURCE = "nvidia.com/gpu"
 ARTIFACTS_DIR = "/opt/mobitune/artifacts"  # the image's WORKDIR/artifacts: prepared data, warmups, checkpoints
 CACHE_DIR = "/home/mobitune/.cache"  # torch's weight cache, for the mobitune user
+PREFECT_HOME = "/home/mobitune/.prefect"
 
 
 def _variable(kind: str, default: Any, title: str, description: str) -> dict[str, Any]:
@@ -33,6 +34,7 @@ def docker_template() -> dict[str, Any]:
     variables["image_pull_policy"]["default"] = "IfNotPresent"  # a locally built image is not in any registry
     variables["network_mode"]["default"] = "host"
     variables["volumes"]["default"] = [f"mobitune-artifacts:{ARTIFACTS_DIR}", f"mobitune-cache:{CACHE_DIR}"]
+    variables["env"]["default"] = {"PREFECT_HOME": PREFECT_HOME}  # not the worker's own, which it passes on
     variables["container_create_kwargs"]["default"] = {
         "device_requests": [{"driver": "nvidia", "count": 1, "capabilities": [["gpu"]]}]
     }

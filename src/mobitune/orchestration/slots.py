@@ -256,8 +256,7 @@ class SlotRunner:
         parameters = {
             "sweep_id": self.run.sweep_id,
             "slot": name,
-            "store_uri": self.run.trial_store,
-            "local_root": str(self.run.root),
+            "store_uri": self.run.trial_store,  # the slot's local root is its worker's own (a container's volume)
             "outage_s": self.store_outage_s,
         }
         flow_run = self._server(self.launch, self.deployment, parameters=parameters, timeout=0, flow_run_name=name)

@@ -77,7 +77,8 @@ def trial_slot(
     ran: list[Any] = []
     with mailbox.beating():
         while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
-            request = TrialRequest(**job["request"])
+            # on this worker's disk: the sweep's own folder may not exist here (another machine, a container)
+            request = dataclasses.replace(TrialRequest(**job["request"]), local_root=local_root)
             state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
             mailbox.send(f"done-{len(ran)}", slot_answer(state))
             ran.append(state)

@@ -1,6 +1,7 @@
 """``mobitune setup``: what a Prefect server needs before sweeps run on workers, created idempotently.
 
-- the work pools ``gpu`` (trials) and ``sweeps`` (the orchestrating flow);
+- the work pools ``gpu`` (trials: of type process, or with ``--pool-type`` docker or kubernetes, whose
+  templates are :mod:`mobitune.orchestration.pool_templates`) and ``sweeps`` (the orchestrating flow, a process);
 - an automation that marks a flow run ``Crashed`` when its heartbeats stop
   (a worker machine lost mid-trial), so the sweep gives the trial to another slot and
   it resumes from its checkpoint instead of waiting on a run that stays
@@ -20,7 +21,7 @@ from uuid import UUID
 import httpx
 from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.client.schemas.objects import StateType
 from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
@@ -29,8 +30,10 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
 from mobitune.errors import MobituneError
+from mobitune.orchestration.pool_templates import POOL_TEMPLATES
 
 WORK_POOLS = ("gpu", "sweeps")
+POOL_TYPES = ("process", *POOL_TEMPLATES)  # the gpu pool's; sweeps is always a process pool
 ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
 HEARTBEAT_SECONDS = 30  # the smallest frequency Prefect accepts
 NOTIFY_AUTOMATION = "mobitune: tell a webhook when a sweep ends"
@@ -96,7 +99,27 @@ def _put_automation(client: SyncPrefectClient, wanted: AutomationCore) -> str:
     return "created"
 
 
-def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None) -> list[str]:
+def _put_pool(client: SyncPrefectClient, name: str, kind: str) -> str:
+    """Create pool ``name`` of type ``kind``, or bring an existing one's template up to date; a pool of another
+    type is left alone and named (a pool's type cannot change)."""
+    template = POOL_TEMPLATES[kind]() if kind in POOL_TEMPLATES else None
+    try:
+        client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template or {}))
+        return f"work pool {name}: created ({kind})"
+    except ObjectAlreadyExists:
+        existing = client.read_work_pool(name)
+    if existing.type != kind:
+        raise MobituneError(
+            f"work pool {name} exists with type {existing.type}, not {kind}; remove it first "
+            f"(prefect work-pool delete {name}) or set it up as {existing.type} (--pool-type {existing.type})"
+        )
+    if template is not None:
+        client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        return f"work pool {name}: exists ({kind}), template updated"
+    return f"work pool {name}: exists ({kind})"
+
+
+def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None, pool_type: str = "process") -> list[str]:
     """Create what is missing on the server at ``PREFECT_API_URL``; returns one line per thing, done or found."""
     api = PREFECT_API_URL.value()
     if not api:
@@ -108,11 +131,7 @@ def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None) -> lis
     try:
         with get_client(sync_client=True) as client:
             for pool in WORK_POOLS:
-                try:
-                    client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-                    done.append(f"work pool {pool}: created")
-                except ObjectAlreadyExists:
-                    done.append(f"work pool {pool}: exists")
+                done.append(_put_pool(client, pool, pool_type if pool == "gpu" else "process"))
             verb = _put_automation(client, zombie_automation(heartbeat_timeout_s))
             done.append(f"automation '{ZOMBIE_AUTOMATION}': {verb} (no heartbeat for {heartbeat_timeout_s} s)")
             if notify_url is not None:
