@@ -13,11 +13,11 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/mobitune
 COPY pyproject.toml README.md ./
 COPY src ./src
-COPY docker ./docker
+COPY docker/wheelhouse ./wheelhouse
 # a venv that sees the base's own packages: PyTorch's image already holds the pinned torch 2.14.1 (CUDA 13.0)
 RUN python3 -m venv --system-site-packages /opt/venv \
  && if [ "$WHEELHOUSE" = 1 ]; then \
-      /opt/venv/bin/pip install --no-index --find-links docker/wheelhouse . ; \
+      /opt/venv/bin/pip install --no-index --find-links wheelhouse . ; \
     else \
       /opt/venv/bin/pip install . ; \
     fi

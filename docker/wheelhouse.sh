@@ -4,9 +4,13 @@
 # Python. Debian's python3 is 3.11.2, below the 3.11.3 that some markers test (redis wants async-timeout there),
 # so such wheels are added by name.
 #   bash docker/wheelhouse.sh [FOLDER]     # default docker/wheelhouse; wheels already there are kept
+# Also the wheels of the compose stack's S3 stand-in (moto's server, pinned as in the tests), in
+# docker/standins/wheels.
 set -euo pipefail
 folder=${1:-docker/wheelhouse}
 python=${PYTHON:-.venv/bin/python}
 mkdir -p "$folder"
 "$python" -m pip wheel --quiet --wheel-dir "$folder" --find-links "$folder" . "async-timeout>=4.0.3"
+moto=$(grep -o '"moto\[server\]==[^"]*"' pyproject.toml | tr -d '"')
+"$python" -m pip wheel --quiet --wheel-dir docker/standins/wheels --find-links "$folder" "$moto"
 echo "$folder: $(ls "$folder"/*.whl | wc -l) wheels, $(du -sh "$folder" | cut -f1)"

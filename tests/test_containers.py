@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import PrefectServer, run, sweep_project
+import yaml
+from helpers import ROOT, PrefectServer, free_port, run, sweep_project
 from published import METRICS, published_sweep
 
 pytestmark = pytest.mark.containers
@@ -100,7 +101,9 @@ def test_a_docker_pool_runs_the_trials_in_containers_and_a_killed_one_is_a_lost_
         worker = server.start(
             "docker-worker", ["prefect", "worker", "start", "--pool", "gpu", "--type", "docker"], project, env
         )
-        sweep = server.start_sweep(project, env, "--set", f"storage.uri=s3://{bucket}/p")
+        sweep = server.start_sweep(
+            project, env, "--deployment", "trial-slot/container", "--set", f"storage.uri=s3://{bucket}/p"
+        )
         checkpoints = {"Bucket": bucket, "Prefix": "p/checkpoints/"}
         deadline = time.monotonic() + 300
         while not s3_server.client().list_objects_v2(**checkpoints)["KeyCount"]:
@@ -126,3 +129,101 @@ def test_a_docker_pool_runs_the_trials_in_containers_and_a_killed_one_is_a_lost_
     assert len(merged) == 2
     for metric in METRICS:
         assert (merged[f"{metric}_docker"] - merged[f"{metric}_local"]).abs().max() <= 1e-4, metric
+
+
+def local_stack(tmp_path: Path, ports: dict[str, int]) -> Path:
+    """docker-compose.yml as users get it, for this machine: each image swapped for a local build (the worker
+    image; PostgreSQL and an S3 stand-in built from Debian and moto, docker/standins/), every service on the
+    host's network at free ports, no GPU reservation (there is none here). Written beside the tests' files."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    database = f"postgresql+asyncpg://prefect:prefect@127.0.0.1:{ports['postgres']}/prefect"
+    api, s3 = f"http://127.0.0.1:{ports['prefect']}/api", f"http://127.0.0.1:{ports['s3']}"
+    for service in services.values():
+        service.pop("ports", None)
+        service.pop("deploy", None)
+        service["network_mode"] = "host"
+        if service.pop("build", None) is not None:
+            service["image"] = IMAGE
+        if "PREFECT_API_URL" in service.get("environment", {}):
+            service["environment"] = {**service["environment"], "PREFECT_API_URL": api, "AWS_ENDPOINT_URL": s3}
+    services["postgres"] |= {
+        "image": "mobitune-postgres:test",
+        "healthcheck": {
+            "test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -p {ports['postgres']} -U prefect"],
+            "interval": "2s",
+            "retries": 30,
+        },
+    }
+    services["postgres"]["environment"] = {**services["postgres"]["environment"], "PGPORT": str(ports["postgres"])}
+    services["prefect"] |= {
+        "image": IMAGE,
+        "command": f"prefect server start --host 127.0.0.1 --port {ports['prefect']}",
+    }
+    services["prefect"]["environment"] = {
+        **services["prefect"]["environment"],
+        "PREFECT_API_DATABASE_CONNECTION_URL": database,
+    }
+    services["minio"] = {
+        "image": "mobitune-s3:test",
+        "network_mode": "host",
+        "command": ["moto_server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
+    }
+    bucket = f"import boto3; boto3.client('s3', endpoint_url='{s3}').create_bucket(Bucket='mobitune')"
+    services["create-bucket"] = {
+        "image": IMAGE,
+        "network_mode": "host",
+        "depends_on": ["minio"],
+        "environment": services["worker"]["environment"],
+        "entrypoint": ["python", "-c", bucket],
+    }
+    compose.pop("volumes", None)
+    services["postgres"].pop("volumes", None)
+    services["minio"].pop("volumes", None)
+    path = tmp_path / "docker-compose.local.yml"
+    path.write_text(yaml.safe_dump(compose, sort_keys=False))
+    return path
+
+
+def test_the_compose_stack_comes_up_deploys_and_runs_a_workers_sweep(
+    engine: None, tmp_path: Path, cifar_archive: Path, http_root: tuple[str, Path]
+) -> None:
+    """`docker-compose up` of the stack (PostgreSQL, the Prefect server on it, S3, a GPU worker and a sweeps
+    worker), its `deploy` job (`mobitune setup && prefect deploy --all`), then a workers sweep from this machine:
+    its trials run in the stack's worker container and its results land in the stack's S3."""
+    ports = {name: free_port() for name in ("postgres", "prefect", "s3")}
+    stack = local_stack(tmp_path, ports)
+    compose = ["docker-compose", "--project-name", "mobitune-test", "--file", str(stack)]
+    base_url, served = http_root
+    shutil.copy(cifar_archive, served / "cifar-compose.tar.gz")
+    project = sweep_project(tmp_path, cifar_archive, SWEEP, **{"data.source": f"{base_url}/cifar-compose.tar.gz"})
+    env = {
+        "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
+    }
+    try:
+        run([*compose, "up", "--detach", "postgres", "prefect", "minio", "create-bucket"], tmp_path)
+        deadline = time.monotonic() + 180
+        while run(["prefect", "work-pool", "ls"], tmp_path, check=False, env_extra=env).returncode:
+            assert time.monotonic() < deadline, run([*compose, "logs", "--tail", "40"], tmp_path).stdout
+            time.sleep(2)
+        deployed = run([*compose, "run", "--rm", "deploy"], tmp_path).stdout
+        assert "work pool gpu: created" in deployed and "trial-slot/gpu" in deployed, deployed
+        run([*compose, "up", "--detach", "worker", "sweeps"], tmp_path)
+        sweep = run(
+            ["mobitune", "sweep", "--backend", "workers", "--set", "storage.uri=s3://mobitune/results"],
+            project,
+            env_extra=env,
+            timeout=600,
+        )
+        sweep_dir = Path(sweep.stdout.strip().splitlines()[-1])
+        results = pd.read_csv(sweep_dir / "results.csv")
+        assert len(results) == 2 and set(results["status"]) == {"ok"}
+        import boto3
+
+        keys = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).list_objects_v2(
+            Bucket="mobitune", Prefix=f"results/sweeps/{sweep_dir.name}/"
+        )
+        assert f"results/sweeps/{sweep_dir.name}/report.md" in {obj["Key"] for obj in keys["Contents"]}
+    finally:
+        run([*compose, "down", "--volumes", "--remove-orphans"], tmp_path, check=False)
