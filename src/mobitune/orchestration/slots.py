@@ -256,9 +256,11 @@ class SlotRunner:
         parameters = {
             "sweep_id": self.run.sweep_id,
             "slot": name,
-            "store_uri": self.run.trial_store,  # the slot's local root is its worker's own (a container's volume)
+            "store_uri": self.run.trial_store,
             "outage_s": self.store_outage_s,
         }
+        if self.run.trial_store is None:  # no S3: the sweep's folder is the store, so workers share its disk
+            parameters["local_root"] = str(self.run.root)  # (else each slot's own: a container's volume)
         flow_run = self._server(self.launch, self.deployment, parameters=parameters, timeout=0, flow_run_name=name)
         if flow_run is None:
             return False
