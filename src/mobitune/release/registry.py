@@ -10,7 +10,6 @@ the next GTO version of NAME (``NAME@v0.0.1``, then ``v0.0.2``, ...).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.errors import MobituneError
+from mobitune.training.data import file_digest
 
 REGISTRY_FOLDER = Path("models")  # registered models, tracked by DVC: models/NAME.onnx
 
@@ -33,14 +33,6 @@ class Registered:
     path: Path  # relative to the project
     sha256: str
     commit: str
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def open_registry(project: Path, name: str) -> Any:
@@ -77,7 +69,7 @@ def register_model(model: Path, name: str, meta: dict[str, Any], project: Path) 
     target = REGISTRY_FOLDER / f"{name}.onnx"
     (root / REGISTRY_FOLDER).mkdir(exist_ok=True)
     shutil.copyfile(model, root / target)
-    sha256 = sha256_of(root / target)
+    sha256 = file_digest(root / target, "sha256")
     description = f"MobileNetV2 fine-tuned on CIFAR-10, sweep {meta['sweep_id']} trial {meta['trial_id']} (ONNX)"
     repo.scm_context.autostage = True  # dvc add stages its files rather than printing how to
     repo.add(str(root / target))
