@@ -33,7 +33,6 @@ from mobitune.errors import MobituneError
 from mobitune.orchestration.pool_templates import POOL_TEMPLATES
 
 WORK_POOLS = ("gpu", "sweeps")
-POOL_TYPES = ("process", *POOL_TEMPLATES)  # the gpu pool's; sweeps is always a process pool
 ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
 HEARTBEAT_SECONDS = 30  # the smallest frequency Prefect accepts
 NOTIFY_AUTOMATION = "mobitune: tell a webhook when a sweep ends"
