@@ -345,24 +345,63 @@ def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
     assert frozen_feature_data(model, device_data_for(params, prepared, train_limit=16)) is None
 
 
-def test_learning_rate_schedules_on_fixed_steps() -> None:
+def recorded_multiplier(schedule: str, warmup_steps: int, step: int, total: int) -> float:
+    """The factor on the peak learning rate before step ``step`` that every recorded run trained with (the closed
+    form the schedules had before they were composed from ``torch.optim.lr_scheduler``)."""
+    if schedule == "onecycle":
+        rise = warmup_steps or max(1, round(0.3 * total))
+        start, end = 1 / 25, 1 / 25 / 1e4
+        if step < rise:
+            return start + (1 - start) * (1 - math.cos(math.pi * step / rise)) / 2
+        fall = max(1, total - rise)
+        return end + (1 - end) * (1 + math.cos(math.pi * min(step - rise, fall) / fall)) / 2
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        span = max(1, total - warmup_steps)
+        return (1 + math.cos(math.pi * min(step - warmup_steps, span) / span)) / 2
+    return 1.0
+
+
+def schedule_curve(total: int = 10, **options: object) -> list[float]:
+    """The learning rate factor at each of ``total`` optimiser steps of a phase with these options."""
     from mobitune.params import OptimizationParams
-    from mobitune.training.loop import lr_multiplier
+    from mobitune.training.loop import lr_schedule
 
-    def curve(total: int = 10, **options: object) -> list[float]:
-        return [lr_multiplier(OptimizationParams(**options), step, total) for step in range(total)]
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([weight], lr=0.01)
+    scheduler = lr_schedule(optimizer, OptimizationParams(**options), total)
+    factors = []
+    for _ in range(total):
+        factors.append(optimizer.param_groups[0]["lr"] / 0.01)
+        optimizer.step()
+        scheduler.step()
+    return factors
 
-    assert curve() == [1.0] * 10
-    assert curve(warmup_steps=4)[:5] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_the_torch_schedules_give_the_recorded_runs_rates_step_by_step(schedule: str) -> None:
+    for warmup_steps in (0, 1, 3, 10):
+        for total in (1, 2, 7, 50, 391):  # 391: one epoch of 50k images in batches of 128
+            expected = [recorded_multiplier(schedule, warmup_steps, step, total) for step in range(total)]
+            curve = schedule_curve(total, schedule=schedule, warmup_steps=warmup_steps)
+            assert curve == pytest.approx(expected, rel=1e-12, abs=1e-15), (warmup_steps, total)
+
+
+def test_learning_rate_schedules_on_fixed_steps() -> None:
+    curve = schedule_curve
+    assert curve() == pytest.approx([1.0] * 10)
+    assert curve(warmup_steps=4)[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
     cosine = curve(schedule="cosine")
     assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and 0 < cosine[-1] < 0.03
     assert all(a > b for a, b in zip(cosine, cosine[1:], strict=False))
     warm_cosine = curve(schedule="cosine", warmup_steps=2)
-    assert warm_cosine[:3] == [0.5, 1.0, 1.0] and warm_cosine[-1] < 0.1
+    assert warm_cosine[:3] == pytest.approx([0.5, 1.0, 1.0]) and warm_cosine[-1] < 0.1
     onecycle = curve(100, schedule="onecycle")
-    assert onecycle[0] == pytest.approx(1 / 25) and max(onecycle) == onecycle[30] == 1.0
+    assert onecycle[0] == pytest.approx(1 / 25) and max(onecycle) == pytest.approx(onecycle[30]) == 1.0
     assert onecycle[-1] < 0.001
-    assert curve(100, schedule="onecycle", warmup_steps=10).index(1.0) == 10
+    rising = curve(100, schedule="onecycle", warmup_steps=10)
+    assert rising.index(max(rising)) == 10
 
 
 def test_weight_decay_spares_biases_and_norms_and_the_schedule_drives_the_rate() -> None:

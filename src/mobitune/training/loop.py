@@ -32,32 +32,41 @@ from mobitune.training.phases import Phase, finetune_phase, warmup_phase
 DIVERGENCE_CHECK_EVERY = 25  # steps between host syncs that test the running loss for NaN/inf
 
 
-def lr_multiplier(options: OptimizationParams, step: int, total_steps: int) -> float:
-    """The factor on the phase's peak learning rate before optimiser step ``step`` (0-based).
+def lr_schedule(
+    optimizer: torch.optim.Optimizer, options: OptimizationParams, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The phase's learning rate over its ``total_steps`` optimiser steps, from ``torch.optim.lr_scheduler``.
 
-    ``constant`` and ``cosine`` first ramp linearly over ``warmup_steps``;
-    ``onecycle`` rises from 1/25 of the peak along a half cosine over
-    ``warmup_steps`` (default: 30% of the phase), then falls to ~0 the same way,
-    as ``torch.optim.lr_scheduler.OneCycleLR`` does, without cycling momentum.
+    ``constant`` and ``cosine`` first ramp linearly over ``warmup_steps`` (``LinearLR``; the cosine then falls to
+    zero over the remaining steps). ``onecycle`` is ``OneCycleLR`` without cycling momentum: up from 1/25 of the
+    peak along a half cosine for ``warmup_steps`` steps (default: 30% of the phase), then down to 1/25e4. It is
+    given one step more than the phase has, so that the last step is not yet at the floor, the rates that the
+    recorded runs trained with (``tests/test_model_train.py`` compares every step with their formula).
     """
+    schedulers = torch.optim.lr_scheduler
     if options.schedule == "onecycle":
         rise = options.warmup_steps or max(1, round(0.3 * total_steps))
-        start, end = 1 / 25, 1 / 25 / 1e4
-        if step < rise:
-            return start + (1 - start) * (1 - math.cos(math.pi * step / rise)) / 2
-        fall = max(1, total_steps - rise)
-        return end + (1 - end) * (1 + math.cos(math.pi * min(step - rise, fall) / fall)) / 2
-    if step < options.warmup_steps:
-        return (step + 1) / options.warmup_steps
-    if options.schedule == "cosine":
-        span = max(1, total_steps - options.warmup_steps)
-        return (1 + math.cos(math.pi * min(step - options.warmup_steps, span) / span)) / 2
-    return 1.0
+        steps = max(total_steps, rise) + 1
+        return schedulers.OneCycleLR(
+            optimizer,
+            max_lr=[group["lr"] for group in optimizer.param_groups],
+            total_steps=steps,
+            pct_start=(rise + 1) / steps,
+            cycle_momentum=False,
+        )
+    ramp_steps = max(1, options.warmup_steps)
+    ramp = schedulers.LinearLR(optimizer, start_factor=1 / ramp_steps, total_iters=ramp_steps - 1)
+    if options.schedule == "constant":
+        return ramp
+    cosine = schedulers.CosineAnnealingLR(optimizer, T_max=max(1, total_steps - options.warmup_steps))
+    if not options.warmup_steps:
+        return cosine
+    return schedulers.SequentialLR(optimizer, [ramp, cosine], milestones=[options.warmup_steps])
 
 
 def make_optimizer(
     model: torch.nn.Module, phase: Phase, steps_per_epoch: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """AdamW over the trainable parameters (decay on weights, never on biases or norms) and its schedule.
 
     With ``weight_decay`` 0 and a constant schedule this is the report's Adam.
@@ -68,9 +77,7 @@ def make_optimizer(
         {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=phase.lr)
-    total = phase.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(phase.options, step, total))
-    return optimizer, scheduler
+    return optimizer, lr_schedule(optimizer, phase.options, phase.epochs * steps_per_epoch)
 
 
 @dataclass
