@@ -25,6 +25,14 @@ def server_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def unanswered_reason(exc: BaseException) -> str:
+    """What came back instead of an answer: the status and request of a 5xx, else the error's type."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        request, response = exc.request, exc.response
+        return f"{response.status_code} {response.reason_phrase} to {request.method} {request.url.path}"
+    return type(exc).__name__
+
+
 @contextlib.contextmanager
 def client_retries(retries: int) -> Iterator[None]:
     """Prefect's client retries each call in this block ``retries`` times (its default, 5, waits up to a minute
@@ -72,7 +80,7 @@ class ServerCalls:
             self.logger.warning(
                 "the Prefect server at %s does not answer (%s): %s (the sweep stops after sweep.server_outage_s=%s s)",
                 api_url(),
-                type(exc).__name__,
+                unanswered_reason(exc),
                 self.meanwhile,
                 self.outage_s,
             )
