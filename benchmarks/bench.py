@@ -40,7 +40,7 @@ from mobitune.params import Params
 from mobitune.provenance import provenance
 from mobitune.training.batches import BatchTransform, DeviceData, DeviceSplit, resolve_device
 from mobitune.training.data import Dataset, Split, load_dataset, prepare
-from mobitune.training.loop import evaluate, fit, train_one_epoch
+from mobitune.training.loop import FitRun, evaluate, fit, train_one_epoch
 from mobitune.training.model import MobileNetClassifier, set_trainable_layers
 from mobitune.training.phases import warmup_phase
 
@@ -198,9 +198,7 @@ def bench_warmup_phase(
                     make_model("warmup", device_data.device),
                     phase,
                     sub_data,
-                    seed=0,
-                    checkpoint_path=Path(tmp) / "w.pt",
-                    record={},
+                    FitRun(seed=0, checkpoint_path=Path(tmp) / "w.pt"),
                 ),
                 "plain": plain,
             },

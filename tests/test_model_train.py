@@ -256,7 +256,7 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
 ) -> None:
     """With flips the cache keeps each image's mirror features too, and draws between them as the flip would."""
     from mobitune.training.frozen_features import frozen_feature_data
-    from mobitune.training.loop import fit
+    from mobitune.training.loop import FitRun, fit
     from mobitune.training.phases import warmup_phase
 
     params = small_params(calibrated_weights, **augment)
@@ -270,15 +270,8 @@ def test_cached_features_train_the_head_exactly_like_the_full_forward(
     for cache in (True, False):
         torch.manual_seed(0)
         model = build_model(params.model, 10)
-        result = fit(
-            model,
-            warmup_phase(params),
-            device_data,
-            seed=0,
-            checkpoint_path=tmp_path / f"{cache}.pt",
-            record={},
-            cache_features=cache,
-        )
+        run = FitRun(seed=0, checkpoint_path=tmp_path / f"{cache}.pt", cache_features=cache)
+        result = fit(model, warmup_phase(params), device_data, run)
         histories.append(result.history)
     for cached, full in zip(*histories, strict=True):
         for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", *cached.keys() & FLIP_METRICS):

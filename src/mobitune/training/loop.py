@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,63 +190,64 @@ def evaluate(model: torch.nn.Module, device_data: DeviceData, batch_size: int = 
     return replace(single, flips=scores("flips")) if mirror is not None else single
 
 
-def fit(
-    model: MobileNetClassifier,
-    phase: Phase,
-    device_data: DeviceData,
-    *,
-    seed: int,
-    checkpoint_path: Path,
-    record: dict[str, Any],
-    step_offset: int = 0,
-    resume: dict[str, Any] | None = None,
-    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
-    cache_features: bool = True,
-    until: int | None = None,
-    deadline: float | None = None,
-    warmup_accuracy: float | None = None,
-) -> FitResult:
-    """Train ``phase.epochs`` epochs, checkpointing after each; resume from ``resume``.
+@dataclass(frozen=True, kw_only=True)
+class FitRun:
+    """One run of a phase by :func:`fit`: its seed, where its checkpoint goes, and what ends it early.
 
-    ``until`` stops after that many epochs (an early-stopping rung); the
-    schedule is still the whole phase's, so a later resume continues it exactly. Past ``deadline``
-    (``time.time()``, a sweep's time budget) it stops after the epoch it is in, ``stopped`` and resumable alike.
-    ``record`` (params, classes) is stored in every checkpoint so a resumed or
-    evaluated run cannot silently change its configuration. ``on_checkpoint``
-    gets each epoch's history row once its checkpoint is written. ``warmup_accuracy`` (the finetune's): an epoch
-    that falls to chance from above it ends the run as diverged (:mod:`mobitune.training.collapse`).
+    ``record`` (params, classes) is stored in every checkpoint so a resumed or evaluated run cannot silently change
+    its configuration; ``resume`` is the checkpoint it continues. ``on_checkpoint`` gets each epoch's history row
+    once its checkpoint is written. ``until`` stops after that many epochs (an early-stopping rung); the schedule is
+    still the whole phase's, so a later resume continues it exactly. Past ``deadline`` (``time.time()``, a sweep's
+    time budget) it stops after the epoch it is in, ``stopped`` and resumable alike. ``warmup_accuracy`` (the
+    finetune's): an epoch that falls to chance from above it ends the run as diverged
+    (:mod:`mobitune.training.collapse`). ``step_offset``: the history steps of the phases before this one.
     """
+
+    seed: int
+    checkpoint_path: Path
+    record: dict[str, Any] = field(default_factory=dict)
+    step_offset: int = 0
+    resume: dict[str, Any] | None = None
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None
+    cache_features: bool = True
+    until: int | None = None
+    deadline: float | None = None
+    warmup_accuracy: float | None = None
+
+
+def fit(model: MobileNetClassifier, phase: Phase, device_data: DeviceData, run: FitRun) -> FitResult:
+    """Train ``phase.epochs`` epochs as ``run`` says, checkpointing after each."""
     set_trainable_layers(model, phase.trainable_layers, phase.unfreeze_from, phase.last_conv)
     model.frozen_batchnorm = phase.frozen_batchnorm
     model.to(device_data.device, memory_format=torch.channels_last)
     runner: torch.nn.Module = model
-    cached = frozen_feature_data(model, device_data) if cache_features and phase.epochs else None
+    cached = frozen_feature_data(model, device_data) if run.cache_features and phase.epochs else None
     if cached is not None:
         runner, device_data = model.classifier, cached
     runner = compiled(runner, phase.compile)
     optimizer, scheduler = make_optimizer(model, phase, math.ceil(len(device_data.train) / phase.batch_size))
     history: list[dict[str, Any]] = []
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        history = list(resume["history"])
+    if run.resume is not None:
+        model.load_state_dict(run.resume["model"])
+        optimizer.load_state_dict(run.resume["optimizer"])
+        scheduler.load_state_dict(run.resume["scheduler"])
+        history = list(run.resume["history"])
     generator = torch.Generator(device=device_data.device)
     status, reason = Status.OK, None
 
     def checkpoint() -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
         save_checkpoint(
-            checkpoint_path,
-            {**record, **state, "phase": phase.name, "history": history, "status": status.value, "reason": reason},
+            run.checkpoint_path,
+            {**run.record, **state, "phase": phase.name, "history": history, "status": status.value, "reason": reason},
         )
 
     first_epoch = len(history) + 1
-    last_epoch = phase.epochs if until is None else min(until, phase.epochs)
+    last_epoch = phase.epochs if run.until is None else min(run.until, phase.epochs)
     for epoch in range(first_epoch, last_epoch + 1):
         started = time.perf_counter()
         # per-epoch seeds (batches, augmentation, dropout): a resumed run continues exactly
-        torch.manual_seed(generator.manual_seed(seed * 100_003 + epoch).initial_seed())
+        torch.manual_seed(generator.manual_seed(run.seed * 100_003 + epoch).initial_seed())
         train_loss, train_accuracy = train_one_epoch(
             runner,
             optimizer,
@@ -258,13 +259,13 @@ def fit(
             phase.options.label_smoothing,
         )
         trained = time.perf_counter()  # train_one_epoch ends on a host sync: the device is done
-        row = {"step": step_offset + epoch, "phase": phase.name, "epoch": epoch}
+        row = {"step": run.step_offset + epoch, "phase": phase.name, "epoch": epoch}
         row.update(train_loss=train_loss, train_accuracy=train_accuracy)
         row["train_images_per_s"] = len(device_data.train) / (trained - started)
         if math.isfinite(train_loss):
             row.update(evaluate(runner, device_data).row())
             row["eval_images_per_s"] = len(device_data.test) / (time.perf_counter() - trained)
-            reason = collapse_reason(row, len(device_data.dataset.classes), warmup_accuracy)
+            reason = collapse_reason(row, len(device_data.dataset.classes), run.warmup_accuracy)
         else:
             reason = f"train loss is {train_loss} at {phase.name} epoch {epoch}"
             row.update(not_evaluated(device_data))
@@ -272,8 +273,8 @@ def fit(
         row["seconds"] = time.perf_counter() - started
         history.append(row)
         checkpoint()
-        if on_checkpoint is not None:
-            on_checkpoint(row)
+        if run.on_checkpoint is not None:
+            run.on_checkpoint(row)
         # after the checkpoint is stored, so the line means the epoch is safe; print, not tqdm.write: the bar
         # is closed, and a Prefect run with log_prints records printed lines, so its page shows its epochs
         print(
@@ -284,7 +285,7 @@ def fit(
         if status == Status.DIVERGED:
             print(f"{phase.name}: {reason}; stopping, run recorded as diverged", flush=True)
             break
-        if deadline is not None and time.time() >= deadline and epoch < last_epoch:
+        if run.deadline is not None and time.time() >= run.deadline and epoch < last_epoch:
             status, reason = Status.STOPPED, f"the sweep's time budget ended after {phase.name} epoch {epoch}"
             print(f"{phase.name}: {reason}; stopping, resumable from its checkpoint", flush=True)
             break
@@ -310,15 +311,8 @@ def run_warmup(params: Params, device_data: DeviceData, checkpoint_path: Path, r
     if params.warmup.batchnorm == "recalibrated" and resumed is None:  # a resumed run's statistics are its own
         model.to(device_data.device, memory_format=torch.channels_last)
         recalibrate_batchnorm(model.features, device_data.train, device_data.test_transform)
-    return fit(
-        model,
-        warmup_phase(params),
-        device_data,
-        seed=params.seed,
-        checkpoint_path=checkpoint_path,
-        record=_record(params, device_data),
-        resume=resumed,
-    )
+    run = FitRun(seed=params.seed, checkpoint_path=checkpoint_path, record=_record(params, device_data), resume=resumed)
+    return fit(model, warmup_phase(params), device_data, run)
 
 
 def run_finetune(
@@ -332,14 +326,11 @@ def run_finetune(
     deadline: float | None = None,
 ) -> FitResult:
     """Phase 2: head plus ``trainable_layers`` blocks, starting from the warmup weights (``until``, ``deadline``:
-    see :func:`fit`)."""
+    see :class:`FitRun`)."""
     torch.manual_seed(params.seed)
     model, warm = load_trained_model(warmup_checkpoint, params, len(device_data.dataset.classes))
     resumed = resume_state(checkpoint_path, "finetune") if resume else None
-    return fit(
-        model,
-        finetune_phase(params),
-        device_data,
+    run = FitRun(
         seed=params.seed + 1,
         checkpoint_path=checkpoint_path,
         record=_record(params, device_data),
@@ -350,3 +341,4 @@ def run_finetune(
         deadline=deadline,
         warmup_accuracy=warm["history"][-1]["test_accuracy"] if warm["history"] else None,
     )
+    return fit(model, finetune_phase(params), device_data, run)
