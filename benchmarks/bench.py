@@ -309,7 +309,8 @@ params = load_params({str(params_file)!r})
 sweep_id = new_sweep_id()
 started = time.perf_counter()
 for spec in expand(params):
-    run_trial(TrialRequest(sweep_id, spec.trial_id, spec.params.to_dict(), spec.varied, None, {str(root)!r}))
+    run_trial(TrialRequest(sweep_id=sweep_id, trial_id=spec.trial_id, params=spec.params, varied=spec.varied,
+                           local_root={str(root)!r}))
 print(time.perf_counter() - started)
 """
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
@@ -342,7 +343,8 @@ flow_seconds = time.perf_counter() - started
 sweep_id = new_sweep_id()
 started = time.perf_counter()
 for spec in expand(params):
-    run_trial(TrialRequest(sweep_id, spec.trial_id, spec.params.to_dict(), spec.varied, None, {str(work / "direct")!r}))
+    run_trial(TrialRequest(sweep_id=sweep_id, trial_id=spec.trial_id, params=spec.params, varied=spec.varied,
+                           local_root={str(work / "direct")!r}))
 direct = time.perf_counter() - started
 print(json.dumps({{"server_start_s": server, "sweep_s": flow_seconds, "direct_s": direct}}))
 """

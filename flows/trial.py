@@ -9,9 +9,10 @@ params.yaml alone.
 from mobitune.orchestration.trial_flow import trial, trial_slot
 from mobitune.params import load_params
 from mobitune.sweep.plan import new_sweep_id
+from mobitune.sweep.trial_files import TrialRequest
 
 __all__ = ["trial", "trial_slot"]
 
 if __name__ == "__main__":
     params = load_params()
-    print(trial(sweep_id=new_sweep_id(), trial_id="base", params=params.to_dict(), store_uri=params.storage.uri))
+    print(trial(TrialRequest(sweep_id=new_sweep_id(), trial_id="base", params=params, store_uri=params.storage.uri)))

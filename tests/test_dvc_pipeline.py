@@ -205,7 +205,7 @@ def test_a_stage_run_again_and_a_sweep_trial_of_the_same_params_give_identical_m
     run(["dvc", "repro", "--force", "--single-item", "finetune"], project)
     again = json.loads((project / "data/metrics/finetune.json").read_text())
     params = load_params(project / "params.yaml")
-    trial = run_trial(TrialRequest("repeat", "t000", params.to_dict(), local_root=str(tmp_path)))
+    trial = run_trial(TrialRequest(sweep_id="repeat", trial_id="t000", params=params, local_root=str(tmp_path)))
     for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
         assert again[key] == before[key] == trial[key], key
     assert again["provenance"]["source_fingerprint"] == trial["provenance"]["source_fingerprint"]

@@ -133,8 +133,9 @@ def vm_bytes():
 cap = vm_bytes() + 3 * 1024**3
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 params = load_params()
-results = [run_trial_recorded(TrialRequest("oom", t.trial_id, t.params.to_dict(), t.varied, None, "artifacts"))
-           for t in expand(params)]
+requests = [TrialRequest(sweep_id="oom", trial_id=t.trial_id, params=t.params, varied=t.varied, local_root="artifacts")
+            for t in expand(params)]
+results = [run_trial_recorded(request) for request in requests]
 print(json.dumps([{k: r.get(k) for k in ("trial_id", "status", "error")} for r in results]))
 """
 

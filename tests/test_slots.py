@@ -29,6 +29,7 @@ from mobitune.orchestration import slots as slots_module
 from mobitune.orchestration.mailbox import STALE_MAILBOX_SECONDS, Mailbox, remove_stale_mailboxes
 from mobitune.orchestration.slots import WORKER_ATTEMPTS, SlotRunner
 from mobitune.orchestration.trial_flow import slot_answer
+from mobitune.params import Params
 from mobitune.sweep.trial_files import TrialRequest
 
 LOGGER = logging.getLogger("test_slots")
@@ -142,7 +143,7 @@ def running_job(fleet: Fleet, runner: SlotRunner, trial_id: str = "t0") -> tuple
 
 
 def request(trial_id: str) -> TrialRequest:
-    return TrialRequest("s1", trial_id, {"lr": 0.01})
+    return TrialRequest(sweep_id="s1", trial_id=trial_id, params=Params(lr=0.01))
 
 
 def test_no_more_slots_queued_than_workers_online_and_jobs_only_to_running_slots(fleet: Fleet) -> None:

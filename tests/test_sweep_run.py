@@ -8,7 +8,6 @@ test_sweep_flows.py; real trials in this process (failed and diverged ones) at t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import subprocess
@@ -42,9 +41,9 @@ def blank_figures(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(report, builder, lambda *args: Figure(figsize=(1, 1)))
 
 
-def by_lr(params: dict[str, Any]) -> float:
+def by_lr(params: Params) -> float:
     """Higher lr, higher accuracy: an order the scheduler's decisions can be checked against."""
-    return min(0.99, params["lr"] * 10)
+    return min(0.99, params.lr * 10)
 
 
 class FakeRunner:
@@ -88,7 +87,7 @@ class FakeRunner:
         return ""
 
     def _store(self, request: TrialRequest) -> None:
-        epochs = request.until or request.params["finetune"]["epochs"]
+        epochs = request.until or request.params.finetune.epochs
         local_root = Path(request.local_root)
         done = local_root / "sweeps" / request.sweep_id / "trials" / request.trial_id / "metrics.json"
         if done.exists() and pd.read_json(done, typ="series")["finetune_epochs"] >= epochs:
@@ -147,9 +146,7 @@ def test_each_warmup_is_trained_once_before_the_trials_that_share_it(tmp_path: P
     for request in runner.started:
         if not request.warmup_only:
             own = next(
-                i
-                for i, r in enumerate(runner.started)
-                if r.warmup_only and r.params["model"] == request.params["model"]
+                i for i, r in enumerate(runner.started) if r.warmup_only and r.params.model == request.params.model
             )
             assert own < order.index(request.trial_id), f"{request.trial_id} ran before its warmup"
     assert sorted(results["trial_id"]) == sorted(r.trial_id for r in runner.started if not r.warmup_only)
@@ -186,7 +183,7 @@ def test_asha_stops_the_weak_at_the_rung_and_resumes_the_promoted_to_the_end(tmp
 
 def test_a_failed_job_is_a_failed_trial_and_the_sweep_goes_on(tmp_path: Path) -> None:
     crashed = "its flow run ended Crashed 3 times"
-    runner = FakeRunner(failure=lambda request: crashed if request.params["lr"] == 0.02 else None)
+    runner = FakeRunner(failure=lambda request: crashed if request.params.lr == 0.02 else None)
     _, results = drive(tmp_path, grid("[0.01,0.02,0.03]"), runner)
     assert results.set_index("lr")["status"].to_dict() == {0.01: "ok", 0.02: "failed", 0.03: "ok"}
     assert results.set_index("lr").loc[0.02, "error"] == crashed
@@ -273,7 +270,7 @@ def test_a_trial_stopped_by_an_unreachable_store_is_not_recorded_as_failed(
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed_port_url(""))
     raw = tiny_params(str(cifar_archive), **{"storage.uri": "s3://results/p", "storage.outage_s": 0})
     request = TrialRequest(
-        "s1", "t1", params_from_dict(raw).to_dict(), store_uri="s3://results/p", local_root=str(tmp_path)
+        sweep_id="s1", trial_id="t1", params=params_from_dict(raw), store_uri="s3://results/p", local_root=str(tmp_path)
     )
     with pytest.raises(EndpointUnreachable, match="S3 endpoint http://127.0.0.1:.* is unreachable"):
         run_trial_recorded(request)
@@ -307,24 +304,21 @@ def test_a_known_trial_is_answered_without_importing_torch(tmp_path: Path, cifar
     """A cached sweep on a CPU machine imports no torch (2-3 s of its start): the device check, a warmup in the
     store and a trial whose identical twin is stored are all answered without it."""
     params = params_from_dict(tiny_params(str(cifar_archive)))
-    trained = TrialRequest("s1", "t1", params.to_dict(), local_root=str(tmp_path))
+    trained = TrialRequest(sweep_id="s1", trial_id="t1", params=params, local_root=str(tmp_path))
     assert run_trial_recorded(trained)["cached"] is False
     script = """
-import dataclasses, json, sys
+import json, sys
 from mobitune.orchestration.local_runner import local_devices
-from mobitune.params import params_from_dict
 from mobitune.sweep.trial import run_trial_recorded
 from mobitune.sweep.trial_files import TrialRequest
-request = TrialRequest(**json.loads(sys.argv[1]))
-devices = local_devices(params_from_dict(request.params), None)
-warmup = run_trial_recorded(dataclasses.replace(request, trial_id="warmup", warmup_only=True))
+request = TrialRequest.model_validate_json(sys.argv[1])
+devices = local_devices(request.params, None)
+warmup = run_trial_recorded(request.model_copy(update={"trial_id": "warmup", "warmup_only": True}))
 metrics = run_trial_recorded(request)
 print(json.dumps({"devices": devices, "warmup": warmup, "cached": metrics["cached"], "torch": "torch" in sys.modules}))
 """
-    again = dataclasses.replace(trained, sweep_id="s2")
-    out = subprocess.run(
-        [sys.executable, "-c", script, json.dumps(dataclasses.asdict(again))], capture_output=True, text=True
-    )
+    again = trained.model_copy(update={"sweep_id": "s2"})
+    out = subprocess.run([sys.executable, "-c", script, again.model_dump_json()], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer["devices"] == ["cpu"] and answer["warmup"]["warmup_key"].startswith("cache/warmup/")

@@ -10,7 +10,6 @@ answer, the trials in flight carry on through their mailboxes; only new slots wa
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import math
 import secrets
@@ -215,7 +214,7 @@ class SlotRunner:
                 return
             if slot.job is None and slot.state.is_running():
                 slot.job = self.pending.popleft()
-                slot.mailbox.send(f"job-{slot.posted}", {"request": dataclasses.asdict(slot.job.request)})
+                slot.mailbox.send(f"job-{slot.posted}", {"request": slot.job.request.model_dump(mode="json")})
                 slot.posted += 1
                 slot.beat_moved_at = max(slot.beat_moved_at, now)  # silence counts from the job's start
 

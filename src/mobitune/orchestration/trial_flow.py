@@ -8,7 +8,6 @@ matplotlib would add about a second to every trial's start-up.
 
 from __future__ import annotations
 
-import dataclasses
 import queue
 from typing import Any
 
@@ -27,22 +26,9 @@ from mobitune.sweep.trial_files import TrialRequest
 
 
 @flow(name="trial", log_prints=True)
-def trial(
-    sweep_id: str,
-    trial_id: str,
-    params: dict[str, Any],
-    varied: dict[str, Any] | None = None,
-    store_uri: str | None = None,
-    local_root: str = LOCAL_ROOT,
-    warmup_only: bool = False,
-    until: int | None = None,
-    use_cache: bool = True,
-) -> dict[str, Any]:
-    """One trial (or one segment of it, up to ``until`` finetune epochs): fetch or train its warmup, finetune
-    (resuming from its checkpoint in the store), store params/history/metrics."""
-    request = TrialRequest(
-        sweep_id, trial_id, params, varied or {}, store_uri, local_root, warmup_only, until, use_cache
-    )
+def trial(request: TrialRequest) -> dict[str, Any]:
+    """One trial (or one segment of it, up to ``request.until`` finetune epochs): fetch or train its warmup,
+    finetune (resuming from its checkpoint in the store), store params/history/metrics."""
     return run_trial_recorded(request, EpochProgress(request))
 
 
@@ -78,7 +64,7 @@ def trial_slot(
     with mailbox.beating():
         while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
             # on this worker's disk: the sweep's own folder may not exist here (another machine, a container)
-            request = dataclasses.replace(TrialRequest(**job["request"]), local_root=local_root)
+            request = TrialRequest.model_validate(job["request"] | {"local_root": local_root})
             state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
             mailbox.send(f"done-{len(ran)}", slot_answer(state))
             ran.append(state)
@@ -104,8 +90,8 @@ def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -
         return run_trial_recorded(request, EpochProgress(request))
     device = devices.get()
     try:
-        params = {**request.params, "device": device}
-        return run_trial_recorded(dataclasses.replace(request, params=params), EpochProgress(request))
+        params = request.params.model_copy(update={"device": device})
+        return run_trial_recorded(request.model_copy(update={"params": params}), EpochProgress(request))
     finally:
         devices.put(device)
 
@@ -116,7 +102,7 @@ class EpochProgress:
 
     def __init__(self, request: TrialRequest) -> None:
         self.trial_id = request.trial_id
-        self.epochs = request.params["finetune"]["epochs"]
+        self.epochs = request.params.finetune.epochs
         self.rows: list[dict[str, Any]] = []
         self.progress_id: Any = None
 

@@ -19,6 +19,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
@@ -257,6 +258,12 @@ class SweepParams(_Section):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _axes_as_plain_keys(self, dump: Any) -> dict[str, Any]:
+        """Dumped as ``params.yaml`` writes it, so the dump validates again: the axes as keys of ``sweep:``."""
+        raw = dump(self)
+        return {**{k: v for k, v in raw.items() if k != "axes"}, **raw["axes"]}
+
     @property
     def searched(self) -> bool:
         """Sampled configurations (random/tpe) rather than an enumerated list."""
@@ -296,11 +303,8 @@ class Params(_Section):
     storage: StorageParams = StorageParams()
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data as ``params.yaml`` writes it: the sweep's axes as keys of ``sweep:``."""
-        raw = self.model_dump()
-        axes = raw["sweep"].pop("axes")
-        raw["sweep"].update(axes)
-        return raw
+        """Plain data as ``params.yaml`` writes it (the sweep's axes as keys of ``sweep:``)."""
+        return self.model_dump()
 
     def override(self, assignments: Iterable[str]) -> Params:
         """A copy with ``key=value`` overrides applied and validated again."""

@@ -9,7 +9,6 @@ trials in-process on a GPU machine that has no Prefect).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -128,12 +127,12 @@ class SweepRun:
     def request(self, segment: Segment) -> TrialRequest:
         spec = segment.trial
         return TrialRequest(
-            self.sweep_id,
-            spec.trial_id,
-            spec.params.to_dict(),
-            spec.varied,
-            self.trial_store,
-            str(self.root),
+            sweep_id=self.sweep_id,
+            trial_id=spec.trial_id,
+            params=spec.params,
+            varied=spec.varied,
+            store_uri=self.trial_store,
+            local_root=str(self.root),
             until=segment.until,
             use_cache=self.use_cache,
             deadline=self.scheduler.deadline,
@@ -187,7 +186,7 @@ class SweepRun:
             first_for_key = key not in self.waiting
             self.waiting.setdefault(key, []).append(segment)
             if first_for_key:
-                warmup = dataclasses.replace(self.request(segment), warmup_only=True, trial_id=f"warmup-{key}")
+                warmup = self.request(segment).model_copy(update={"warmup_only": True, "trial_id": f"warmup-{key}"})
                 return warmup, None
         return None
 

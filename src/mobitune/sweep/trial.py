@@ -119,7 +119,7 @@ def _failure_reason(exc: Exception, request: TrialRequest) -> str:
             torch.cuda.empty_cache()  # the next trial on this device starts with its memory back
         params = request.params
         return (
-            f"out of memory with batch_size={params['batch_size']}, "
-            f"model.image_size={params['model']['image_size']}: lower them for this device ({text})"
+            f"out of memory with batch_size={params.batch_size}, "
+            f"model.image_size={params.model.image_size}: lower them for this device ({text})"
         )
     return f"{type(exc).__name__}: {text}"

@@ -7,10 +7,12 @@ process, which only asks for trials and reads their results, starts without impo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict
+
+from mobitune.params import Params
 from mobitune.provenance import provenance
 from mobitune.storage.records import HISTORY_COLUMNS, Status, final_metrics, write_csv, write_json
 from mobitune.storage.stores import LOCAL_ROOT, ArtifactStore, open_store
@@ -18,14 +20,16 @@ from mobitune.storage.stores import LOCAL_ROOT, ArtifactStore, open_store
 TRIAL_FILES = ("params.json", "history.csv", "metrics.json")
 
 
-@dataclass(frozen=True)
-class TrialRequest:
-    """Everything a trial needs, as plain data (it travels as JSON to a worker's slot run)."""
+class TrialRequest(BaseModel):
+    """Everything a trial needs: its validated params and where its files go. A pydantic model, so it travels as
+    JSON to a worker's slot run and is validated again there, and a Prefect flow takes it as one parameter."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     sweep_id: str
     trial_id: str
-    params: dict[str, Any]
-    varied: dict[str, Any] = field(default_factory=dict)
+    params: Params
+    varied: dict[str, Any] = {}
     store_uri: str | None = None
     local_root: str = LOCAL_ROOT
     warmup_only: bool = False
@@ -36,8 +40,7 @@ class TrialRequest:
     def store(self) -> ArtifactStore:
         """The store the trial's files go to, riding out an S3 endpoint that does not answer for
         ``storage.outage_s``."""
-        outage_s = self.params.get("storage", {}).get("outage_s", 0)
-        return open_store(self.store_uri, Path(self.local_root).resolve(), outage_s)
+        return open_store(self.store_uri, Path(self.local_root).resolve(), self.params.storage.outage_s)
 
 
 def trial_key(sweep_id: str, trial_id: str, name: str = "") -> str:
@@ -48,7 +51,7 @@ def record_failure(request: TrialRequest, reason: str, seconds: float = 0.0) -> 
     """Store a ``failed`` result for the trial: its reason, no history."""
     local_root = Path(request.local_root).resolve()
     metrics = {**final_metrics([]), **epochs_trained([]), "status": Status.FAILED, "seconds": seconds, "error": reason}
-    metrics["provenance"] = provenance(seed=request.params.get("seed"))
+    metrics["provenance"] = provenance(seed=request.params.seed)
     return store_results(request, request.store(), local_root, [], metrics)
 
 
@@ -69,7 +72,7 @@ def store_results(
     metrics = {"trial_id": request.trial_id, **request.varied, **metrics}
     write_json(
         folder / "params.json",
-        {"trial_id": request.trial_id, "varied": request.varied, "params": request.params},
+        {"trial_id": request.trial_id, "varied": request.varied, "params": request.params.to_dict()},
     )
     write_csv(folder / "history.csv", history, HISTORY_COLUMNS)
     write_json(folder / "metrics.json", metrics)  # last: its presence marks the trial complete

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mobitune.params import DataParams, Params, params_from_dict
+from mobitune.params import DataParams, Params
 from mobitune.provenance import code_fingerprint
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.plan import training_config, warmup_key
@@ -101,7 +101,7 @@ class TrialSetup:
 
     @classmethod
     def of(cls, request: TrialRequest) -> TrialSetup:
-        params = params_from_dict(request.params)
+        params = request.params
         local_root = Path(request.local_root).resolve()
         prepared = ensure_data(params.data, local_root)
         return cls(request, params, local_root, request.store(), prepared, data_digest(prepared))
