@@ -1,5 +1,5 @@
-"""What a trial is and leaves, as plain data and files: its request, its keys in the artifact store, its three
-result files.
+"""What a trial is and leaves: its request (validated params, where its files go), its keys in the artifact store,
+its three result files.
 
 Apart from :mod:`mobitune.sweep.trial` (which runs a trial, and imports torch to train one) so that the sweep
 process, which only asks for trials and reads their results, starts without importing torch and torchvision.
