@@ -48,7 +48,7 @@ test-fast: install contracts
 
 # the worker image built and run in a Docker engine (installed and started if missing, stopped again after), from a
 # local Debian base and an offline wheelhouse; every container and volume the tests made is removed, pass or fail
-test-containers: install
+test-containers: install postgres
 	@bash docker/test-containers.sh $(PYTEST_ARGS)
 
 # throughput and overhead vs a plain PyTorch loop; writes benchmarks/latest.json

@@ -47,8 +47,10 @@ from helpers import (  # noqa: E402
     ROOT,
     VENV_BIN,
     DvcExperiments,
+    Postgres,
     PrefectServer,
     free_port,
+    postgres_bin,
     run,
     sweep_project,
     tiny_params,
@@ -132,6 +134,21 @@ def http_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, P
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", root
     server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    """A throw-away PostgreSQL cluster: the database of a Prefect server that several machines write to at once
+    (SQLite, the default, answers them 503 while it is locked)."""
+    bindir = postgres_bin()
+    if bindir is None:
+        pytest.fail(
+            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): run 'apt-get install postgresql' "
+            "(`make test` and `make test-containers` install it where apt-get and root allow)"
+        )
+    server = Postgres(bindir).start()
+    yield server
+    server.stop()
 
 
 @dataclass

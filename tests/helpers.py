@@ -139,6 +139,8 @@ class PrefectServer:
             "PREFECT_UI_API_URL": self.api,  # the UI's pages call the API here, not at the default port
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            # the 503s a server answers while its database is locked are in its log, not only in its clients'
+            "PREFECT_SERVER_LOG_RETRYABLE_ERRORS": "true",
         }
         self.processes: list[subprocess.Popen] = []
         self.logs: list[Path] = []

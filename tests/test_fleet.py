@@ -31,7 +31,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from datasets import write_cifar_archive
-from helpers import GPU_WORKER, Postgres, PrefectServer, TcpProxy, descendants, postgres_bin, run, sweep_project
+from helpers import GPU_WORKER, Postgres, PrefectServer, TcpProxy, descendants, run, sweep_project
 from published import FOUR_TRIALS, METRICS, RECIPE, artifact_data, check_published, published_sweep
 
 from mobitune.orchestration.sweep_flow import artifact_key
@@ -84,19 +84,6 @@ class Fleet:
         flow_runs = self.server.api_post("flow_runs/filter", {"flow_runs": running})
         task_runs = self.server.api_post("task_runs/filter", {"task_runs": running})
         return [run["name"] for run in [*flow_runs, *task_runs]]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    bindir = postgres_bin()
-    if bindir is None:
-        pytest.fail(
-            "PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/pg_ctl): run 'apt-get install postgresql' "
-            "(`make test` installs it where apt-get and root allow)"
-        )
-    server = Postgres(bindir).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
