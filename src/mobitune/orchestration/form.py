@@ -1,7 +1,7 @@
 """The sweep's main settings as typed flow parameters, which the Prefect UI renders as a form.
 
-``sweep(settings=SweepSettings(...))`` is the same as ``--set`` overrides of
-the same keys, applied after the recipe and before the free-form overrides.
+``sweep(settings=SweepSettings(...))`` sets the same keys as ``--set`` overrides
+would, with typed values, after the recipe and before the free-form overrides.
 Each field's type, bounds and description come from the params model
 (:mod:`mobitune.params`): a swept key (``lr``) is a list of that param's
 values. In the deployment's parameter schema each field's default is the
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mobitune.errors import MobituneError
-from mobitune.params import PARAMS_FILE, Params, field_type, get_dotted, load_params, sweepable_keys, to_override
+from mobitune.params import PARAMS_FILE, field_type, get_dotted, load_params, params_fields, sweepable_keys
 
 # form field -> the dotted params key it sets; a key under sweep. that is a param's name sweeps that param
 KEYS = {
@@ -53,23 +53,19 @@ def _deployed_defaults(schema: dict[str, Any]) -> None:
 
 def _field(dotted: str) -> Any:
     """The params model's field behind ``dotted``: a swept param as a list of its values."""
-    parts = dotted.split(".")
-    if parts[0] == "sweep" and ".".join(parts[1:]) in sweepable_keys():
-        param = sweepable_keys()[".".join(parts[1:])]
+    if (axis := dotted.removeprefix("sweep.")) in sweepable_keys():
+        param = sweepable_keys()[axis]
         return list[field_type(param)] | None, Field(None, description=f"{param.description}: the values to try")
-    model: Any = Params
-    for part in parts[:-1]:
-        model = model.model_fields[part].annotation
-    param = model.model_fields[parts[-1]]
+    param = params_fields()[dotted]
     return field_type(param) | None, Field(None, description=param.description)
 
 
 class _Form(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=_deployed_defaults, title="Sweep settings")
 
-    def overrides(self) -> list[str]:
-        """The set fields as ``key=value`` overrides (values in JSON, which the params loader reads as YAML)."""
-        return [to_override(KEYS[name], value) for name, value in self if value is not None]
+    def values(self) -> dict[str, Any]:
+        """The set fields as typed values of their dotted params keys."""
+        return {KEYS[name]: value for name, value in self if value is not None}
 
 
 SweepSettings = create_model(

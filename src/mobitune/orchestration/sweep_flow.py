@@ -65,11 +65,12 @@ def sweep(
     a sweep whose process died; it continues in its own folder with the params it started with.
     """
     logger = get_run_logger()
-    overrides = [*(settings.overrides() if settings else []), *(overrides or [])]
+    overrides, typed = overrides or [], settings.values() if settings else {}
     started = start_sweep(
         resume=resume,
         overrides=overrides,
         recipe=recipe,
+        settings=typed,
         params_file=params_file,
         local_root=local_root,
         backend=backend,
@@ -81,7 +82,7 @@ def sweep(
     if resume:
         run = SweepRun.resume(Path(local_root), resume, backend, cache)
     else:
-        run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache)
+        run = SweepRun.start(params, Path(local_root), recipe, overrides, backend, cache, settings=typed)
     with get_client(sync_client=True) as client:
         client.update_flow_run(flow_run.id, name=run.sweep_id)
     planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"

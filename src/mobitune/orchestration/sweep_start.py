@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mobitune.errors import MobituneError
 from mobitune.orchestration.local_runner import local_devices
@@ -29,25 +30,26 @@ def start_sweep(
     resume: str | None,
     overrides: list[str],
     recipe: str | None,
+    settings: dict[str, Any] | None = None,
     params_file: str,
     local_root: str,
     backend: str | None,
     parallel: int | None,
 ) -> SweepStart:
     """The params, backend and devices of a sweep about to run, checked; raises :class:`MobituneError` naming
-    what is wrong."""
+    what is wrong. ``settings``: typed values of dotted keys (the sweep form's), set after the recipe."""
     if parallel is not None and parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {parallel}")
     notes = []
     if resume:
-        if overrides or recipe:
+        if overrides or recipe or settings:
             raise MobituneError("--resume continues a sweep with the params it started with: drop --set and --recipe")
         record = load_record(Path(local_root), resume)
         params = params_from_dict(record["params"])
         backend, note = resume_backend(record, backend)
         notes.append(note)
     else:
-        params = load_params(params_file, overrides, recipe)
+        params = load_params(params_file, overrides, recipe, settings)
         backend = backend or "local"
     devices = []
     if backend == "local":  # on workers, the device is each worker's

@@ -9,8 +9,17 @@ translated into one line that names the key, the value and what is allowed.
 """
 # the package's public names, re-exported: callers import from mobitune.params
 
-from mobitune.params.loading import load_params, parse_params, recipe_overrides
-from mobitune.params.messages import ParamsError
+from mobitune.params.loading import (
+    ParamsError,
+    get_dotted,
+    load_params,
+    params_from_dict,
+    parse_override,
+    parse_params,
+    recipe_overrides,
+    set_dotted,
+    to_override,
+)
 from mobitune.params.models import (
     EXECUTION_KEYS,
     NUM_BLOCKS,
@@ -18,17 +27,12 @@ from mobitune.params.models import (
     AugmentParams,
     DataParams,
     EarlyStopParams,
-    FinetuneParams,
     ModelParams,
     OptimizationParams,
     Params,
-    S3Location,
     SearchRange,
-    SweepParams,
-    WarmupParams,
     field_type,
-    params_from_dict,
+    params_fields,
     parse_s3_uri,
     sweepable_keys,
 )
-from mobitune.params.overrides import apply_overrides, get_dotted, parse_override, set_dotted, to_override

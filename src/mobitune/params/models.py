@@ -1,5 +1,6 @@
 """The params model tree: every section of ``params.yaml`` as a frozen, strict pydantic model that refuses unknown
-keys, with its bounds as field constraints; the sweep's axes checked against the params they vary."""
+keys, with its bounds as field constraints. The sweep's axes are a model derived from it: one field per sweepable
+param, a list of that param's values or a range of them, so each value is checked against its own param."""
 
 from __future__ import annotations
 
@@ -10,23 +11,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+from pydantic import AfterValidator as After
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
-    TypeAdapter,
-    ValidationError,
+    Tag,
+    ValidationInfo,
+    create_model,
     field_validator,
     model_serializer,
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from mobitune.errors import StorageError
-from mobitune.params.messages import ParamsError, model_in, problem, unknown_key, validated
-from mobitune.params.overrides import apply_overrides
 
 PARAMS_FILE = Path("params.yaml")
 NUM_BLOCKS = 17  # inverted-residual blocks in MobileNetV2's features[1..17]
@@ -36,8 +38,12 @@ REPORT_SWEEP_AXES = {
     "batch_size": [32, 64, 128, 192],
     "trainable_layers": [2, 5, 10],
 }
+EXECUTION_KEYS = ("device", "compile", "deterministic")  # how a run executes, not what it computes: never swept,
+# never in cache keys
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 _YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+RANGE_EXAMPLE = "{low: 0.0001, high: 0.05, log: true}"
+SEARCHED = ("random", "tpe")  # sweep modes that sample configurations rather than enumerate lists
 
 
 @dataclass(frozen=True)
@@ -68,15 +74,16 @@ def _yaml12_float(value: Any) -> Any:
 def _device(value: str) -> str:
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
-    raise ValueError(f"{value!r} is not allowed; use one of: auto, cpu, cuda, cuda:N")
+    raise PydanticCustomError(
+        "device", "{value} is not allowed; use one of: auto, cpu, cuda, cuda:N", {"value": repr(value)}
+    )
 
 
-def _s3_uri(value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_s3_uri(value)
-        except StorageError as exc:
-            raise ValueError(f"{exc}, or null for a local folder") from None
+def _s3_uri(value: str) -> str:
+    try:
+        parse_s3_uri(value)
+    except StorageError as exc:
+        raise PydanticCustomError("s3_uri", "{error}, or null for a local folder", {"error": str(exc)}) from None
     return value
 
 
@@ -151,15 +158,38 @@ class AugmentParams(_Section):
 
 
 class SearchRange(_Section):
-    """A sweep axis sampled by ``random``/``tpe`` search: ``{low: 0.0001, high: 0.05, log: true}``.
+    """A sweep axis sampled by ``random``/``tpe`` search: ``{low: 0.0001, high: 0.05, log: true}``, each bound
+    checked as the param it varies is (:func:`sweep_axes` derives one range model per numeric param).
 
     Integer when both bounds are integers, else float.
     """
 
-    model_config = ConfigDict(strict=False)  # low and high are checked against the param they vary
     low: float | int
     high: float | int
     log: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keys(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and (set(raw) - {"low", "high", "log"} or not {"low", "high"} <= set(raw)):
+            raise PydanticCustomError(
+                "range_keys",
+                "a range has keys low, high and optionally log, e.g. {example}; got {got}",
+                {"example": RANGE_EXAMPLE, "got": str(dict(raw))},
+            )
+        return raw
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SearchRange:
+        if not self.low < self.high:
+            raise PydanticCustomError(
+                "range_order",
+                "low must be below high, got low={low}, high={high}",
+                {"low": self.low, "high": self.high},
+            )
+        if self.log and self.low <= 0:
+            raise PydanticCustomError("range_log", "a log range needs low > 0, got low={low}", {"low": self.low})
+        return self
 
     @property
     def integer(self) -> bool:
@@ -176,9 +206,6 @@ class EarlyStopParams(_Section):
     method: Literal["none", "asha"] = Field("none", description="asha: stop the weaker trials at rungs")
     min_epochs: int = Field(1, ge=1)
     reduction: int = Field(3, ge=2)
-
-
-Axis = list[Any] | SearchRange
 
 
 class SweepParams(_Section):
@@ -210,53 +237,31 @@ class SweepParams(_Section):
     server_outage_s: int = Field(
         300, ge=0, description="workers: how long the sweep rides out a Prefect server that does not answer"
     )
-    axes: dict[str, Any] = {}  # key -> list[Any] | SearchRange, built by _check_axes
+    axes: dict[str, list[Any] | SearchRange] = {}
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _axes_from_plain_keys(cls, raw: Any) -> Any:
-        """Every key of ``sweep:`` that is not one of the sweep's own names an axis."""
+    def _axes_from_plain_keys(cls, raw: Any, validate: Any) -> SweepParams:
+        """Every key of ``sweep:`` that is not one of the sweep's own names an axis, validated by
+        :func:`sweep_axes` (in the order written)."""
         if not isinstance(raw, Mapping):
-            return raw
-        own = set(cls.model_fields) - {"axes"}
-        return {**{k: v for k, v in raw.items() if k in own}, "axes": {k: v for k, v in raw.items() if k not in own}}
+            return validate(raw)
+        own = {k: v for k, v in raw.items() if k in cls.model_fields and k != "axes"}
+        written = {k: v for k, v in raw.items() if k not in own}
+        mode = own.get("mode", cls.model_fields["mode"].default)
+        checked = sweep_axes().model_validate(written, context={"mode": mode})
+        return validate({**own, "axes": {k: getattr(checked, _name(k)) for k in written}})
 
-    @field_validator("axes", mode="plain")
+    @field_validator("seeds")
     @classmethod
-    def _check_axes(cls, raw: Any) -> dict[str, Axis]:
-        own = set(cls.model_fields) - {"axes"}
-        axes: dict[str, Axis] = {}
-        for key, values in raw.items():
-            where = f"sweep.{key}"
-            if key not in sweepable_keys():
-                raise unknown_key(where, own | set(sweepable_keys()), name=str(key))
-            if isinstance(values, SearchRange):
-                values = values.model_dump()
-            if isinstance(values, Mapping):
-                axes[key] = _search_range(key, values, where)
-            elif isinstance(values, list) and values:
-                axes[key] = [_check_value(key, v, f"{where}[{i}]") for i, v in enumerate(values)]
-            else:
-                raise ParamsError(
-                    f"{where}: expected a non-empty list of values, e.g. {key}: [1, 2], "
-                    f"or (random/tpe) a range, e.g. {key}: {{low: 0.0001, high: 0.05, log: true}}"
-                )
-        return axes
-
-    @model_validator(mode="after")
-    def _check_across_keys(self) -> SweepParams:
-        for axis, values in self.axes.items():
-            if isinstance(values, SearchRange) and not self.searched:
-                raise ParamsError(
-                    f"sweep.{axis}: a range is sampled by sweep.mode random or tpe; "
-                    f"{self.mode} needs a list of values, e.g. sweep.{axis}=[...]"
-                )
-        if self.searched and len(self.seeds) != 1:
-            raise ParamsError(
-                f"sweep.seeds: {self.mode} search runs each sampled configuration once; "
-                "give one seed, e.g. sweep.seeds=[0]"
+    def _one_seed_when_searched(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
+        if info.data.get("mode") in SEARCHED and len(seeds) != 1:
+            raise PydanticCustomError(
+                "search_seeds",
+                "{mode} search runs each sampled configuration once; give one seed, e.g. sweep.seeds=[0]",
+                {"mode": info.data["mode"]},
             )
-        return self
+        return seeds
 
     @model_serializer(mode="wrap")
     def _axes_as_plain_keys(self, dump: Any) -> dict[str, Any]:
@@ -267,23 +272,19 @@ class SweepParams(_Section):
     @property
     def searched(self) -> bool:
         """Sampled configurations (random/tpe) rather than an enumerated list."""
-        return self.mode in ("random", "tpe")
+        return self.mode in SEARCHED
 
 
 class StorageParams(_Section):
-    uri: Annotated[Text | None, AfterValidator(_s3_uri)] = Field(
+    uri: Annotated[Text, After(_s3_uri)] | None = Field(
         None, description="s3://bucket/prefix to publish to; empty: a local folder"
     )
     outage_s: int = Field(300, ge=0, description="how long S3 calls retry an endpoint that does not answer")
 
 
-EXECUTION_KEYS = ("device", "compile", "deterministic")  # how a run executes, not what it computes: never swept,
-# never in cache keys
-
-
 class Params(_Section):
     seed: int = 0
-    device: Annotated[Text, AfterValidator(_device)] = "auto"
+    device: Annotated[Text, After(_device)] = "auto"
     compile: Literal["none", "default", "reduce-overhead"] = Field(
         "none",
         description="torch.compile the train and eval steps: none (eager), default, reduce-overhead (CUDA graphs)",
@@ -308,26 +309,41 @@ class Params(_Section):
 
     def override(self, assignments: Iterable[str]) -> Params:
         """A copy with ``key=value`` overrides applied and validated again."""
+        from mobitune.params.loading import apply_overrides, params_from_dict  # loading reads into these models
+
         return params_from_dict(apply_overrides(self.to_dict(), assignments))
+
+
+def model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside ``annotation`` (``X``, ``X | None``), if there is one."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, (model_in(arg) for arg in get_args(annotation))), None)
+
+
+@functools.cache
+def params_fields() -> dict[str, FieldInfo]:
+    """Every dotted key of the params tree (``lr``, ``warmup``, ``warmup.lr``, ...) with its field."""
+    fields: dict[str, FieldInfo] = {}
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            fields[prefix + name] = field
+            if (nested := model_in(field.annotation)) is not None:
+                walk(nested, f"{prefix}{name}.")
+
+    walk(Params, "")
+    return fields
 
 
 @functools.cache
 def sweepable_keys() -> dict[str, FieldInfo]:
     """Dotted keys of every scalar param a sweep may vary, with its field (type and bounds)."""
-    keys: dict[str, FieldInfo] = {}
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            nested = model_in(field.annotation)
-            if nested is None:
-                keys[f"{prefix}{name}"] = field
-            elif nested not in (SweepParams, StorageParams):
-                walk(nested, f"{prefix}{name}.")
-
-    walk(Params, "")
-    for how_it_runs in EXECUTION_KEYS:
-        keys.pop(how_it_runs)
-    return keys
+    return {
+        key: field
+        for key, field in params_fields().items()
+        if model_in(field.annotation) is None and key.split(".")[0] not in ("sweep", "storage", *EXECUTION_KEYS)
+    }
 
 
 def field_type(field: FieldInfo) -> Any:
@@ -335,44 +351,50 @@ def field_type(field: FieldInfo) -> Any:
     return Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation
 
 
-@functools.cache
-def _adapter(dotted: str) -> TypeAdapter:
-    return TypeAdapter(field_type(sweepable_keys()[dotted]))
+def _name(key: str) -> str:
+    return key.replace(".", "__")
 
 
-def _check_value(dotted: str, value: Any, where: str) -> Any:
-    """One value of an axis, validated as the param ``dotted`` is."""
-    try:
-        return _adapter(dotted).validate_python(value, strict=True)
-    except ValidationError as exc:
-        raise ParamsError(f"{where}: {problem(exc.errors()[0], sweepable_keys()[dotted])}") from None
-
-
-def _search_range(dotted: str, raw: Mapping[str, Any], where: str) -> SearchRange:
-    """A range axis, checked against the param it varies: numeric, inside its bounds, low < high."""
-    example = "e.g. {low: 0.0001, high: 0.05, log: true}"
-    if set(raw) - {"low", "high", "log"} or not {"low", "high"} <= set(raw):
-        raise ParamsError(f"{where}: a range has keys low, high and optionally log, {example}; got {dict(raw)}")
-    annotation = sweepable_keys()[dotted].annotation
-    if not {int, float} & {annotation, *get_args(annotation)}:
-        raise ParamsError(
-            f"{where}: {dotted} is not a number, so it has no range; list its values, e.g. {dotted}: [...]"
+def _axis_shape(key: str, numeric: bool, value: Any) -> Any:
+    """An axis is a non-empty list, or (a numeric param's) a range."""
+    if isinstance(value, Mapping | SearchRange) and not numeric:
+        raise PydanticCustomError(
+            "axis_range", "{key} is not a number, so it has no range; list its values, e.g. {key}: [...]", {"key": key}
         )
-    low, high = (_check_value(dotted, raw[bound], f"{where}.{bound}") for bound in ("low", "high"))
-    if not isinstance(raw.get("log", False), bool):
-        raise ParamsError(f"{where}.log: expected true or false, got {raw['log']!r}")
-    log = raw.get("log", False)
-    if not low < high:
-        raise ParamsError(f"{where}: low must be below high, got low={low}, high={high}")
-    if log and low <= 0:
-        raise ParamsError(f"{where}: a log range needs low > 0, got low={low}")
-    return SearchRange(low=low, high=high, log=log)
+    if not (isinstance(value, Mapping | SearchRange) or (isinstance(value, list) and value)):
+        raise PydanticCustomError(
+            "axis_shape",
+            "expected a non-empty list of values, e.g. {key}: [1, 2], or (random/tpe) a range, e.g. {key}: {example}",
+            {"key": key, "example": RANGE_EXAMPLE},
+        )
+    return value
 
 
-def params_from_dict(raw: Any) -> Params:
-    """Validate params passed as plain data (e.g. a Prefect flow parameter)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ParamsError("params: expected a mapping of keys to values at the top level")
-    return validated(Params, raw)
+def _searched_only(axis: SearchRange, info: ValidationInfo) -> SearchRange:
+    if info.context["mode"] not in SEARCHED:
+        raise PydanticCustomError(
+            "range_mode",
+            "a range is sampled by sweep.mode random or tpe; {mode} needs a list of values, e.g. sweep.{key}=[...]",
+            {"mode": info.context["mode"], "key": info.field_name.replace("__", ".")},
+        )
+    return axis
+
+
+@functools.cache
+def sweep_axes() -> type[BaseModel]:
+    """The sweep's axes as a model: per sweepable param (its dotted key the alias) a list of its values, or for a
+    number a :class:`SearchRange` whose bounds are typed as the param is; validated with ``context={"mode": ...}``."""
+    fields: dict[str, Any] = {}
+    for key, field in sweepable_keys().items():
+        typed = field_type(field)
+        numeric = bool({int, float} & {field.annotation, *get_args(field.annotation)})
+        axis: Any = Annotated[list[typed], Tag("list")]
+        if numeric:
+            bounded = create_model(f"Range_{_name(key)}", __base__=SearchRange, low=(typed, ...), high=(typed, ...))
+            ranged = Annotated[bounded, After(_searched_only), Tag("range")]
+            axis = Annotated[axis | ranged, Discriminator(lambda v: "range" if isinstance(v, Mapping) else "list")]
+        fields[_name(key)] = (
+            Annotated[axis, BeforeValidator(functools.partial(_axis_shape, key, numeric))],
+            Field(None, alias=key),
+        )
+    return create_model("SweepAxes", __config__=ConfigDict(extra="forbid", strict=True), **fields)

@@ -61,6 +61,7 @@ class SweepRun:
         overrides: list[str],
         backend: str,
         use_cache: bool = True,
+        settings: dict[str, Any] | None = None,
     ) -> SweepRun:
         """A new sweep folder under ``local_root/sweeps/`` with its ``sweep.json``; trials on the workers backend
         exchange files through ``storage.uri``, local ones keep them on this disk until publishing."""
@@ -75,6 +76,7 @@ class SweepRun:
             "sweep_id": sweep_id,
             "storage_uri": params.storage.uri,
             "recipe": recipe,
+            "settings": settings or {},  # the sweep form's typed values, set between recipe and overrides
             "overrides": overrides,
             "backend": backend,
             "cache": use_cache,
