@@ -24,6 +24,8 @@ from mobitune.params.models import (
     EXECUTION_KEYS,
     NUM_BLOCKS,
     PARAMS_FILE,
+    S3_URI,
+    S3_URI_RULE,
     AugmentParams,
     DataParams,
     EarlyStopParams,
@@ -33,6 +35,5 @@ from mobitune.params.models import (
     SearchRange,
     field_type,
     params_fields,
-    parse_s3_uri,
     sweepable_keys,
 )

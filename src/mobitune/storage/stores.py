@@ -19,19 +19,37 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from tqdm import tqdm
 
 from mobitune.errors import EndpointUnreachable, StorageError
-from mobitune.params import parse_s3_uri
+from mobitune.params import S3_URI, S3_URI_RULE
 
 T = TypeVar("T")
 
 # botocore's "standard" retry mode: connection errors, 5xx and throttling again, with exponential back-off
 RETRY_ATTEMPTS = 4
 OUTAGE_BACKOFF_MAX_S = 5.0  # while an endpoint does not answer: tries 1, 2, 4, 5, 5, ... s apart
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}" if self.key else f"s3://{self.bucket}"
+
+
+def parse_s3_uri(uri: str) -> S3Location:
+    match = S3_URI.match(uri)
+    if not match:
+        raise StorageError(f"{uri!r} {S3_URI_RULE}")
+    return S3Location(match["bucket"], (match["key"] or "").strip("/"))
 
 
 def endpoint_name() -> str:
