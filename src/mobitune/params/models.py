@@ -332,13 +332,17 @@ def _name(key: str) -> str:
     return key.replace(".", "__")
 
 
+def _is_range(value: Any) -> bool:
+    return isinstance(value, Mapping | SearchRange)
+
+
 def _axis_shape(key: str, numeric: bool, value: Any) -> Any:
     """An axis is a non-empty list, or (a numeric param's) a range."""
-    if isinstance(value, Mapping | SearchRange) and not numeric:
+    if _is_range(value) and not numeric:
         raise PydanticCustomError(
             "axis_range", "{key} is not a number, so it has no range; list its values, e.g. {key}: [...]", {"key": key}
         )
-    if not (isinstance(value, Mapping | SearchRange) or (isinstance(value, list) and value)):
+    if not (_is_range(value) or (isinstance(value, list) and value)):
         raise PydanticCustomError(
             "axis_shape",
             "expected a non-empty list of values, e.g. {key}: [1, 2], or (random/tpe) a range, e.g. {key}: {example}",
@@ -369,7 +373,7 @@ def sweep_axes() -> type[BaseModel]:
         if numeric:
             bounded = create_model(f"Range_{_name(key)}", __base__=SearchRange, low=(typed, ...), high=(typed, ...))
             ranged = Annotated[bounded, After(_searched_only), Tag("range")]
-            axis = Annotated[axis | ranged, Discriminator(lambda v: "range" if isinstance(v, Mapping) else "list")]
+            axis = Annotated[axis | ranged, Discriminator(lambda v: "range" if _is_range(v) else "list")]
         fields[_name(key)] = (
             Annotated[axis, BeforeValidator(functools.partial(_axis_shape, key, numeric))],
             Field(None, alias=key),
