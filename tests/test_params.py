@@ -6,14 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from mobitune.params import Params, ParamsError, load_params, parse_params, sweepable_keys
+from mobitune.params import Params, ParamsError, defaults_yaml, load_params, parse_params, sweepable_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_project_params_load_with_the_report_protocol() -> None:
     params = load_params(ROOT / "params.yaml")
-    assert params == Params()  # the dataclass defaults are the file's values
+    assert (ROOT / "params.yaml").read_text() == defaults_yaml(), "params.yaml is `mobitune params`' output"
+    assert params == Params()
     assert (params.warmup.epochs, params.warmup.lr, params.finetune.epochs) == (5, 0.001, 5)
     assert (params.lr, params.batch_size, params.trainable_layers) == (0.005, 192, 10)
     assert params.sweep.axes == {

@@ -7,6 +7,7 @@ mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
+mobitune params > params.yaml                # every param at its default, commented
 mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best] [--register NAME]   # ONNX + int8 ONNX; registered
 mobitune predict IMAGE_OR_FOLDER... [--model data/models/model.onnx] [--top 3] [--csv FILE]
 """
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
         "exp-import", help="save a sweep's trials as DVC experiments (then: dvc exp show, dvc plots diff T1 T2)"
     )
     exp_import.add_argument("sweep", help="a sweep folder (artifacts/sweeps/<id>) or s3://bucket/prefix/sweeps/<id>")
+    commands.add_parser("params", help="print params.yaml with every key at its default, each commented")
     recipe = commands.add_parser("recipe", help="print a recipe as `-S key=value` arguments for dvc exp run")
     recipe.add_argument("file", type=Path)
     export = commands.add_parser(
@@ -146,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
             print(_sweep(args))
         elif args.command == "recipe":
             print(_recipe_arguments(args.file))
+        elif args.command == "params":
+            from mobitune.params import defaults_yaml
+
+            print(defaults_yaml(), end="")
         elif args.command == "report":
             print(_report(args.sweep_dirs, args.into))
         elif args.command == "setup":

@@ -11,6 +11,7 @@ translated into one line that names the key, the value and what is allowed.
 
 from mobitune.params.loading import (
     ParamsError,
+    defaults_yaml,
     get_dotted,
     load_params,
     params_from_dict,

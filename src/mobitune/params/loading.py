@@ -1,6 +1,7 @@
 """User input into :class:`Params`: ``params.yaml`` and recipes read, ``key=value`` overrides applied (as ``dvc exp
 run -S`` takes them), and pydantic's validation errors said as one line a user acts on: the dotted key, the bad
-value, what is allowed, and "did you mean ..." for an unknown key. The one place that reads params from disk."""
+value, what is allowed, and "did you mean ..." for an unknown key. The one place that reads params from disk, and
+the one that writes the project's ``params.yaml`` from the models' defaults (:func:`defaults_yaml`)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,21 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from mobitune.errors import MobituneError
 from mobitune.params.models import PARAMS_FILE, Params, SweepParams, model_in, params_fields, sweepable_keys
+
+HEADER = """\
+# Every hyperparameter of mobitune, at its default: `mobitune params` writes this file from the models of
+# mobitune.params (a test checks that they agree). Stages, sweeps and the CLI read it through mobitune.params;
+# override with `dvc exp run -S key=value` or `mobitune sweep --set key=value`.
+"""
+COMMENT_COLUMN = 26
 
 
 class ParamsError(MobituneError, ValueError):
@@ -216,3 +224,30 @@ def parse_params(text_or_raw: str | Any, overrides: Iterable[str] = (), origin: 
     if not isinstance(raw or {}, Mapping):
         raise ParamsError(f"{origin}: expected a mapping of keys to values at the top level")
     return params_from_dict(apply_overrides(raw or {}, overrides))
+
+
+def defaults_yaml() -> str:
+    """``params.yaml`` with every key at the models' default, each commented with its choices and description."""
+    lines = HEADER.splitlines()
+
+    def write(raw: Mapping[str, Any], model: type[BaseModel], indent: str) -> None:
+        for key, value in raw.items():
+            field = model.model_fields.get(key)  # None for a sweep axis
+            note = _note(field) if field is not None else ""
+            nested = model_in(field.annotation) if field is not None else None
+            if nested is not None:
+                lines.extend([f"{indent}# {note}"] if note else [])
+                lines.append(f"{indent}{key}:")
+                write(value, nested, indent + "  ")
+            else:
+                line = f"{indent}{key}: {yaml.safe_dump([value], default_flow_style=True, width=1000).strip()[1:-1]}"
+                lines.append(f"{line.ljust(COMMENT_COLUMN - 1)} # {note}" if note else line)
+
+    write(Params().to_dict(), Params, "")
+    return "\n".join(lines) + "\n"
+
+
+def _note(field: FieldInfo) -> str:
+    """A key's comment: its choices (a ``Literal``), then its description."""
+    choices = " | ".join(get_args(field.annotation)) if get_origin(field.annotation) is Literal else ""
+    return "; ".join(filter(None, (choices, field.description)))

@@ -73,65 +73,58 @@ class _Section(BaseModel):
 
 
 class DataParams(_Section):
-    source: Text = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-    md5: Text | None = "c58f30108f718f92721af3b95e74349a"
-    train_limit: int | None = Field(None, ge=1)
+    source: Text = Field("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", description="URL, path or s3://")
+    md5: Text | None = Field("c58f30108f718f92721af3b95e74349a", description="null: no check")
+    train_limit: int | None = Field(None, ge=1, description="use the first N training images (smoke runs)")
     test_limit: int | None = Field(None, ge=1)
 
 
 class ModelParams(_Section):
-    pretrained: Text = "imagenet"
+    pretrained: Text = Field("imagenet", description="imagenet | none | path, URL or s3:// URI of a state dict")
     hidden_units: int = Field(128, ge=1)
     dropout: Number = Field(0.2, ge=0.0, le=0.99)
-    image_size: int = Field(32, ge=32, le=512)
-    unfreeze_from: Literal["first", "last"] = "first"
+    image_size: int = Field(32, ge=32, le=512, description=">32 upsamples on the device")
+    unfreeze_from: Literal["first", "last"] = Field("first", description="first: the report")
 
 
 class OptimizationParams(_Section):
-    """How one phase optimises; the defaults are the report's plain Adam at a constant rate.
+    """How one phase optimises; the defaults are the report's plain Adam at a constant rate."""
 
-    ``schedule`` shapes the learning rate over the phase's steps: ``constant``,
-    ``cosine`` (to zero) or ``onecycle`` (up to the peak at 30%, then down);
-    ``warmup_steps`` ramps it linearly from zero first (constant and cosine).
-    ``weight_decay`` is decoupled (AdamW; 0 is exactly Adam).
-    """
-
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    warmup_steps: int = Field(0, ge=0)
-    weight_decay: Number = Field(0.0, ge=0.0, le=1.0)
-    label_smoothing: Number = Field(0.0, ge=0.0, le=0.5)
+    schedule: Literal["constant", "cosine", "onecycle"] = Field(
+        "constant", description="the learning rate over the phase's steps"
+    )
+    warmup_steps: int = Field(0, ge=0, description="a linear ramp from zero first (onecycle: its rise, else 30%)")
+    weight_decay: Number = Field(0.0, ge=0.0, le=1.0, description="AdamW's decoupled decay on weights (0: Adam)")
+    label_smoothing: Number = Field(0.0, ge=0.0, le=0.5, description="of the training loss")
 
 
 class WarmupParams(OptimizationParams):
-    """``batchnorm``: the backbone's BatchNorm statistics, ``pretrained`` (the
-    report) or ``recalibrated`` on the training images at ``model.image_size``
-    before warmup (AdaBN; :mod:`mobitune.training.batchnorm`)."""
-
     epochs: int = Field(5, ge=0)
     lr: Number = Field(0.001, gt=0.0)
     batch_size: int = Field(192, ge=1)
-    batchnorm: Literal["pretrained", "recalibrated"] = "pretrained"
+    batchnorm: Literal["pretrained", "recalibrated"] = Field(
+        "pretrained", description="recalibrated: BatchNorm statistics re-estimated first (AdaBN)"
+    )
 
 
 class FinetuneParams(OptimizationParams):
-    """The finetune's learning rate and batch size are the top-level ``lr`` and ``batch_size``.
-
-    ``batchnorm``: ``train`` (PyTorch's default: the unfrozen blocks' BatchNorm
-    normalises with batch statistics and updates its running ones) or ``frozen``
-    (it keeps the pretrained statistics; its scale and shift still train).
-    ``last_conv``: whether the 1x1 convolution after the last block (320 -> 1280
-    channels, ``features[18]``) trains too; ``trainable_layers`` counts blocks only.
-    """
+    """The finetune's learning rate and batch size are the top-level ``lr`` and ``batch_size``."""
 
     epochs: int = Field(5, ge=0)
-    batchnorm: Literal["train", "frozen"] = "train"
-    last_conv: Literal["frozen", "train"] = "frozen"
+    batchnorm: Literal["train", "frozen"] = Field(
+        "train", description="frozen: the unfrozen blocks keep the pretrained BatchNorm statistics"
+    )
+    last_conv: Literal["frozen", "train"] = Field(
+        "frozen", description="train: the 1x1 convolution after the last block (features[18]) trains too"
+    )
 
 
 class AugmentParams(_Section):
     flip: bool = False
     crop_padding: int = Field(0, ge=0, le=16)
-    test_flip: bool = False  # evaluate on the mean logits of each test image and its mirror
+    test_flip: bool = Field(
+        False, description="also score the mean logits of each image and its mirror (as the ONNX export does)"
+    )
 
 
 class SearchRange(_Section):
@@ -181,8 +174,8 @@ class EarlyStopParams(_Section):
     """
 
     method: Literal["none", "asha"] = Field("none", description="asha: stop the weaker trials at rungs")
-    min_epochs: int = Field(1, ge=1)
-    reduction: int = Field(3, ge=2)
+    min_epochs: int = Field(1, ge=1, description="the first rung, in finetune epochs")
+    reduction: int = Field(3, ge=2, description="rungs at min_epochs * reduction^k; the top 1/reduction continue")
 
 
 class SweepParams(_Section):
@@ -198,19 +191,21 @@ class SweepParams(_Section):
 
     mode: Literal["one-at-a-time", "grid", "random", "tpe"] = Field(
         "one-at-a-time",
-        description="one-at-a-time and grid enumerate the lists; random and tpe sample `trials` of them",
+        description="random and tpe sample `trials` configurations",
     )
     seeds: list[int] = Field([0], description="every configuration runs once per seed")
     warmup_epochs: int | None = Field(None, ge=0, description="empty: warmup.epochs")
     finetune_epochs: int | None = Field(None, ge=0, description="empty: finetune.epochs")
     trials: int = Field(10, ge=1, description="random/tpe: configurations to sample")
-    search_seed: int = 0
+    search_seed: int = Field(0, description="random/tpe: the sampler's seed")
     early_stop: EarlyStopParams = EarlyStopParams()
     budget_epochs: int | None = Field(None, ge=1, description="start no new trial once this many epochs are spent")
     time_budget_s: Number | None = Field(
         None, gt=0, description="seconds: then nothing new starts, and running trials stop after their epoch"
     )
-    worker_timeout_s: int = Field(300, ge=1)
+    worker_timeout_s: int = Field(
+        300, ge=1, description="workers: give up on waiting trials after this long with no worker"
+    )
     server_outage_s: int = Field(
         300, ge=0, description="workers: how long the sweep rides out a Prefect server that does not answer"
     )
@@ -261,23 +256,26 @@ class StorageParams(_Section):
 
 class Params(_Section):
     seed: int = 0
-    device: Annotated[Text, After(_device)] = "auto"
+    device: Annotated[Text, After(_device)] = Field("auto", description="auto | cpu | cuda | cuda:N")
     compile: Literal["none", "default", "reduce-overhead"] = Field(
         "none",
-        description="torch.compile the train and eval steps: none (eager), default, reduce-overhead (CUDA graphs)",
+        description="torch.compile of the train and eval steps",
     )
     deterministic: bool = Field(
         False, description="CUDA: deterministic kernels only, so a GPU run repeats bit for bit (CPU runs always do)"
     )
     data: DataParams = DataParams()
     model: ModelParams = ModelParams()
-    warmup: WarmupParams = WarmupParams()
-    finetune: FinetuneParams = FinetuneParams()
+    warmup: WarmupParams = Field(WarmupParams(), description="phase 1: the head alone on frozen features")
+    finetune: FinetuneParams = Field(FinetuneParams(), description="phase 2: the head and `trainable_layers` blocks")
     lr: Number = Field(0.005, gt=0.0, description="finetune learning rate")
     batch_size: int = Field(192, ge=1, description="finetune batch size")
     trainable_layers: int = Field(10, ge=0, le=NUM_BLOCKS, description="inverted-residual blocks unfrozen in finetune")
     augment: AugmentParams = AugmentParams()
-    sweep: SweepParams = Field(default_factory=lambda: SweepParams.model_validate(REPORT_SWEEP_AXES))
+    sweep: SweepParams = Field(
+        default_factory=lambda: SweepParams.model_validate(REPORT_SWEEP_AXES),
+        description=f"each swept key lists its values; random/tpe also take a range, e.g. lr: {RANGE_EXAMPLE}",
+    )
     storage: StorageParams = StorageParams()
 
     def to_dict(self) -> dict[str, Any]:
