@@ -101,6 +101,8 @@ def test_bad_params_name_the_key_and_the_allowed_values(text: str, message: str)
         ("lr=[0.1", "override 'lr=[0.1': the value is not valid YAML"),
         ("nope=1", "unknown key 'nope'"),
         ("warmup=3", "warmup: expected a mapping of keys to values, got 3"),
+        ("sweep.warmup.lrr=[0.1]", "unknown key 'sweep.warmup.lrr'. Did you mean 'warmup.lr'?"),
+        ("sweep.early_stop.min_epoch=1", "unknown key 'sweep.early_stop.min_epoch'. Did you mean 'min_epochs'?"),
     ],
 )
 def test_malformed_overrides_are_refused(override: str, message: str) -> None:

@@ -125,13 +125,18 @@ def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     """``raw["a"]["b"] = value`` for ``a.b``, making (or replacing) the mappings on the way; a sweep axis is a
     dotted key of ``sweep:`` itself (``sweep.model.dropout``)."""
     parts = dotted.split(".")
-    if parts[0] == "sweep" and ".".join(parts[1:]) in sweepable_keys():
+    if parts[0] == "sweep" and len(parts) > 2 and parts[1] not in _sweep_sections():
         parts = ["sweep", ".".join(parts[1:])]
     for part in parts[:-1]:
         child = raw.get(part)
         raw[part] = child = child if isinstance(child, dict) else {}
         raw = child
     raw[parts[-1]] = value
+
+
+def _sweep_sections() -> set[str]:
+    """The nested sections of ``sweep:`` (``early_stop``): every other dotted key under it is an axis."""
+    return {name for name, field in SweepParams.model_fields.items() if model_in(field.annotation) is not None}
 
 
 def parse_override(assignment: str) -> tuple[str, Any]:
