@@ -44,7 +44,7 @@ test: install browser postgres contracts
 # the inner loop: unit tests only (no servers, no subprocess training), under a minute: one process per core
 # (pytest-xdist), each with one torch thread, since their tensors are too small for threads to pay
 test-fast: install contracts
-	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto -m "not e2e and not containers" $(PYTEST_ARGS); status=$$?; \
+	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto --dist worksteal -m "not e2e and not containers" $(PYTEST_ARGS); status=$$?; \
 		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
 
 # the worker image built and run in a Docker engine (installed and started if missing, stopped again after), from a

@@ -312,7 +312,7 @@ def test_recalibrated_batchnorm_statistics_are_those_the_training_batches_show(
     from mobitune.training.batchnorm import recalibrate_batchnorm
 
     params = small_params(calibrated_weights, **{"model.image_size": "48"})  # not the calibration's 32 px
-    device_data = device_data_for(params, prepared)
+    device_data = device_data_for(params, prepared, train_limit=256)
     features = build_model(params.model, 10).features
     x = device_data.test_transform(device_data.train.images)
 
@@ -326,7 +326,8 @@ def test_recalibrated_batchnorm_statistics_are_those_the_training_batches_show(
     features.load_state_dict(build_model(params.model, 10).features.state_dict())  # the train() pass moved them
     recalibrate_batchnorm(features, device_data.train, device_data.test_transform)
     assert not features.training and all(m.momentum == 0.1 for m in features.modules() if hasattr(m, "momentum"))
-    assert batch_statistics_change() < 0.05 and before > 0.5  # measured: 0.04 against 0.92
+    after = batch_statistics_change()
+    assert after < 0.05 and before > 0.5, (after, before)  # measured: 0.014 against 0.92 (256 images)
 
 
 def test_crops_need_the_backbone_every_epoch(prepared: Path) -> None:
