@@ -9,18 +9,7 @@ translated into one line that names the key, the value and what is allowed.
 """
 # the package's public names, re-exported: callers import from mobitune.params
 
-from mobitune.params.loading import (
-    ParamsError,
-    defaults_yaml,
-    get_dotted,
-    load_params,
-    params_from_dict,
-    parse_override,
-    parse_params,
-    recipe_overrides,
-    set_dotted,
-    to_override,
-)
+from mobitune.params.loading import defaults_yaml, load_params, parse_params, recipe_overrides
 from mobitune.params.models import (
     EXECUTION_KEYS,
     NUM_BLOCKS,
@@ -36,5 +25,7 @@ from mobitune.params.models import (
     SearchRange,
     field_type,
     params_fields,
+    params_from_dict,
     sweepable_keys,
 )
+from mobitune.params.raw import ParamsError, get_dotted, parse_override, set_dotted, to_override

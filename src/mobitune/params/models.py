@@ -18,6 +18,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    ValidationError,
     ValidationInfo,
     create_model,
     field_validator,
@@ -26,6 +27,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
+
+from mobitune.params.raw import ParamsError, apply_overrides, explain
 
 PARAMS_FILE = Path("params.yaml")
 NUM_BLOCKS = 17  # inverted-residual blocks in MobileNetV2's features[1..17]
@@ -284,8 +287,6 @@ class Params(_Section):
 
     def override(self, assignments: Iterable[str]) -> Params:
         """A copy with ``key=value`` overrides applied and validated again."""
-        from mobitune.params.loading import apply_overrides, params_from_dict  # loading reads into these models
-
         return params_from_dict(apply_overrides(self.to_dict(), assignments))
 
 
@@ -377,3 +378,13 @@ def sweep_axes() -> type[BaseModel]:
             Field(None, alias=key),
         )
     return create_model("SweepAxes", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Validate params passed as plain data (e.g. a Prefect flow parameter)."""
+    if not isinstance(raw or {}, Mapping):
+        raise ParamsError("params: expected a mapping of keys to values at the top level")
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as exc:
+        raise explain(exc.errors()[0], params_fields(), sweepable_keys()) from None
