@@ -350,12 +350,12 @@ def _axis_shape(key: str, numeric: bool, value: Any) -> Any:
     return value
 
 
-def _searched_only(axis: SearchRange, info: ValidationInfo) -> SearchRange:
+def _searched_only(key: str, axis: SearchRange, info: ValidationInfo) -> SearchRange:
     if info.context["mode"] not in SEARCHED:
         raise PydanticCustomError(
             "range_mode",
             "a range is sampled by sweep.mode random or tpe; {mode} needs a list of values, e.g. sweep.{key}=[...]",
-            {"mode": info.context["mode"], "key": info.field_name.replace("__", ".")},
+            {"mode": info.context["mode"], "key": key},
         )
     return axis
 
@@ -371,7 +371,7 @@ def sweep_axes() -> type[BaseModel]:
         axis: Any = Annotated[list[typed], Tag("list")]
         if numeric:
             bounded = create_model(f"Range_{_name(key)}", __base__=SearchRange, low=(typed, ...), high=(typed, ...))
-            ranged = Annotated[bounded, After(_searched_only), Tag("range")]
+            ranged = Annotated[bounded, After(functools.partial(_searched_only, key)), Tag("range")]
             axis = Annotated[axis | ranged, Discriminator(lambda v: "range" if _is_range(v) else "list")]
         fields[_name(key)] = (
             Annotated[axis, BeforeValidator(functools.partial(_axis_shape, key, numeric))],

@@ -26,9 +26,9 @@ class ParamsError(MobituneError, ValueError):
 EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a non-empty string"}
 TEMPLATES = {  # pydantic's error types: what is wrong with {value} (custom errors carry their own message)
     "finite_number": "expected a finite number, got {value}",
-    "model_type": "expected a mapping of keys to values, got {value}",
-    "model_attributes_type": "expected a mapping of keys to values, got {value}",
-    "dict_type": "expected a mapping of keys to values, got {value}",
+    **dict.fromkeys(
+        ("model_type", "model_attributes_type", "dict_type"), "expected a mapping of keys to values, got {value}"
+    ),
     "literal_error": "{value} is not allowed; use one of: {allowed}",
     "list_type": "expected a list, got {value}",
     **dict.fromkeys(("greater_than", "greater_than_equal", "less_than_equal"), "must be {bounds}, got {value}"),
