@@ -1,5 +1,5 @@
-"""What a person sees, in headless Chromium: `dvc plots` pages offline, the sweep report and a trial's epochs in the
-Prefect UI. ``MOBITUNE_SCREENSHOTS=DIR`` keeps the screenshots there (the ones in docs/ come from this)."""
+"""What a person sees, in headless Chromium: `dvc plots` pages offline; the sweep report, a trial's epochs and the
+nightly run form in the Prefect UI. ``MOBITUNE_SCREENSHOTS=DIR`` keeps the screenshots there (docs/ has them)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser
 from helpers import DvcExperiments, PrefectServer, run, sweep_project
 
+from mobitune.orchestration.form import KEYS
 from mobitune.orchestration.sweep_flow import artifact_key
 
 
@@ -80,3 +81,26 @@ def test_prefect_ui_shows_the_report_figures_and_a_trials_epochs(
     of_trial = {"task_run_id": {"any_": [trial_runs[0]["id"]]}, "type": {"any_": ["progress"]}}
     progress = prefect_server.api_post("artifacts/filter", {"artifacts": of_trial})
     assert [artifact["data"] for artifact in progress] == [100.0]
+
+
+def test_the_nightly_form_starts_empty_with_each_settings_description(
+    prefect_server: PrefectServer, tmp_path: Path, cifar_archive: Path, browser: Browser, screenshots: Path
+) -> None:
+    """Deployments → nightly → Run → Custom run: the Sweep settings, each field empty (params.yaml's value when the
+    run starts) under its description from the params model."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]})
+    run(
+        ["prefect", "--no-prompt", "deploy", "--name", "nightly"],
+        project,
+        env_extra={"PREFECT_API_URL": prefect_server.api},
+    )
+    [nightly] = prefect_server.api_post("deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
+    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/deployments/deployment/{nightly['id']}/run")
+    page.wait_for("document.body.innerText.includes('finetune learning rate: the values to try')")
+    text = page.evaluate("document.body.innerText")
+    assert "empty fields keep params.yaml's value" in text and "inverted-residual blocks unfrozen" in text
+    page.screenshot(screenshots / "prefect-nightly-form.png")
+    typed = page.evaluate("[...document.querySelectorAll('input')].filter((i) => i.type !== 'checkbox' && i.value)")
+    assert len(typed) == 1, "only the run's name is filled in"
+    settings = text.partition("Sweep settings")[2].partition("overrides (Optional)")[0]
+    assert settings.count('Property is type "None"') == len(KEYS), "each setting is left to params.yaml"

@@ -92,14 +92,6 @@ def test_bad_params_name_the_key_and_the_allowed_values(text: str, message: str)
     assert message in str(caught.value)
 
 
-def test_the_overrides_know_the_sweep_sections_the_models_have() -> None:
-    from mobitune.params.models import SweepParams, model_in
-    from mobitune.params.raw import SWEEP_SECTIONS
-
-    sections = {key for key, field in SweepParams.model_fields.items() if model_in(field.annotation)} - {"axes"}
-    assert set(SWEEP_SECTIONS) == sections
-
-
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -300,9 +300,9 @@ def test_an_unchanged_sweep_reuses_every_trial_and_a_changed_archive_does_not(
 def test_a_sweep_from_the_nightly_form_runs_the_lrs_typed_into_it(
     workers: PrefectServer, tmp_path: Path, cifar_archive: Path
 ) -> None:
-    """`prefect deploy --all` makes both deployments of prefect.yaml, the nightly one on a schedule; its form
-    starts from params.yaml; a run created with two lrs in it (the REST call the UI's Custom run makes),
-    executed by a real worker on pool `sweeps`, trains exactly those two."""
+    """`prefect deploy --all` makes both deployments of prefect.yaml, the nightly one on a schedule; its form's
+    fields start empty (params.yaml as the run starts) and carry the params' types; a run created with two lrs in it
+    (the REST call the UI's Custom run makes), executed by a real worker on pool `sweeps`, trains exactly those two."""
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.001, 0.0005]})
     env = {"PREFECT_API_URL": workers.api}
     run(["prefect", "--no-prompt", "deploy", "--all"], project, env_extra=env)
@@ -313,7 +313,9 @@ def test_a_sweep_from_the_nightly_form_runs_the_lrs_typed_into_it(
     [schedule] = nightly["schedules"]
     assert schedule["schedule"]["cron"] == "0 2 * * *" and schedule["active"]
     form = nightly["parameter_openapi_schema"]["definitions"]["SweepSettings"]["properties"]
-    assert form["lr"]["default"] == [0.005, 0.001, 0.0005] and form["mode"]["default"] == "one-at-a-time"
+    assert {name: field["default"] for name, field in form.items()} == dict.fromkeys(form)
+    assert form["lr"]["anyOf"][0] == {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0.0}}
+    assert form["mode"]["anyOf"][0]["enum"] == ["one-at-a-time", "grid", "random", "tpe"]
     assert nightly["parameters"]["settings"] == {}  # scheduled runs: params.yaml as it is then
 
     typed = {"settings": {"mode": "grid", "lr": [0.004, 0.002], "finetune_epochs": 1}, "backend": "local"}

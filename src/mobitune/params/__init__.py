@@ -22,10 +22,14 @@ from mobitune.params.models import (
     ModelParams,
     OptimizationParams,
     Params,
+    ParamsError,
     SearchRange,
     field_type,
+    get_dotted,
     params_fields,
     params_from_dict,
+    parse_override,
+    set_dotted,
     sweepable_keys,
+    to_override,
 )
-from mobitune.params.raw import ParamsError, get_dotted, parse_override, set_dotted, to_override

@@ -12,8 +12,16 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from mobitune.params.models import PARAMS_FILE, Params, model_in, params_from_dict
-from mobitune.params.raw import ParamsError, apply_overrides, set_dotted, to_override
+from mobitune.params.models import (
+    PARAMS_FILE,
+    Params,
+    ParamsError,
+    apply_overrides,
+    model_in,
+    params_from_dict,
+    set_dotted,
+    to_override,
+)
 
 HEADER = """\
 # Every hyperparameter of mobitune, at its default: `mobitune params` writes this file from the models of

@@ -1,15 +1,21 @@
-"""The params model tree: every section of ``params.yaml`` as a frozen, strict pydantic model that refuses unknown
-keys, with its bounds as field constraints. The sweep's axes are a model derived from it: one field per sweepable
-param, a list of that param's values or a range of them, so each value is checked against its own param."""
+"""The params model tree: every section of ``params.yaml`` a frozen, strict pydantic model that refuses unknown keys,
+its bounds field constraints. The sweep's axes are a model derived from it (a list of a param's values, or a range of
+them), so each value is checked as its param is. Overrides are ``key=value`` as ``dvc exp run -S`` takes them, and
+pydantic's errors are said as one line that names the dotted key, the bad value and what is allowed."""
 
 from __future__ import annotations
 
+import copy
+import difflib
 import functools
+import json
+import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
+import yaml
 from pydantic import AfterValidator as After
 from pydantic import (
     BaseModel,
@@ -20,6 +26,7 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    WrapValidator,
     create_model,
     field_validator,
     model_serializer,
@@ -28,43 +35,61 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
-from mobitune.params.raw import ParamsError, apply_overrides, explain
+from mobitune.errors import MobituneError
 
 PARAMS_FILE = Path("params.yaml")
 NUM_BLOCKS = 17  # inverted-residual blocks in MobileNetV2's features[1..17]
-# the report's one-at-a-time study (Tables 1-3)
-REPORT_SWEEP_AXES = {
+REPORT_SWEEP_AXES = {  # the report's one-at-a-time study (Tables 1-3)
     "lr": [0.05, 0.01, 0.005, 0.001, 0.0005, 0.0001],
     "batch_size": [32, 64, 128, 192],
     "trainable_layers": [2, 5, 10],
 }
-EXECUTION_KEYS = ("device", "compile", "deterministic")  # how a run executes, not what it computes: never swept,
-# never in cache keys
+EXECUTION_KEYS = ("device", "compile", "deterministic")  # how a run executes, not what: never swept nor cache keys
 S3_URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
 S3_URI_RULE = "is not a valid S3 URI; write s3://bucket/key (bucket: 3-63 lowercase letters, digits, dots or hyphens)"
-_YAML12_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 RANGE_EXAMPLE = "{low: 0.0001, high: 0.05, log: true}"
 SEARCHED = ("random", "tpe")  # sweep modes that sample configurations rather than enumerate lists
+EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a non-empty string"}
+TEMPLATES = {  # what is wrong, per pydantic error type (custom errors carry their own message)
+    "finite_number": "expected a finite number, got {value}",
+    "literal_error": "{value} is not allowed; use one of: {allowed}",
+    "list_type": "expected a list, got {value}",
+    **dict.fromkeys(
+        ("model_type", "model_attributes_type", "dict_type"), "expected a mapping of keys to values, got {value}"
+    ),
+    **dict.fromkeys(("greater_than", "greater_than_equal", "less_than_equal"), "must be {bounds}, got {value}"),
+    **{
+        f"{kind}_{how}": f"expected {text}, got {{value}}"
+        for kind, text in EXPECTED.items()
+        for how in ("type", "parsing", "from_float", "too_short")
+    },
+}
+
+
+class ParamsError(MobituneError, ValueError):
+    """A parameter is missing, unknown, of the wrong type or out of range."""
+
+
+def _custom(kind: str, message: str, **context: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message, context)
 
 
 def _yaml12_float(value: Any) -> Any:
     """PyYAML (YAML 1.1) reads ``1e-3`` as a string; YAML 1.2 and users mean a number."""
-    return float(value) if isinstance(value, str) and _YAML12_FLOAT.match(value) else value
+    return float(value) if isinstance(value, str) and _YAML12_FLOAT.fullmatch(value) else value
 
 
 def _device(value: str) -> str:
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
-    raise PydanticCustomError(
-        "device", "{value} is not allowed; use one of: auto, cpu, cuda, cuda:N", {"value": repr(value)}
-    )
+    raise _custom("device", "{value} is not allowed; use one of: auto, cpu, cuda, cuda:N", value=repr(value))
 
 
 def _s3_uri(value: str) -> str:
     if S3_URI.match(value):
         return value
-    context = {"value": repr(value), "rule": S3_URI_RULE}
-    raise PydanticCustomError("s3_uri", "{value} {rule}, or null for a local folder", context)
+    raise _custom("s3_uri", "{value} {rule}, or null for a local folder", value=repr(value), rule=S3_URI_RULE)
 
 
 Number = Annotated[float, BeforeValidator(_yaml12_float), Field(allow_inf_nan=False)]
@@ -131,11 +156,8 @@ class AugmentParams(_Section):
 
 
 class SearchRange(_Section):
-    """A sweep axis sampled by ``random``/``tpe`` search: ``{low: 0.0001, high: 0.05, log: true}``, each bound
-    checked as the param it varies is (:func:`sweep_axes` derives one range model per numeric param).
-
-    Integer when both bounds are integers, else float.
-    """
+    """A sweep axis that ``random``/``tpe`` sample, e.g. ``{low: 0.0001, high: 0.05, log: true}``: integers when
+    both bounds are; :func:`sweep_axes` derives one per numeric param, its bounds typed as the param."""
 
     low: float | int
     high: float | int
@@ -145,23 +167,18 @@ class SearchRange(_Section):
     @classmethod
     def _keys(cls, raw: Any) -> Any:
         if isinstance(raw, Mapping) and (set(raw) - {"low", "high", "log"} or not {"low", "high"} <= set(raw)):
-            raise PydanticCustomError(
-                "range_keys",
-                "a range has keys low, high and optionally log, e.g. {example}; got {got}",
-                {"example": RANGE_EXAMPLE, "got": str(dict(raw))},
-            )
+            message = "a range has keys low, high and optionally log, e.g. {example}; got {got}"
+            raise _custom("range_keys", message, example=RANGE_EXAMPLE, got=str(dict(raw)))
         return raw
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchRange:
         if not self.low < self.high:
-            raise PydanticCustomError(
-                "range_order",
-                "low must be below high, got low={low}, high={high}",
-                {"low": self.low, "high": self.high},
+            raise _custom(
+                "range_order", "low must be below high, got low={low}, high={high}", low=self.low, high=self.high
             )
         if self.log and self.low <= 0:
-            raise PydanticCustomError("range_log", "a log range needs low > 0, got low={low}", {"low": self.low})
+            raise _custom("range_log", "a log range needs low > 0, got low={low}", low=self.low)
         return self
 
     @property
@@ -170,11 +187,8 @@ class SearchRange(_Section):
 
 
 class EarlyStopParams(_Section):
-    """Asynchronous successive halving (``asha``): rungs at ``min_epochs`` x ``reduction``^k finetune epochs.
-
-    A trial that reaches a rung continues only if its test accuracy is in the
-    top 1/``reduction`` of the trials that have reached that rung.
-    """
+    """Asynchronous successive halving (``asha``): a trial reaching a rung continues only if its test accuracy is
+    in the top 1/``reduction`` of the trials that have reached it."""
 
     method: Literal["none", "asha"] = Field("none", description="asha: stop the weaker trials at rungs")
     min_epochs: int = Field(1, ge=1, description="the first rung, in finetune epochs")
@@ -182,19 +196,11 @@ class EarlyStopParams(_Section):
 
 
 class SweepParams(_Section):
-    """Which trials a sweep runs.
-
-    ``axes`` maps dotted param keys to the values to try; in params.yaml the
-    axes are written as plain keys of ``sweep:`` (``lr: [...]``,
-    ``model.dropout: [...]``). ``one-at-a-time`` and ``grid`` enumerate lists;
-    ``random`` and ``tpe`` sample ``trials`` configurations, an axis being a
-    list (choices) or a :class:`SearchRange`. ``worker_timeout_s``: how long
-    trials on the workers backend wait while no worker polls their pool.
-    """
+    """Which trials a sweep runs. ``axes`` maps dotted param keys to the values to try, written in params.yaml as
+    the other keys of ``sweep:`` (``lr: [...]``, ``model.dropout: [...]``)."""
 
     mode: Literal["one-at-a-time", "grid", "random", "tpe"] = Field(
-        "one-at-a-time",
-        description="random and tpe sample `trials` configurations",
+        "one-at-a-time", description="random and tpe sample `trials` configurations"
     )
     seeds: list[int] = Field([0], description="every configuration runs once per seed")
     warmup_epochs: int | None = Field(None, ge=0, description="empty: warmup.epochs")
@@ -217,30 +223,27 @@ class SweepParams(_Section):
     @model_validator(mode="wrap")
     @classmethod
     def _axes_from_plain_keys(cls, raw: Any, validate: Any) -> SweepParams:
-        """Every key of ``sweep:`` that is not one of the sweep's own names an axis, validated by
-        :func:`sweep_axes` (in the order written)."""
+        """The keys of ``sweep:`` that are not the sweep's own are its axes, validated by :func:`sweep_axes`."""
         if not isinstance(raw, Mapping):
             return validate(raw)
         own = {k: v for k, v in raw.items() if k in cls.model_fields and k != "axes"}
         written = {k: v for k, v in raw.items() if k not in own}
-        mode = own.get("mode", cls.model_fields["mode"].default)
-        checked = sweep_axes().model_validate(written, context={"mode": mode})
+        checked = sweep_axes().model_validate(
+            written, context={"mode": own.get("mode", cls.model_fields["mode"].default)}
+        )
         return validate({**own, "axes": {k: getattr(checked, _name(k)) for k in written}})
 
     @field_validator("seeds")
     @classmethod
     def _one_seed_when_searched(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
         if info.data.get("mode") in SEARCHED and len(seeds) != 1:
-            raise PydanticCustomError(
-                "search_seeds",
-                "{mode} search runs each sampled configuration once; give one seed, e.g. sweep.seeds=[0]",
-                {"mode": info.data["mode"]},
-            )
+            message = "{mode} search runs each sampled configuration once; give one seed, e.g. sweep.seeds=[0]"
+            raise _custom("search_seeds", message, mode=info.data["mode"])
         return seeds
 
     @model_serializer(mode="wrap")
     def _axes_as_plain_keys(self, dump: Any) -> dict[str, Any]:
-        """Dumped as ``params.yaml`` writes it, so the dump validates again: the axes as keys of ``sweep:``."""
+        """Dumped as ``params.yaml`` writes it, so the dump validates again."""
         raw = dump(self)
         return {**{k: v for k, v in raw.items() if k != "axes"}, **raw["axes"]}
 
@@ -261,8 +264,7 @@ class Params(_Section):
     seed: int = 0
     device: Annotated[Text, After(_device)] = Field("auto", description="auto | cpu | cuda | cuda:N")
     compile: Literal["none", "default", "reduce-overhead"] = Field(
-        "none",
-        description="torch.compile of the train and eval steps",
+        "none", description="torch.compile of the train and eval steps"
     )
     deterministic: bool = Field(
         False, description="CUDA: deterministic kernels only, so a GPU run repeats bit for bit (CPU runs always do)"
@@ -331,32 +333,24 @@ def _name(key: str) -> str:
     return key.replace(".", "__")
 
 
-def _is_range(value: Any) -> bool:
-    return isinstance(value, Mapping | SearchRange)
+def _axis_kind(value: Any) -> str:
+    return "range" if isinstance(value, Mapping | SearchRange) else "list"
 
 
-def _axis_shape(key: str, numeric: bool, value: Any) -> Any:
-    """An axis is a non-empty list, or (a numeric param's) a range."""
-    if _is_range(value) and not numeric:
-        raise PydanticCustomError(
-            "axis_range", "{key} is not a number, so it has no range; list its values, e.g. {key}: [...]", {"key": key}
+def _axis(key: str, numeric: bool, value: Any, validate: Any, info: ValidationInfo) -> Any:
+    """An axis is a non-empty list, or a numeric param's range when the mode samples."""
+    if _axis_kind(value) == "list" and not (isinstance(value, list) and value):
+        message = "expected a non-empty list of values, e.g. {key}: [1, 2], or (random/tpe) a range, e.g. {key}: {eg}"
+        raise _custom("axis_shape", message, key=key, eg=RANGE_EXAMPLE)
+    if _axis_kind(value) == "range" and not numeric:
+        message = "{key} is not a number, so it has no range; list its values, e.g. {key}: [...]"
+        raise _custom("axis_range", message, key=key)
+    axis, mode = validate(value), info.context["mode"]
+    if isinstance(axis, SearchRange) and mode not in SEARCHED:
+        message = (
+            "a range is sampled by sweep.mode random or tpe; {mode} needs a list of values, e.g. sweep.{key}=[...]"
         )
-    if not (_is_range(value) or (isinstance(value, list) and value)):
-        raise PydanticCustomError(
-            "axis_shape",
-            "expected a non-empty list of values, e.g. {key}: [1, 2], or (random/tpe) a range, e.g. {key}: {example}",
-            {"key": key, "example": RANGE_EXAMPLE},
-        )
-    return value
-
-
-def _searched_only(key: str, axis: SearchRange, info: ValidationInfo) -> SearchRange:
-    if info.context["mode"] not in SEARCHED:
-        raise PydanticCustomError(
-            "range_mode",
-            "a range is sampled by sweep.mode random or tpe; {mode} needs a list of values, e.g. sweep.{key}=[...]",
-            {"mode": info.context["mode"], "key": key},
-        )
+        raise _custom("range_mode", message, mode=mode, key=key)
     return axis
 
 
@@ -371,13 +365,47 @@ def sweep_axes() -> type[BaseModel]:
         axis: Any = Annotated[list[typed], Tag("list")]
         if numeric:
             bounded = create_model(f"Range_{_name(key)}", __base__=SearchRange, low=(typed, ...), high=(typed, ...))
-            ranged = Annotated[bounded, After(functools.partial(_searched_only, key)), Tag("range")]
-            axis = Annotated[axis | ranged, Discriminator(lambda v: "range" if _is_range(v) else "list")]
-        fields[_name(key)] = (
-            Annotated[axis, BeforeValidator(functools.partial(_axis_shape, key, numeric))],
-            Field(None, alias=key),
-        )
+            axis = Annotated[axis | Annotated[bounded, Tag("range")], Discriminator(_axis_kind)]
+        checked = WrapValidator(functools.partial(_axis, key, numeric))
+        fields[_name(key)] = (Annotated[axis, checked], Field(None, alias=key))
     return create_model("SweepAxes", __config__=ConfigDict(extra="forbid", strict=True), **fields)
+
+
+def _bounds(field: FieldInfo) -> tuple[str, Any]:
+    """The field's bounds in words, as declared ("between 0 and 17", "at least 1", "greater than 0.0"), and one."""
+    found = {n: getattr(c, n) for c in field.metadata for n in ("gt", "ge", "le") if getattr(c, n, None) is not None}
+    if "gt" in found:
+        return f"greater than {found['gt']}", found["gt"]
+    if "ge" in found and "le" in found:
+        return f"between {found['ge']} and {found['le']}", found["ge"]
+    return (f"at least {found['ge']}", found["ge"]) if "ge" in found else (f"at most {found['le']}", found["le"])
+
+
+def explain(error: Mapping[str, Any]) -> ParamsError:
+    """One pydantic error of validating the params as a :class:`ParamsError` that names the dotted key."""
+    kind, loc, value = error["type"], list(error["loc"]), error.get("input")
+    axis = sweepable_keys().get(loc[1]) if loc[:1] == ["sweep"] and len(loc) > 1 else None
+    if axis is not None and loc[2:3] in (["list"], ["range"]):
+        del loc[2]  # the union's tag
+    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+    if kind == "extra_forbidden":
+        parent = ".".join(map(str, loc[:-1]))
+        model = model_in(params_fields()[parent].annotation) if parent else Params
+        valid = sorted(set(model.model_fields) - {"axes"} | (set(sweepable_keys()) if parent == "sweep" else set()))
+        hint = "".join(f" Did you mean '{close}'?" for close in difflib.get_close_matches(str(loc[-1]), valid, n=1))
+        return ParamsError(f"unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        kind = "finite_number"  # pydantic checks the bounds first
+    if kind not in TEMPLATES:
+        return ParamsError(f"{key or 'params'}: {error['msg']}")
+    field = axis or params_fields().get(".".join(p for p in loc if isinstance(p, str)))
+    bounds, bound = _bounds(field) if "than" in kind and field else ("", None)
+    if isinstance(bound, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)  # shown as the bound's type: -1 for a float param reads -1.0
+    allowed = str((error.get("ctx") or {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
+    return ParamsError(
+        f"{key or 'params'}: {TEMPLATES[kind].format(value=repr(value), bounds=bounds, allowed=allowed)}"
+    )
 
 
 def params_from_dict(raw: Any) -> Params:
@@ -387,4 +415,52 @@ def params_from_dict(raw: Any) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:
-        raise explain(exc.errors()[0], params_fields(), sweepable_keys()) from None
+        raise explain(exc.errors()[0]) from None
+
+
+def get_dotted(raw: Mapping[str, Any], dotted: str) -> Any:
+    """``raw["a"]["b"]`` for ``a.b``; KeyError when a part is missing."""
+    node: Any = raw
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """``raw["a"]["b"] = value`` for ``a.b``, making (or replacing) the mappings on the way; a sweep axis is a
+    dotted key of ``sweep:`` itself (``sweep.model.dropout``)."""
+    parts = dotted.split(".")
+    section = params_fields().get(".".join(parts[:2]))
+    if parts[0] == "sweep" and len(parts) > 2 and (section is None or model_in(section.annotation) is None):
+        parts = ["sweep", ".".join(parts[1:])]
+    for part in parts[:-1]:
+        child = raw.get(part)
+        raw[part] = child = child if isinstance(child, dict) else {}
+        raw = child
+    raw[parts[-1]] = value
+
+
+def parse_override(assignment: str) -> tuple[str, Any]:
+    """Split ``key=value`` (value parsed as YAML, like ``dvc exp run -S``)."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip().lstrip("+")
+    if not sep or not key or any(not part for part in key.split(".")):
+        example = "write key=value, e.g. lr=0.005 or sweep.lr=[0.01,0.001]"
+        raise ParamsError(f"override {assignment!r} is malformed; {example}")
+    try:
+        return key, yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"override {assignment!r}: the value is not valid YAML ({exc})") from None
+
+
+def to_override(key: str, value: Any) -> str:
+    """The ``key=value`` text that :func:`parse_override` reads back as ``value``."""
+    return f"{key}={json.dumps(value)}"
+
+
+def apply_overrides(raw: Mapping[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides to a raw params mapping (not yet validated)."""
+    result = copy.deepcopy(dict(raw))
+    for assignment in assignments:
+        set_dotted(result, *parse_override(assignment))
+    return result
