@@ -10,6 +10,7 @@ translated into one line that names the key, the value and what is allowed.
 # the package's public names, re-exported: callers import from mobitune.params
 
 from mobitune.params.loading import defaults_yaml, load_params, parse_params, recipe_overrides
+from mobitune.params.messages import ParamsError
 from mobitune.params.models import (
     EXECUTION_KEYS,
     NUM_BLOCKS,
@@ -22,7 +23,6 @@ from mobitune.params.models import (
     ModelParams,
     OptimizationParams,
     Params,
-    ParamsError,
     SearchRange,
     field_type,
     get_dotted,

@@ -12,10 +12,10 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from mobitune.params.messages import ParamsError
 from mobitune.params.models import (
     PARAMS_FILE,
     Params,
-    ParamsError,
     apply_overrides,
     model_in,
     params_from_dict,

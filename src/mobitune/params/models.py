@@ -1,15 +1,12 @@
 """The params model tree: every section of ``params.yaml`` a frozen, strict pydantic model that refuses unknown keys,
-its bounds field constraints. The sweep's axes are a model derived from it (a list of a param's values, or a range of
-them), so each value is checked as its param is. Overrides are ``key=value`` as ``dvc exp run -S`` takes them, and
-pydantic's errors are said as one line that names the dotted key, the bad value and what is allowed."""
+its bounds field constraints; the sweep's axes a model derived from it (a list of a param's values, or a range of them),
+so each value is checked as its param is; and ``key=value`` overrides, as ``dvc exp run -S`` takes them."""
 
 from __future__ import annotations
 
 import copy
-import difflib
 import functools
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,9 +30,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 
-from mobitune.errors import MobituneError
+from mobitune.params.messages import ParamsError, custom_error, explain
 
 PARAMS_FILE = Path("params.yaml")
 NUM_BLOCKS = 17  # inverted-residual blocks in MobileNetV2's features[1..17]
@@ -50,29 +46,6 @@ S3_URI_RULE = "is not a valid S3 URI; write s3://bucket/key (bucket: 3-63 lowerc
 _YAML12_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 RANGE_EXAMPLE = "{low: 0.0001, high: 0.05, log: true}"
 SEARCHED = ("random", "tpe")  # sweep modes that sample configurations rather than enumerate lists
-EXPECTED = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a non-empty string"}
-TEMPLATES = {  # what is wrong, per pydantic error type (custom errors carry their own message)
-    "finite_number": "expected a finite number, got {value}",
-    "literal_error": "{value} is not allowed; use one of: {allowed}",
-    "list_type": "expected a list, got {value}",
-    **dict.fromkeys(
-        ("model_type", "model_attributes_type", "dict_type"), "expected a mapping of keys to values, got {value}"
-    ),
-    **dict.fromkeys(("greater_than", "greater_than_equal", "less_than_equal"), "must be {bounds}, got {value}"),
-    **{
-        f"{kind}_{how}": f"expected {text}, got {{value}}"
-        for kind, text in EXPECTED.items()
-        for how in ("type", "parsing", "from_float", "too_short")
-    },
-}
-
-
-class ParamsError(MobituneError, ValueError):
-    """A parameter is missing, unknown, of the wrong type or out of range."""
-
-
-def _custom(kind: str, message: str, **context: Any) -> PydanticCustomError:
-    return PydanticCustomError(kind, message, context)
 
 
 def _yaml12_float(value: Any) -> Any:
@@ -83,13 +56,13 @@ def _yaml12_float(value: Any) -> Any:
 def _device(value: str) -> str:
     if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
         return value
-    raise _custom("device", "{value} is not allowed; use one of: auto, cpu, cuda, cuda:N", value=repr(value))
+    raise custom_error("device", "{value} is not allowed; use one of: auto, cpu, cuda, cuda:N", value=repr(value))
 
 
 def _s3_uri(value: str) -> str:
     if S3_URI.match(value):
         return value
-    raise _custom("s3_uri", "{value} {rule}, or null for a local folder", value=repr(value), rule=S3_URI_RULE)
+    raise custom_error("s3_uri", "{value} {rule}, or null for a local folder", value=repr(value), rule=S3_URI_RULE)
 
 
 Number = Annotated[float, BeforeValidator(_yaml12_float), Field(allow_inf_nan=False)]
@@ -168,17 +141,16 @@ class SearchRange(_Section):
     def _keys(cls, raw: Any) -> Any:
         if isinstance(raw, Mapping) and (set(raw) - {"low", "high", "log"} or not {"low", "high"} <= set(raw)):
             message = "a range has keys low, high and optionally log, e.g. {example}; got {got}"
-            raise _custom("range_keys", message, example=RANGE_EXAMPLE, got=str(dict(raw)))
+            raise custom_error("range_keys", message, example=RANGE_EXAMPLE, got=str(dict(raw)))
         return raw
 
     @model_validator(mode="after")
     def _ordered(self) -> SearchRange:
         if not self.low < self.high:
-            raise _custom(
-                "range_order", "low must be below high, got low={low}, high={high}", low=self.low, high=self.high
-            )
+            message = "low must be below high, got low={low}, high={high}"
+            raise custom_error("range_order", message, low=self.low, high=self.high)
         if self.log and self.low <= 0:
-            raise _custom("range_log", "a log range needs low > 0, got low={low}", low=self.low)
+            raise custom_error("range_log", "a log range needs low > 0, got low={low}", low=self.low)
         return self
 
     @property
@@ -228,9 +200,8 @@ class SweepParams(_Section):
             return validate(raw)
         own = {k: v for k, v in raw.items() if k in cls.model_fields and k != "axes"}
         written = {k: v for k, v in raw.items() if k not in own}
-        checked = sweep_axes().model_validate(
-            written, context={"mode": own.get("mode", cls.model_fields["mode"].default)}
-        )
+        mode = own.get("mode", cls.model_fields["mode"].default)
+        checked = sweep_axes().model_validate(written, context={"mode": mode})
         return validate({**own, "axes": {k: getattr(checked, _name(k)) for k in written}})
 
     @field_validator("seeds")
@@ -238,7 +209,7 @@ class SweepParams(_Section):
     def _one_seed_when_searched(cls, seeds: list[int], info: ValidationInfo) -> list[int]:
         if info.data.get("mode") in SEARCHED and len(seeds) != 1:
             message = "{mode} search runs each sampled configuration once; give one seed, e.g. sweep.seeds=[0]"
-            raise _custom("search_seeds", message, mode=info.data["mode"])
+            raise custom_error("search_seeds", message, mode=info.data["mode"])
         return seeds
 
     @model_serializer(mode="wrap")
@@ -341,16 +312,16 @@ def _axis(key: str, numeric: bool, value: Any, validate: Any, info: ValidationIn
     """An axis is a non-empty list, or a numeric param's range when the mode samples."""
     if _axis_kind(value) == "list" and not (isinstance(value, list) and value):
         message = "expected a non-empty list of values, e.g. {key}: [1, 2], or (random/tpe) a range, e.g. {key}: {eg}"
-        raise _custom("axis_shape", message, key=key, eg=RANGE_EXAMPLE)
+        raise custom_error("axis_shape", message, key=key, eg=RANGE_EXAMPLE)
     if _axis_kind(value) == "range" and not numeric:
         message = "{key} is not a number, so it has no range; list its values, e.g. {key}: [...]"
-        raise _custom("axis_range", message, key=key)
+        raise custom_error("axis_range", message, key=key)
     axis, mode = validate(value), info.context["mode"]
     if isinstance(axis, SearchRange) and mode not in SEARCHED:
         message = (
             "a range is sampled by sweep.mode random or tpe; {mode} needs a list of values, e.g. sweep.{key}=[...]"
         )
-        raise _custom("range_mode", message, mode=mode, key=key)
+        raise custom_error("range_mode", message, mode=mode, key=key)
     return axis
 
 
@@ -371,43 +342,6 @@ def sweep_axes() -> type[BaseModel]:
     return create_model("SweepAxes", __config__=ConfigDict(extra="forbid", strict=True), **fields)
 
 
-def _bounds(field: FieldInfo) -> tuple[str, Any]:
-    """The field's bounds in words, as declared ("between 0 and 17", "at least 1", "greater than 0.0"), and one."""
-    found = {n: getattr(c, n) for c in field.metadata for n in ("gt", "ge", "le") if getattr(c, n, None) is not None}
-    if "gt" in found:
-        return f"greater than {found['gt']}", found["gt"]
-    if "ge" in found and "le" in found:
-        return f"between {found['ge']} and {found['le']}", found["ge"]
-    return (f"at least {found['ge']}", found["ge"]) if "ge" in found else (f"at most {found['le']}", found["le"])
-
-
-def explain(error: Mapping[str, Any]) -> ParamsError:
-    """One pydantic error of validating the params as a :class:`ParamsError` that names the dotted key."""
-    kind, loc, value = error["type"], list(error["loc"]), error.get("input")
-    axis = sweepable_keys().get(loc[1]) if loc[:1] == ["sweep"] and len(loc) > 1 else None
-    if axis is not None and loc[2:3] in (["list"], ["range"]):
-        del loc[2]  # the union's tag
-    key = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
-    if kind == "extra_forbidden":
-        parent = ".".join(map(str, loc[:-1]))
-        model = model_in(params_fields()[parent].annotation) if parent else Params
-        valid = sorted(set(model.model_fields) - {"axes"} | (set(sweepable_keys()) if parent == "sweep" else set()))
-        hint = "".join(f" Did you mean '{close}'?" for close in difflib.get_close_matches(str(loc[-1]), valid, n=1))
-        return ParamsError(f"unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}")
-    if isinstance(value, float) and not math.isfinite(value):
-        kind = "finite_number"  # pydantic checks the bounds first
-    if kind not in TEMPLATES:
-        return ParamsError(f"{key or 'params'}: {error['msg']}")
-    field = axis or params_fields().get(".".join(p for p in loc if isinstance(p, str)))
-    bounds, bound = _bounds(field) if "than" in kind and field else ("", None)
-    if isinstance(bound, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)  # shown as the bound's type: -1 for a float param reads -1.0
-    allowed = str((error.get("ctx") or {}).get("expected", "")).replace("'", "").replace(" or ", ", ")
-    return ParamsError(
-        f"{key or 'params'}: {TEMPLATES[kind].format(value=repr(value), bounds=bounds, allowed=allowed)}"
-    )
-
-
 def params_from_dict(raw: Any) -> Params:
     """Validate params passed as plain data (e.g. a Prefect flow parameter)."""
     if not isinstance(raw or {}, Mapping):
@@ -415,7 +349,7 @@ def params_from_dict(raw: Any) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as exc:
-        raise explain(exc.errors()[0]) from None
+        raise explain(exc.errors()[0], params_fields(), sweepable_keys()) from None
 
 
 def get_dotted(raw: Mapping[str, Any], dotted: str) -> Any:
