@@ -195,7 +195,7 @@ class SweepParams(_Section):
     @model_validator(mode="wrap")
     @classmethod
     def _axes_from_plain_keys(cls, raw: Any, validate: Any) -> SweepParams:
-        """The keys of ``sweep:`` that are not the sweep's own are its axes, validated by :func:`sweep_axes`."""
+        """The keys of ``sweep:`` other than its own fields are the axes, in the order written: see sweep_axes."""
         if not isinstance(raw, Mapping):
             return validate(raw)
         own = {k: v for k, v in raw.items() if k in cls.model_fields and k != "axes"}
