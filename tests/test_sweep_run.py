@@ -130,6 +130,7 @@ def drive(tmp_path: Path, params: Params, runner: FakeRunner, slots: int = 2) ->
     run = SweepRun.start(params, tmp_path / "artifacts", None, [], "local")
     run.drive(runner, slots, LOGGER)
     run.finish()
+    run.release()  # as the sweep flow does when it ends
     return run, pd.read_csv(run.sweep_dir / "results.csv")
 
 
@@ -208,6 +209,7 @@ def test_a_resumed_sweep_trains_only_what_had_not_finished(tmp_path: Path) -> No
     planned = [trial.trial_id for trial in run.scheduler.planned]
     request = run.request(run.scheduler.next_segment())
     FakeRunner()._store(request)  # the sweep died after its first trial finished
+    run.release()  # and the system released the lock of its dead process
     resumed = SweepRun.resume(tmp_path / "artifacts", run.sweep_id, "local")
     runner = FakeRunner()
     resumed.drive(runner, 2, LOGGER)

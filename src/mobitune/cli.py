@@ -3,6 +3,7 @@
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
 mobitune setup [--pool-type docker] [--notify URL]   # work pools, zombie-run automation, word at a sweep's end
+mobitune setup --pool-type kubernetes [--s3-secret NAME] [--cache-claim NAME]   # Jobs: a fixed secret and claim
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
@@ -89,6 +90,20 @@ def _parser() -> argparse.ArgumentParser:
         help="the gpu pool's type: process (workers run slots in the project root), docker (a container of the "
         "worker image per slot), kubernetes (a Job per slot); default process",
     )
+    setup.add_argument(
+        "--s3-secret",
+        metavar="NAME",
+        default=None,
+        help="kubernetes: the Kubernetes secret whose keys become each Job's environment (the S3 keys), written "
+        "into the pool's template, so no run can name another; default mobitune-s3",
+    )
+    setup.add_argument(
+        "--cache-claim",
+        metavar="NAME",
+        default=None,
+        help="kubernetes: the PersistentVolumeClaim of each Job's artifacts and caches, written into the pool's "
+        "template; default mobitune-cache",
+    )
     push = commands.add_parser("push", help="publish a finished sweep folder to S3 (after S3 was down)")
     push.add_argument("sweep_dir", type=Path)
     push.add_argument("--to", default=None, help="s3://bucket/prefix (default: the sweep's storage.uri)")
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "report":
             print(_report(args.sweep_dirs, args.into))
         elif args.command == "setup":
-            print(_setup(args.heartbeat_timeout_s, args.notify, args.pool_type))
+            print(_setup(args))
         elif args.command == "exp-import":
             print(_exp_import(args.sweep))
         elif args.command == "export":
@@ -198,14 +213,21 @@ def _sweep(args: argparse.Namespace) -> str:
     started = start_sweep(**given, backend=args.backend)  # bad params, devices, storage: fail before Prefect
     for note in started.notes:
         print(note, file=sys.stderr)
-    from mobitune.orchestration.sweep_flow import sweep
+    from pydantic import SecretStr
 
+    from mobitune.orchestration.sweep_flow import sweep
+    from mobitune.redaction import redact
+
+    # an override that carries a secret (a URL's token, a configured secret's value) is recorded masked by Prefect
+    given["overrides"] = [SecretStr(o) if redact(o) != o else o for o in args.overrides]
     return sweep(**given, backend=started.backend, deployment=args.deployment, cache=args.cache)
 
 
-def _setup(heartbeat_timeout_s: int, notify_url: str | None, pool_type: str) -> str:
-    from mobitune.orchestration.server_setup import HEARTBEAT_SECONDS, setup_server
+def _setup(args: argparse.Namespace) -> str:
+    from mobitune.orchestration.pool_templates import CACHE_CLAIM, S3_SECRET
+    from mobitune.orchestration.server_setup import HEARTBEAT_SECONDS, open_api_warning, setup_server
 
+    heartbeat_timeout_s, notify_url, pool_type = args.heartbeat_timeout_s, args.notify, args.pool_type
     if heartbeat_timeout_s < 2 * HEARTBEAT_SECONDS:
         raise MobituneError(
             f"--heartbeat-timeout-s must be at least {2 * HEARTBEAT_SECONDS} (two heartbeats of "
@@ -213,7 +235,15 @@ def _setup(heartbeat_timeout_s: int, notify_url: str | None, pool_type: str) -> 
         )
     if notify_url is not None and not notify_url.startswith(("http://", "https://")):
         raise MobituneError(f"--notify {notify_url}: give the webhook's http:// or https:// URL")
-    return "\n".join(setup_server(heartbeat_timeout_s, notify_url, pool_type))
+    kubernetes_names = (("--s3-secret", args.s3_secret), ("--cache-claim", args.cache_claim))
+    named = [option for option, value in kubernetes_names if value]
+    if named and pool_type != "kubernetes":
+        raise MobituneError(f"{' and '.join(named)}: only for --pool-type kubernetes")
+    warning = open_api_warning()
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    names = {"s3_secret": args.s3_secret or S3_SECRET, "cache_claim": args.cache_claim or CACHE_CLAIM}
+    return "\n".join(setup_server(heartbeat_timeout_s, notify_url, pool_type, **names))
 
 
 def _exp_import(source: str) -> str:

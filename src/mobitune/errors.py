@@ -1,5 +1,7 @@
 """The one base class for failures whose message tells the user what to do."""
 
+from mobitune.redaction import redact
+
 
 class MobituneError(Exception):
     """An expected failure (bad input, unreachable source): shown without a traceback.
@@ -9,6 +11,10 @@ class MobituneError(Exception):
     """
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        # a message may quote a URL or value the user gave: it reaches logs, Prefect states and terminals redacted
+        super().__init__(*(redact(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 class StorageError(MobituneError):

@@ -20,7 +20,8 @@ from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
-VERSIONED = ("torch", "torchvision", "dvc", "prefect")  # whose versions change what a run computes or records
+COMPUTING = ("torch", "torchvision", "numpy", "Pillow")  # whose versions change what a trial computes
+VERSIONED = (*COMPUTING, "dvc", "prefect")  # and what a result file records of its run
 
 
 def module_file(module: str) -> Path | None:
@@ -122,6 +123,11 @@ def _version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def computing_versions() -> dict[str, str | None]:
+    """The versions of the packages a trial's numbers depend on: part of every cached result's key."""
+    return {name: _version(name) for name in COMPUTING}
 
 
 def provenance(*, device: str | None = None, threads: int | None = None, seed: int | None = None) -> dict[str, Any]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mobitune.storage.names import NAME_PATTERN, check_name
 from mobitune.storage.stores import open_store
 
 POLL_SECONDS = 0.1  # a slot's look for its next job
@@ -34,17 +36,25 @@ class Mailbox:
     def __init__(
         self, store_uri: str | None, local_root: str | Path, sweep_id: str, slot: str, outage_s: float = 0
     ) -> None:
-        """``outage_s``: how long each exchange rides out an S3 endpoint that does not answer."""
+        """``outage_s``: how long each exchange rides out an S3 endpoint that does not answer. ``sweep_id`` and
+        ``slot`` come from flow parameters: checked here, since they name the keys :meth:`remove` deletes."""
         self.store = open_store(store_uri, Path(local_root).resolve(), outage_s)
-        self.prefix = f"{MAILBOXES}/{sweep_id}/{slot}"
+        self.prefix = f"{MAILBOXES}/{check_name(sweep_id, 'sweep id')}/{check_name(slot, 'slot name')}"
 
     def send(self, name: str, message: dict[str, Any]) -> None:
         self.store.put_bytes(f"{self.prefix}/{name}.json", json.dumps(message).encode())
 
     def receive(self, name: str) -> dict[str, Any] | None:
-        """The message ``name``, or None if it has not been sent."""
+        """The message ``name``, or None if it has not been sent; one that is not a JSON object (written by
+        something other than mobitune) as ``{"malformed": ...}``, which the receiver refuses."""
         data = self.store.get_bytes(f"{self.prefix}/{name}.json")
-        return None if data is None else json.loads(data)
+        if data is None:
+            return None
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        return message if isinstance(message, dict) else {"malformed": data[:80].decode(errors="replace")}
 
     def wait(self, name: str, timeout_s: float) -> dict[str, Any] | None:
         """The message ``name`` once it is sent; None after ``timeout_s`` without it."""
@@ -56,7 +66,7 @@ class Mailbox:
     def beat(self) -> int | None:
         """The slot's beat counter; None before its first beat."""
         message = self.receive("beat")
-        return None if message is None else message["beat"]
+        return None if message is None else message.get("beat")
 
     @contextlib.contextmanager
     def beating(self) -> Iterator[None]:
@@ -90,7 +100,10 @@ def remove_stale_mailboxes(store_uri: str | None, local_root: str | Path) -> lis
     store = open_store(store_uri, Path(local_root).resolve())
     newest: dict[str, float] = {}
     for key, modified in store.modified_times(MAILBOXES).items():
-        mailbox = "/".join(key.split("/")[:3])
+        parts = key.split("/")
+        if len(parts) < 4 or not all(re.fullmatch(NAME_PATTERN, part) for part in parts[1:3]):
+            continue  # not a slot's key: nothing a sweep wrote, so nothing it removes
+        mailbox = "/".join(parts[:3])
         newest[mailbox] = max(modified, newest.get(mailbox, 0.0))
     stale = sorted(mailbox for mailbox, modified in newest.items() if time.time() - modified > STALE_MAILBOX_SECONDS)
     for mailbox in stale:

@@ -12,6 +12,7 @@ from typing import Any
 from mobitune.errors import MobituneError
 from mobitune.orchestration.local_runner import local_devices
 from mobitune.params import Params, load_params, params_from_dict
+from mobitune.storage.names import check_name, check_project_path
 from mobitune.storage.stores import check_storage
 from mobitune.sweep.run import load_record, resume_backend
 from mobitune.sweep.scheduler import Scheduler
@@ -23,6 +24,17 @@ class SweepStart:
     backend: str
     devices: list[str]  # the local backend's trial slots ("cpu", "cuda:0", ...); empty on workers
     notes: list[str]  # for the user: the resumed sweep's backend, a storage that does not answer yet
+
+
+def check_paths(*, params_file: str, recipe: str | None, local_root: str, resume: str | None) -> None:
+    """The files a sweep reads and writes, as the CLI or a flow parameter names them: inside the project, and a
+    resumed sweep's id a name, so that no caller of the API reads or writes any other file of the worker."""
+    check_project_path(params_file, "params_file (--params)")
+    check_project_path(local_root, "local_root (--local-root)")
+    if recipe is not None:
+        check_project_path(recipe, "recipe (--recipe)")
+    if resume is not None:
+        check_name(resume, "resume (--resume)")
 
 
 def start_sweep(
@@ -40,6 +52,7 @@ def start_sweep(
     what is wrong. ``settings``: typed values of dotted keys (the sweep form's), set after the recipe."""
     if parallel is not None and parallel < 1:
         raise MobituneError(f"--parallel must be at least 1, got {parallel}")
+    check_paths(params_file=params_file, recipe=recipe, local_root=local_root, resume=resume)
     notes = []
     if resume:
         if overrides or recipe or settings:

@@ -9,16 +9,21 @@ matplotlib would add about a second to every trial's start-up.
 from __future__ import annotations
 
 import queue
+import re
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
+from pydantic import ValidationError
 
 from mobitune.errors import ServiceUnavailable
 from mobitune.orchestration.mailbox import Mailbox
 from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
+from mobitune.redaction import redact_logs
+from mobitune.storage.names import PROJECT_PATH_PATTERN, PROJECT_PATH_RULE, Name, UnsafeName
 from mobitune.storage.records import json_safe
 from mobitune.storage.stores import LOCAL_ROOT
 from mobitune.sweep.trial import run_trial_recorded
@@ -29,6 +34,7 @@ from mobitune.sweep.trial_files import TrialRequest
 def trial(request: TrialRequest) -> dict[str, Any]:
     """One trial (or one segment of it, up to ``request.until`` finetune epochs): fetch or train its warmup,
     finetune (resuming from its checkpoint in the store), store params/history/metrics."""
+    redact_logs()
     return run_trial_recorded(request, EpochProgress(request))
 
 
@@ -37,8 +43,8 @@ SLOT_IDLE_SECONDS = 120.0  # a slot run with no job for this long ends (the swee
 
 @flow(name="trial-slot", log_prints=True)
 def trial_slot(
-    sweep_id: str,
-    slot: str,
+    sweep_id: Name,
+    slot: Name,
     store_uri: str | None = None,
     local_root: str = LOCAL_ROOT,
     idle_timeout_s: float = SLOT_IDLE_SECONDS,
@@ -56,20 +62,54 @@ def trial_slot(
 
     A trial stopped by a service that did not answer answers ``{"service": ...}``: the sweep runs it again
     rather than recording it.
+
+    Every parameter and message comes from whoever reaches the Prefect API or the bucket, so each is checked
+    before it names a file: the names by their pattern (Prefect refuses a run whose names do not match it),
+    ``local_root`` by :func:`slot_root`, each job by :func:`job_request`.
     """
-    mailbox = Mailbox(store_uri, local_root, sweep_id, slot, outage_s)
+    redact_logs()
+    mailbox = Mailbox(store_uri, slot_root(local_root, sweep_id), sweep_id, slot, outage_s)
     # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
     # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist
     ran: list[Any] = []
     with mailbox.beating():
         while (job := mailbox.wait(f"job-{len(ran)}", idle_timeout_s)) is not None and not job.get("stop"):
-            # on this worker's disk: the sweep's own folder may not exist here (another machine, a container)
-            request = TrialRequest.model_validate(job["request"] | {"local_root": local_root})
+            request, refusal = job_request(job, sweep_id, local_root)
+            if request is None:
+                mailbox.send(f"done-{len(ran)}", {"failure": refusal})
+                ran.append(refusal)
+                continue
             state = trial_task.with_options(task_run_name=request.trial_id)(request, return_state=True)
             mailbox.send(f"done-{len(ran)}", slot_answer(state))
             ran.append(state)
     mailbox.remove()
     return len(ran)
+
+
+def slot_root(local_root: str, sweep_id: str) -> str:
+    """``local_root`` if a slot may keep files there: a path inside the project the worker runs in (relative,
+    no ``..``), or the absolute artifact folder of a sweep that shares this disk, which holds that sweep's folder."""
+    if re.fullmatch(PROJECT_PATH_PATTERN, local_root):
+        return local_root
+    if Path(local_root).is_absolute() and (Path(local_root) / "sweeps" / sweep_id).is_dir():
+        return local_root
+    raise UnsafeName(
+        f"local_root {local_root!r}: give {PROJECT_PATH_RULE}, or the artifact folder of sweep {sweep_id} "
+        "on a disk the workers share"
+    )
+
+
+def job_request(job: dict[str, Any], sweep_id: str, local_root: str) -> tuple[TrialRequest | None, str]:
+    """A job's trial request, validated, with this worker's ``local_root`` (the sweep's own folder may not exist
+    here: another machine, a container); or None and why it is refused (malformed, or another sweep's trial)."""
+    given = job.get("request")
+    try:
+        request = TrialRequest.model_validate((given if isinstance(given, dict) else {}) | {"local_root": local_root})
+    except ValidationError as exc:
+        return None, f"refused a malformed job: {exc.error_count()} error(s), first {exc.errors()[0]['msg']}"
+    if request.sweep_id != sweep_id:
+        return None, f"refused a job of sweep {request.sweep_id} sent to a slot of sweep {sweep_id}"
+    return request, ""
 
 
 def slot_answer(state: State) -> dict[str, Any]:

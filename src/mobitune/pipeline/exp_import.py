@@ -34,9 +34,10 @@ from mobitune.errors import MobituneError
 from mobitune.params import PARAMS_FILE, params_from_dict
 from mobitune.pipeline import paths
 from mobitune.pipeline.stages.phase_outputs import write_phase_outputs
+from mobitune.storage.names import check_name
 from mobitune.storage.records import FINAL_METRICS, FLIP_METRICS, write_json
 from mobitune.storage.stores import LOCAL_ROOT, S3Store
-from mobitune.sweep.publish import MANIFEST
+from mobitune.sweep.publish import download_published
 from mobitune.sweep.trial_setup import ensure_data
 from mobitune.training.loop import FitResult
 
@@ -67,14 +68,11 @@ def sweep_folder(source: str) -> Iterator[Path]:
             raise ExpImportError(f"{source}: no results.csv; give a finished sweep folder (artifacts/sweeps/<id>)")
         yield folder
         return
-    store = S3Store(source)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        if not store.get_file(MANIFEST, folder / MANIFEST):
-            raise ExpImportError(f"{source}: no {MANIFEST}; give a published sweep (<storage.uri>/sweeps/<id>)")
-        for entry in json.loads((folder / MANIFEST).read_text())["files"]:
-            if entry["path"] == "results.csv" or entry["path"].startswith("trials/"):
-                store.get_file(entry["path"], folder / entry["path"])
+        download_published(
+            S3Store(source), source, folder, wanted=lambda path: path == "results.csv" or path.startswith("trials/")
+        )
         yield folder
 
 
@@ -84,7 +82,7 @@ def _trials(folder: Path) -> list[tuple[str, dict[str, Any], list[dict[str, Any]
     found = []
     with open(folder / "results.csv", newline="") as handle:
         for row in csv.DictReader(handle):
-            trial = folder / "trials" / row["trial_id"]
+            trial = folder / "trials" / check_name(row["trial_id"], "results.csv: trial")
             if not (trial / "history.csv").exists():
                 continue
             with open(trial / "history.csv", newline="") as rows:

@@ -20,9 +20,10 @@ from mobitune.export.onnx_model import CALIBRATION_IMAGES, export_model
 from mobitune.params import params_from_dict
 from mobitune.release.registry import Registered, register_model
 from mobitune.report.results import SWEEP_RECORD, read_sweep_record
+from mobitune.storage.names import check_name
 from mobitune.storage.records import Status, write_json
 from mobitune.storage.stores import LOCAL_ROOT, LocalStore, S3Store
-from mobitune.sweep.publish import MANIFEST, publish, write_manifest
+from mobitune.sweep.publish import download_published, publish, write_manifest
 from mobitune.sweep.trial_setup import checkpoint_key, ensure_data
 from mobitune.training.checkpoints import load_trained_model
 from mobitune.training.data import load_dataset
@@ -37,7 +38,7 @@ def export_trial(source: str, trial_id: str | None) -> tuple[Path, dict[str, Any
     at ``source`` (a folder, or ``s3://…/sweeps/<id>``); returns the export folder and its report."""
     sweep_dir = _sweep_folder(source)
     record = read_sweep_record(sweep_dir)
-    trial_id = trial_id or _best_trial(sweep_dir)
+    trial_id = check_name(trial_id or _best_trial(sweep_dir), "trial")
     trial = sweep_dir / "trials" / trial_id
     if not (trial / "params.json").exists():
         known = ", ".join(sorted(p.name for p in (sweep_dir / "trials").iterdir()))
@@ -84,12 +85,9 @@ def _sweep_folder(source: str) -> Path:
         if not (folder / SWEEP_RECORD).exists() or not (folder / "results.csv").exists():
             raise SweepExportError(f"{source}: not a finished sweep folder; give artifacts/sweeps/<sweep_id>")
         return folder
-    store = S3Store(source)
-    folder = Path(LOCAL_ROOT).resolve() / "sweeps" / source.rstrip("/").rsplit("/", 1)[-1]
-    if not store.get_file(MANIFEST, folder / MANIFEST):
-        raise SweepExportError(f"{source}: no {MANIFEST}; give a published sweep (<storage.uri>/sweeps/<id>)")
-    for entry in json.loads((folder / MANIFEST).read_text())["files"]:
-        store.get_file(entry["path"], folder / entry["path"])
+    sweep_id = check_name(source.rstrip("/").rsplit("/", 1)[-1], f"{source}: the sweep id")
+    folder = Path(LOCAL_ROOT).resolve() / "sweeps" / sweep_id
+    download_published(S3Store(source), source, folder, wanted=lambda path: True)
     return folder
 
 
@@ -103,7 +101,7 @@ def _best_trial(sweep_dir: Path) -> str:
 
 def _checkpoint(record: dict[str, Any], trial_id: str, root: Path, metrics: dict[str, Any]) -> Path:
     """The trial's finetune checkpoint on this disk, fetched from the sweep's store if it is only there."""
-    key = checkpoint_key(record["sweep_id"], trial_id)
+    key = checkpoint_key(check_name(record["sweep_id"], f"{SWEEP_RECORD}: sweep_id"), trial_id)
     if LocalStore(root).get_file(key, root / key):
         return root / key
     if record.get("storage_uri") and S3Store(record["storage_uri"]).get_file(key, root / key):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 
+from mobitune.redaction import redact
 from mobitune.report import lab_report
 from mobitune.report.figures import curves_figure, save_figure, search_figure, summary_figure
 from mobitune.report.results import COST_COLUMNS, PROVENANCE_COLUMNS, SweepResults, axis_table, best_trial
@@ -238,6 +239,6 @@ def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str, figure_c
             save_figure(build, results, axis, sweep_dir / relative, figure_cache)
             figures.setdefault(axis, []).append(relative)
             written.append(sweep_dir / relative)
-    (sweep_dir / "report.md").write_text(report_markdown(results, sweep_id, figures))
+    (sweep_dir / "report.md").write_text(redact(report_markdown(results, sweep_id, figures)))
     written.append(sweep_dir / "report.md")
     return written

@@ -11,6 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from mobitune.redaction import redact_data
 from mobitune.storage.stores import atomic_write_text
 
 
@@ -53,7 +54,8 @@ def json_safe(value: Any) -> Any:
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
+    """``obj`` as strict JSON, every string redacted (:mod:`mobitune.redaction`): a record never keeps a secret."""
+    return json.dumps(json_safe(redact_data(obj)), indent=2, allow_nan=False) + "\n"
 
 
 def write_json(path: Path, obj: Any) -> None:

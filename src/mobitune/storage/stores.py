@@ -17,7 +17,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from tqdm import tqdm
 
 from mobitune.errors import EndpointUnreachable, StorageError
 from mobitune.params import S3_URI, S3_URI_RULE
+from mobitune.redaction import public_url
+from mobitune.storage.names import check_relative, path_inside
 
 T = TypeVar("T")
 
@@ -187,11 +188,8 @@ LOCAL_ROOT = "artifacts"  # the local artifact folder (mobitune sweep's --local-
 
 
 def public_uri(uri: str) -> str:
-    """``uri`` with any user:password stripped, safe to log."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password or parts.username:
-        return urllib.parse.urlunsplit(parts._replace(netloc=parts.hostname or ""))
-    return uri
+    """``uri`` without its credentials (user:password, query string), safe to log and to record."""
+    return public_url(uri)
 
 
 class ArtifactStore:
@@ -228,33 +226,39 @@ class ArtifactStore:
 
 
 class LocalStore(ArtifactStore):
+    """Keys are paths under ``root``; one that would lead outside it (``..``, absolute, a link out) is refused
+    before anything is read, written or removed."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
+    def _path(self, key: str) -> Path:
+        return path_inside(self.root, key, "store key")
+
     def put_bytes(self, key: str, data: bytes) -> None:
-        atomic_write_bytes(self.root / key, data)
+        atomic_write_bytes(self._path(key), data)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
-            return (self.root / key).read_bytes()
+            return self._path(key).read_bytes()
         except FileNotFoundError:
             return None
 
     def put_file(self, key: str, path: Path) -> None:
-        if Path(path).resolve() != self.root / key:
+        if Path(path).resolve() != self._path(key):
             super().put_file(key, path)
 
     def get_file(self, key: str, path: Path) -> bool:
-        if Path(path).resolve() == self.root / key:
-            return (self.root / key).exists()
+        if Path(path).resolve() == self._path(key):
+            return self._path(key).exists()
         return super().get_file(key, path)
 
     def modified_times(self, prefix: str) -> dict[str, float]:
-        files = (path for path in (self.root / prefix).rglob("*") if path.is_file())
+        files = (path for path in self._path(prefix).rglob("*") if path.is_file())
         return {path.relative_to(self.root).as_posix(): path.stat().st_mtime for path in files}
 
     def delete_prefix(self, prefix: str) -> None:
-        shutil.rmtree(self.root / prefix, ignore_errors=True)
+        shutil.rmtree(self._path(prefix), ignore_errors=True)
 
 
 class S3Store(ArtifactStore):
@@ -269,6 +273,10 @@ class S3Store(ArtifactStore):
         self.outage_s = outage_s
 
     def _key(self, key: str) -> str:
+        """The object key of ``key`` under the store's prefix; a key with ``..`` or a leading ``/`` is refused,
+        since the same keys name files on local disk."""
+        if key:
+            check_relative(key, "store key")
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def check(self) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mobitune.errors import MobituneError
+from mobitune.storage.names import check_relative, path_inside
 from mobitune.storage.records import write_json
-from mobitune.storage.stores import EndpointUnreachable, S3Store, StorageError
+from mobitune.storage.stores import ArtifactStore, EndpointUnreachable, S3Store, StorageError, atomic_write_bytes
 
 MANIFEST = "manifest.json"
 
@@ -39,6 +42,53 @@ def write_manifest(sweep_dir: Path) -> dict[str, Any]:
     manifest = build_manifest(sweep_dir)
     write_json(sweep_dir / MANIFEST, manifest)
     return manifest
+
+
+class ManifestError(MobituneError):
+    """A published sweep's manifest or one of its files cannot be trusted; nothing of it was kept."""
+
+
+def download_published(store: ArtifactStore, source: str, folder: Path, wanted: Callable[[str], bool]) -> None:
+    """The files of the published sweep in ``store`` (at ``source``) that ``wanted`` selects, then its manifest,
+    into ``folder``. Whoever can write to the bucket writes the manifest, so each entry is checked before it is
+    used: its path must stay inside ``folder`` (:func:`~mobitune.storage.names.path_inside`) and its bytes must
+    have the manifest's SHA-256 before they are written."""
+    data = store.get_bytes(MANIFEST)
+    if data is None:
+        raise ManifestError(f"{source}: no {MANIFEST}; give a published sweep (<storage.uri>/sweeps/<id>)")
+    for entry in _manifest_entries(data, source):
+        if not wanted(entry["path"]):
+            continue
+        target = path_inside(folder, entry["path"], f"{source}/{MANIFEST}: path")
+        content = store.get_bytes(entry["path"])
+        if content is None:
+            raise ManifestError(f"{source}: {entry['path']} is in its {MANIFEST} but not in the store")
+        if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+            raise ManifestError(
+                f"{source}: {entry['path']} does not have the SHA-256 its {MANIFEST} gives; it was changed after "
+                "publishing (publish the sweep again: mobitune push)"
+            )
+        atomic_write_bytes(target, content)
+    atomic_write_bytes(folder / MANIFEST, data)
+
+
+def _manifest_entries(data: bytes, source: str) -> list[dict[str, Any]]:
+    """The manifest's file entries, each a relative ``path`` and a hex ``sha256``; anything else is refused."""
+    try:
+        manifest = json.loads(data)
+        entries = manifest["files"]
+        if not isinstance(entries, list) or not all(
+            isinstance(e, dict)
+            and isinstance(e.get("path"), str)
+            and re.fullmatch(r"[0-9a-f]{64}", e.get("sha256", ""))
+            for e in entries
+        ):
+            raise ValueError
+    except (ValueError, TypeError, KeyError):
+        raise ManifestError(f"{source}/{MANIFEST}: not a mobitune manifest (files with path and sha256)") from None
+    for entry in entries:
+        check_relative(entry["path"], f"{source}/{MANIFEST}: path")
+    return entries
 
 
 def sweep_uri(storage_uri: str, sweep_id: str) -> str:

@@ -9,12 +9,15 @@ trials in-process on a GPU machine that has no Prefect).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import pandas as pd
 
@@ -51,6 +54,7 @@ class SweepRun:
     use_cache: bool = True  # reuse stored results of identical trials (see mobitune.sweep.trial_setup.result_cache_key)
     warmed: set[str] = field(default_factory=set)
     waiting: dict[str, list[Segment]] = field(default_factory=dict)  # warmup key -> segments waiting for it
+    lock: IO[str] | None = None  # held while this process runs the sweep (see hold_sweep_lock)
 
     @classmethod
     def start(
@@ -86,8 +90,11 @@ class SweepRun:
             "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.planned],
             "params": raw,
         }
+        lock = hold_sweep_lock(root, sweep_id)
         write_json(sweep_dir / SWEEP_RECORD, record)
-        return cls(sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache)
+        return cls(
+            sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache, lock=lock
+        )
 
     @classmethod
     def resume(cls, local_root: Path, sweep_id: str, backend: str, use_cache: bool = True) -> SweepRun:
@@ -102,12 +109,21 @@ class SweepRun:
         """
         root = Path(local_root).resolve()
         record = load_record(root, sweep_id)
+        lock = hold_sweep_lock(root, sweep_id)  # before anything of the sweep's folder changes
         params = params_from_dict(record["params"])
         sweep_dir = root / "sweeps" / sweep_id
         (sweep_dir / STUDY_FILE).unlink(missing_ok=True)
         scheduler = Scheduler.create(params, sweep_dir)
         record["backend"] = backend
-        return cls(sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache)
+        return cls(
+            sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache, lock=lock
+        )
+
+    def release(self) -> None:
+        """Let another process (a ``--resume``) run this sweep."""
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
 
     @staticmethod
     def _trial_store(params: Params, backend: str) -> str | None:
@@ -212,6 +228,34 @@ class SweepRun:
     def _fetch(self, request: TrialRequest, folder: Path) -> bool:
         store = request.store()
         return all(store.get_file(trial_key(self.sweep_id, request.trial_id, n), folder / n) for n in TRIAL_FILES)
+
+
+class SweepLocked(MobituneError):
+    """Another process runs this sweep now; nothing of it was changed."""
+
+
+def hold_sweep_lock(root: Path, sweep_id: str) -> IO[str]:
+    """An exclusive lock on the sweep (``sweeps/.<id>.lock``, beside its folder so it is never published), held
+    as long as the returned file is open; the system releases it when the process dies, so a sweep whose process
+    died can be resumed at once. The file says who holds it, for the process that is refused."""
+    path = Path(root) / "sweeps" / f".{sweep_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the sweep's run
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise SweepLocked(
+            f"sweep {sweep_id} is being run by {holder}; wait for it to end (or stop it) before --resume {sweep_id}"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    handle.write(f"process {os.getpid()} on {socket.gethostname()}, since {started}\n")
+    handle.flush()
+    return handle
 
 
 def load_record(root: Path, sweep_id: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mobitune.params import Params
 from mobitune.provenance import provenance
+from mobitune.storage.names import Name
 from mobitune.storage.records import HISTORY_COLUMNS, Status, final_metrics, write_csv, write_json
 from mobitune.storage.stores import LOCAL_ROOT, ArtifactStore, open_store
 
@@ -26,8 +27,8 @@ class TrialRequest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    sweep_id: str
-    trial_id: str
+    sweep_id: Name
+    trial_id: Name
     params: Params
     varied: dict[str, Any] = {}
     store_uri: str | None = None

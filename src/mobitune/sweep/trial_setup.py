@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.params import DataParams, Params
-from mobitune.provenance import code_fingerprint
+from mobitune.provenance import code_fingerprint, computing_versions
 from mobitune.storage.stores import ArtifactStore
 from mobitune.sweep.plan import training_config, warmup_key
 from mobitune.sweep.trial_files import TrialRequest
@@ -41,7 +41,9 @@ def data_digest(prepared: Path) -> str:
 
 
 def _content_key(*parts: Any) -> str:
-    identity = json.dumps([*parts, code_fingerprint(TRAINING_MODULE)], sort_keys=True)
+    """The key of a stored result: ``parts``, the training code and the versions of the packages it computes
+    with (an upgraded torch or Pillow trains again rather than reusing results it did not compute)."""
+    identity = json.dumps([*parts, code_fingerprint(TRAINING_MODULE), computing_versions()], sort_keys=True)
     return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
