@@ -5,17 +5,31 @@ or a run changes them without a new template.
 
 Both run the slot's flow run in the worker image (``Dockerfile``: the project in ``/opt/mobitune``, a non-root
 user) with the trials' local artifacts and torch's weight cache on a volume that outlives the container.
+
+Neither template holds a secret: the template and every run's job variables are stored in the Prefect database
+and shown in its UI. The API credential (``PREFECT_API_AUTH_STRING``) reaches a slot the way each worker passes
+its own settings: the docker worker copies every Prefect setting it was started with into the container's
+environment; the Kubernetes worker puts it in the Job, or a reference to a Kubernetes secret when started with
+``PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME``/``_KEY``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from mobitune.errors import MobituneError
+
 WORKER_IMAGE = "mobitune-worker:latest"
+WORKER_UID = 1000  # the Dockerfile's `useradd --uid 1000 mobitune`
 GPU_RESOURCE = "nvidia.com/gpu"
 ARTIFACTS_DIR = "/opt/mobitune/artifacts"  # the image's WORKDIR/artifacts: prepared data, warmups, checkpoints
 CACHE_DIR = "/home/mobitune/.cache"  # torch's weight cache, for the mobitune user
 PREFECT_HOME = "/home/mobitune/.prefect"
+S3_SECRET = "mobitune-s3"
+CACHE_CLAIM = "mobitune-cache"
+# a Kubernetes object name (RFC 1123 subdomain): no spaces, no braces, so no template placeholder either
+KUBERNETES_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _variable(kind: str, default: Any, title: str, description: str) -> dict[str, Any]:
@@ -41,16 +55,30 @@ def docker_template() -> dict[str, Any]:
     return template
 
 
-def kubernetes_template() -> dict[str, Any]:
+def kubernetes_name(name: str, option: str) -> str:
+    """``name`` if Kubernetes accepts it as an object's name; else an error naming ``option``."""
+    if len(name) > 253 or not KUBERNETES_NAME.fullmatch(name):
+        raise MobituneError(
+            f"{option} {name!r}: not a Kubernetes object name (lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit)"
+        )
+    return name
+
+
+def kubernetes_template(s3_secret: str = S3_SECRET, cache_claim: str = CACHE_CLAIM) -> dict[str, Any]:
     """A Job whose container asks for ``gpus`` of ``nvidia.com/gpu`` in its limits, lands on GPU nodes
     (``node_selector``, ``tolerations``), takes its S3 keys from the Kubernetes secret ``s3_secret`` (never as
     plain values in the template or the flow run) and keeps the artifacts and caches on the claim
-    ``cache_claim``."""
+    ``cache_claim``. Both names are written into the Job as they are, not job variables: a run cannot mount
+    another secret or volume. The pod passes Kubernetes' *restricted* Pod Security Standard, with a read-only
+    root file system and no service-account token; the template refuses job variables it does not declare."""
     from prefect_kubernetes.worker import KubernetesWorker
 
     template = KubernetesWorker.get_default_base_job_template()
+    template["variables"]["additionalProperties"] = False
     variables = template["variables"]["properties"]
     variables["image"]["default"] = WORKER_IMAGE
+    variables["env"]["default"] = {"PREFECT_HOME": PREFECT_HOME}  # the mounted one, not the worker's own
     variables |= {
         "gpus": _variable("integer", 1, "GPUs", f"{GPU_RESOURCE} in the container's limits: one trial per GPU"),
         "node_selector": _variable(
@@ -62,29 +90,52 @@ def kubernetes_template() -> dict[str, Any]:
             "Tolerations",
             "taints of GPU nodes the slot tolerates",
         ),
-        "s3_secret": _variable(
-            "string",
-            "mobitune-s3",
-            "S3 secret",
-            "Kubernetes secret whose keys become the container's environment: AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL, if not in env)",
-        ),
-        "cache_claim": _variable(
-            "string", "mobitune-cache", "Cache claim", "PersistentVolumeClaim for prepared data, checkpoints, weights"
-        ),
     }
     pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
     container = pod["containers"][0]
     container["resources"]["limits"][GPU_RESOURCE] = "{{ gpus }}"
-    container["envFrom"] = [{"secretRef": {"name": "{{ s3_secret }}"}}]
-    container["volumeMounts"] = [
-        {"name": "cache", "mountPath": ARTIFACTS_DIR, "subPath": "artifacts"},
-        {"name": "cache", "mountPath": CACHE_DIR, "subPath": "cache"},
-    ]
-    pod["volumes"] = [{"name": "cache", "persistentVolumeClaim": {"claimName": "{{ cache_claim }}"}}]
+    container["envFrom"] = [{"secretRef": {"name": kubernetes_name(s3_secret, "--s3-secret")}}]
+    _restrict(pod, container, kubernetes_name(cache_claim, "--cache-claim"))
     pod["nodeSelector"] = "{{ node_selector }}"
     pod["tolerations"] = "{{ tolerations }}"
     return template
 
 
-POOL_TEMPLATES = {"docker": docker_template, "kubernetes": kubernetes_template}
+def _restrict(pod: dict[str, Any], container: dict[str, Any], cache_claim: str) -> None:
+    """Kubernetes' *restricted* profile for the pod and its container, a read-only root file system and every
+    path the slot writes on a volume: artifacts and caches on the claim, Prefect's home and /tmp on emptyDirs
+    (per pod). No service-account token: a slot never talks to the Kubernetes API."""
+    pod["automountServiceAccountToken"] = False
+    pod["securityContext"] = {
+        "runAsNonRoot": True,
+        "runAsUser": WORKER_UID,
+        "runAsGroup": WORKER_UID,
+        "fsGroup": WORKER_UID,  # the claim's files writable by the mobitune user
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+    container["volumeMounts"] = [
+        {"name": "cache", "mountPath": ARTIFACTS_DIR, "subPath": "artifacts"},
+        {"name": "cache", "mountPath": CACHE_DIR, "subPath": "cache"},
+        {"name": "prefect-home", "mountPath": PREFECT_HOME},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    pod["volumes"] = [
+        {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}},
+        {"name": "prefect-home", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def pool_template(kind: str, s3_secret: str = S3_SECRET, cache_claim: str = CACHE_CLAIM) -> dict[str, Any] | None:
+    """The gpu pool's base job template for a pool of type ``kind``; None for a process pool (Prefect's own)."""
+    if kind == "docker":
+        return docker_template()
+    if kind == "kubernetes":
+        return kubernetes_template(s3_secret, cache_claim)
+    return None

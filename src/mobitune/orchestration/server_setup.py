@@ -1,7 +1,8 @@
 """``mobitune setup``: what a Prefect server needs before sweeps run on workers, created idempotently.
 
 - the work pools ``gpu`` (trials: of type process, or with ``--pool-type`` docker or kubernetes, whose
-  templates are :mod:`mobitune.orchestration.pool_templates`) and ``sweeps`` (the orchestrating flow, a process);
+  templates are :mod:`mobitune.orchestration.pool_templates`; a kubernetes pool's S3 secret and cache claim are
+  named here, once, and written into its template) and ``sweeps`` (the orchestrating flow, a process);
 - an automation that marks a flow run ``Crashed`` when its heartbeats stop
   (a worker machine lost mid-trial), so the sweep gives the trial to another slot and
   it resumes from its checkpoint instead of waiting on a run that stays
@@ -11,10 +12,15 @@
   flow run completes, fails or crashes. The sweep names its flow run after its sweep id and ends on a state
   whose message gives the trial counts, the best accuracy and where the report is; a failure's message is the
   error, a crash's Prefect's own.
+
+Before any of it, :func:`open_api_warning` asks the API without a credential: a server that answers that on an
+address other than loopback lets whoever reaches it run code on every worker, and the user is told so.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import urllib.parse
 from datetime import timedelta
 from uuid import UUID
 
@@ -30,14 +36,15 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
 from mobitune.errors import MobituneError
-from mobitune.orchestration.pool_templates import POOL_TEMPLATES
+from mobitune.orchestration.pool_templates import CACHE_CLAIM, S3_SECRET, pool_template
 
-WORK_POOLS = ("gpu", "sweeps")
 ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
 HEARTBEAT_SECONDS = 30  # the smallest frequency Prefect accepts
 NOTIFY_AUTOMATION = "mobitune: tell a webhook when a sweep ends"
 NOTIFY_BLOCK = "mobitune-sweep-end"  # a custom-webhook notification block
 SWEEP_ENDS = ("Completed", "Failed", "Crashed")
+# an endpoint behind the API's auth: /health and /ready answer without a credential even when auth is on
+AUTH_PROBE_PATH = "/admin/version"
 
 
 def zombie_automation(timeout_s: int) -> AutomationCore:
@@ -98,10 +105,10 @@ def _put_automation(client: SyncPrefectClient, wanted: AutomationCore) -> str:
     return "created"
 
 
-def _put_pool(client: SyncPrefectClient, name: str, kind: str) -> str:
-    """Create pool ``name`` of type ``kind``, or bring an existing one's template up to date; a pool of another
-    type is left alone and named (a pool's type cannot change)."""
-    template = POOL_TEMPLATES[kind]() if kind in POOL_TEMPLATES else None
+def _put_pool(client: SyncPrefectClient, name: str, kind: str, template: dict | None) -> str:
+    """Create pool ``name`` of type ``kind`` with base job ``template`` (None: the type's own), or bring an
+    existing one's template up to date; a pool of another type is left alone and named (a pool's type cannot
+    change)."""
     try:
         client.create_work_pool(WorkPoolCreate(name=name, type=kind, base_job_template=template or {}))
         return f"work pool {name}: created ({kind})"
@@ -118,19 +125,70 @@ def _put_pool(client: SyncPrefectClient, name: str, kind: str) -> str:
     return f"work pool {name}: exists ({kind})"
 
 
-def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None, pool_type: str = "process") -> list[str]:
-    """Create what is missing on the server at ``PREFECT_API_URL``; returns one line per thing, done or found."""
+def is_loopback(url: str) -> bool:
+    """Whether ``url``'s host is this machine's loopback: ``localhost`` or an address in 127.0.0.0/8 or ::1.
+    The host is parsed, not matched as text: ``127.0.0.1.evil.example`` and ``localhost.evil`` are other
+    machines, and ``http://127.0.0.1@evil.example`` is evil.example."""
+    host = urllib.parse.urlsplit(url).hostname
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_api_message(api: str, status_without_credential: int | None) -> str | None:
+    """The warning for an API at ``api`` that answered a request without a credential with
+    ``status_without_credential`` (None: no answer), or None when there is nothing to warn about: it asked
+    for one, or only this machine reaches it."""
+    if status_without_credential is None or not 200 <= status_without_credential < 300 or is_loopback(api):
+        return None
+    return (
+        f"the Prefect API at {api} answers without a credential (GET {AUTH_PROBE_PATH}: "
+        f"{status_without_credential}) on an address other than loopback: whoever reaches it can run code on "
+        "every worker. Start the server with PREFECT_SERVER_API_AUTH_STRING (and "
+        "PREFECT_SERVER_CSRF_PROTECTION_ENABLED=true), and give every client PREFECT_API_AUTH_STRING"
+    )
+
+
+def status_without_credential(api: str) -> int | None:
+    """The status of ``GET <api>/admin/version`` sent with no Authorization header; None if nothing answers."""
+    try:
+        return httpx.get(f"{api.rstrip('/')}{AUTH_PROBE_PATH}", timeout=10).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def open_api_warning() -> str | None:
+    """:func:`open_api_message` for the server at ``PREFECT_API_URL`` (None when it is not set)."""
+    api = PREFECT_API_URL.value()
+    return open_api_message(api, status_without_credential(api)) if api else None
+
+
+def setup_server(
+    heartbeat_timeout_s: int,
+    notify_url: str | None = None,
+    pool_type: str = "process",
+    s3_secret: str = S3_SECRET,
+    cache_claim: str = CACHE_CLAIM,
+) -> list[str]:
+    """Create what is missing on the server at ``PREFECT_API_URL``; returns one line per thing, done or found.
+    ``s3_secret`` and ``cache_claim`` name the Kubernetes secret and claim of a kubernetes pool's Jobs."""
     api = PREFECT_API_URL.value()
     if not api:
         raise MobituneError(
             "PREFECT_API_URL is not set: mobitune setup configures a running Prefect server, "
             "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
+    gpu_template = pool_template(pool_type, s3_secret, cache_claim)
     done = []
     try:
         with get_client(sync_client=True) as client:
-            for pool in WORK_POOLS:
-                done.append(_put_pool(client, pool, pool_type if pool == "gpu" else "process"))
+            done.append(_put_pool(client, "gpu", pool_type, gpu_template))
+            done.append(_put_pool(client, "sweeps", "process", None))
             verb = _put_automation(client, zombie_automation(heartbeat_timeout_s))
             done.append(f"automation '{ZOMBIE_AUTOMATION}': {verb} (no heartbeat for {heartbeat_timeout_s} s)")
             if notify_url is not None:
@@ -147,5 +205,12 @@ def setup_server(heartbeat_timeout_s: int, notify_url: str | None = None, pool_t
     except httpx.ConnectError:
         message = f"no Prefect server answers at {api} (PREFECT_API_URL); start one with: prefect server start"
         raise MobituneError(message) from None
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code != 401:
+            raise
+        raise MobituneError(
+            f"the Prefect server at {api} refused the credential (401 Unauthorized): set PREFECT_API_AUTH_STRING "
+            "to the server's PREFECT_SERVER_API_AUTH_STRING"
+        ) from None
     done.append(f"start workers with PREFECT_FLOWS_HEARTBEAT_FREQUENCY={HEARTBEAT_SECONDS} so their runs send them")
     return done
