@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mobitune.params import OptimizationParams, Params
+from mobitune.redaction import redact_data
 from mobitune.storage.records import FLIP_METRICS, Status
 from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
@@ -299,7 +300,8 @@ def _flips_text(row: dict[str, Any]) -> str:
 
 
 def _record(params: Params, device_data: DeviceData) -> dict[str, Any]:
-    return {"params": params.to_dict(), "classes": device_data.dataset.classes}
+    """What a checkpoint says of its run: the params as records keep them (redacted), the classes."""
+    return {"params": redact_data(params.to_dict()), "classes": device_data.dataset.classes}
 
 
 def run_warmup(params: Params, device_data: DeviceData, checkpoint_path: Path, resume: bool = False) -> FitResult:
