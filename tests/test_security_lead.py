@@ -4,10 +4,11 @@ import hashlib
 import json
 import os
 import subprocess
+import urllib.error
 from pathlib import Path
 
 import pytest
-from helpers import VENV_BIN, sweep_project
+from helpers import VENV_BIN, run, sweep_project
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
 
@@ -56,6 +57,27 @@ def test_the_deployments_parameter_schema_carries_the_name_and_path_patterns() -
     flow = parameter_schema(sweep).model_dump()["properties"]
     for name in ("params_file", "local_root"):
         assert flow[name]["pattern"], name
+
+
+def test_the_prefect_server_refuses_a_slot_run_whose_names_leave_the_slots_folder(
+    prefect_server, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """The attack as a caller of the API makes it: a run of the ``trial-slot/gpu`` deployment with ``..`` names."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]})
+    run(
+        ["prefect", "--no-prompt", "deploy", "--name", "gpu"],
+        project,
+        env_extra={"PREFECT_API_URL": prefect_server.api},
+    )
+    [gpu] = prefect_server.api_post("deployments/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
+    for parameters in ({"sweep_id": "..", "slot": ".."}, {"sweep_id": "s1", "slot": "../../x"}):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            prefect_server.api_post(f"deployments/{gpu['id']}/create_flow_run", {"parameters": parameters})
+        assert refused.value.code in (409, 422), parameters
+    accepted = prefect_server.api_post(
+        f"deployments/{gpu['id']}/create_flow_run", {"parameters": {"sweep_id": "s1", "slot": "s1-slot-1"}}
+    )
+    prefect_server.api_post(f"flow_runs/{accepted['id']}/set_state", {"state": {"type": "CANCELLED"}, "force": True})
 
 
 @pytest.mark.parametrize("name", ["..", "../x", "/"])
