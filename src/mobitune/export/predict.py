@@ -1,7 +1,9 @@
 """``mobitune predict``: the top classes of image files, from an exported ONNX file or a mobitune checkpoint.
 
-Any JPEG or PNG, any size, RGB or not (grayscale, palette and alpha images are converted to RGB); each image
-is answered on its own, so one that cannot be read gets its own error and the others still get their answer.
+Any JPEG or PNG (by its content: a file of another format is refused, whatever its suffix) of up to
+``MAX_IMAGE_PIXELS`` (mobitune/training/data.py: 64 Mi pixels), RGB or not (grayscale, palette and alpha
+images are converted to RGB); each image is answered on its own, so one that cannot be read gets its own
+error and the others still get their answer.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CLASSES_KEY, INPUT, OUTPUT, PackagedModel, session
 from mobitune.params import params_from_dict
 from mobitune.training.checkpoints import load_trained_model
+from mobitune.training.data import open_image
 from mobitune.training.model import load_checkpoint
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -86,15 +89,16 @@ def load_predictor(path: Path) -> OnnxPredictor | CheckpointPredictor:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The image as uint8 RGB (3, H, W); a clear :class:`MobituneError` for anything else."""
+    """The image as uint8 RGB (3, H, W); a clear :class:`MobituneError` for anything else: a format other than
+    JPEG or PNG whatever the suffix, or more pixels than ``MAX_IMAGE_PIXELS`` (see :func:`open_image`)."""
     try:
-        with Image.open(path) as image:
+        with open_image(path, str(path)) as image:
             image.load()
             return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
     except FileNotFoundError:
         raise MobituneError(f"{path}: no such file") from None
     except UnidentifiedImageError:
-        raise MobituneError(f"{path}: not an image PIL can read (JPEG or PNG)") from None
+        raise MobituneError(f"{path}: not an image mobitune reads (JPEG or PNG, whatever the suffix)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise MobituneError(f"{path}: a truncated or damaged image ({exc})") from None
 
