@@ -11,15 +11,16 @@ FROM ${BASE} AS install
 ARG WHEELHOUSE=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/mobitune
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY src ./src
 COPY docker/wheelhouse ./wheelhouse
-# a venv that sees the base's own packages: PyTorch's image already holds the pinned torch 2.14.1 (CUDA 13.0)
+# a venv that sees the base's own packages: PyTorch's image already holds the pinned torch 2.14.1 (CUDA 13.0);
+# every package the venv gets is at the version of constraints.txt, as in `make install`
 RUN python3 -m venv --system-site-packages /opt/venv \
  && if [ "$WHEELHOUSE" = 1 ]; then \
-      /opt/venv/bin/pip install --no-index --find-links wheelhouse . ; \
+      /opt/venv/bin/pip install --no-index --find-links wheelhouse -c constraints.txt . ; \
     else \
-      /opt/venv/bin/pip install . ; \
+      /opt/venv/bin/pip install -c constraints.txt . ; \
     fi
 
 # the wheelhouse stays in the install stage: the image gets the venv alone
