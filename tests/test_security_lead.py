@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.server
 import json
 import os
 import subprocess
+import threading
 import urllib.error
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -259,21 +263,60 @@ def test_a_second_resume_of_a_running_sweep_is_refused_and_says_who_runs_it(tmp_
     hold_sweep_lock(tmp_path, run.sweep_id).close()
 
 
+BASIC_USER, BASIC_PASSWORD = "alice", "planted-password-c3a9"
+
+
+@pytest.fixture
+def basic_auth_archive(tmp_path: Path, cifar_archive: Path) -> Iterator[str]:
+    """The tiny archive from a loopback server that answers 401 to a request without alice's Basic credential;
+    its URL, without the credential."""
+    expected = "Basic " + base64.b64encode(f"{BASIC_USER}:{BASIC_PASSWORD}".encode()).decode()
+    body = cifar_archive.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.headers.get("Authorization") != expected:
+                self.send_response(401)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/leak.tar.gz"
+    server.shutdown()
+
+
+def test_a_url_credential_is_sent_as_basic_auth_and_named_nowhere(tmp_path: Path, basic_auth_archive: str) -> None:
+    with pytest.raises(FetchError, match="HTTP 401") as refused:
+        fetch(basic_auth_archive.replace("//", f"//{BASIC_USER}:wrong-password-1234@"), tmp_path, "data.source")
+    assert "wrong-password-1234" not in str(refused.value) and BASIC_USER not in str(refused.value)
+    with_credential = basic_auth_archive.replace("//", f"//{BASIC_USER}:{BASIC_PASSWORD}@")
+    assert fetch(with_credential, tmp_path, "data.source").read_bytes()[:2] == b"\x1f\x8b"
+
+
 def test_no_planted_secret_reaches_a_file_an_object_a_log_an_artifact_or_a_flow_run(
-    tmp_path: Path, cifar_archive: Path, http_root: tuple[str, Path], s3, shared_prefect
+    tmp_path: Path, cifar_archive: Path, basic_auth_archive: str, s3, shared_prefect
 ) -> None:
-    """A sweep whose every channel carries a distinct secret: the S3 key (environment), a presigned-style query
-    token in ``data.source``, the Prefect credential; none may appear in anything the sweep wrote or sent."""
-    base_url, served = http_root
-    (served / "leak.tar.gz").write_bytes(cifar_archive.read_bytes())
+    """A sweep whose every channel carries a distinct secret: the S3 key (environment), a ``user:password@`` and a
+    presigned-style query token in ``data.source``, the Prefect credential; none may appear in anything the sweep
+    wrote or sent."""
     secrets = {
         "s3 key": "planted-s3-secret-4f1d2c",
+        "url password": BASIC_PASSWORD,
         "query token": "planted-query-token-8e7a",
         "prefect credential": os.environ["PREFECT_API_AUTH_STRING"],
     }
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]}, **{"finetune.epochs": 1})
     bucket = s3.bucket("leaks")
-    source = f"{base_url}/leak.tar.gz?X-Amz-Signature={secrets['query token']}&X-Amz-Expires=60"
+    with_credential = basic_auth_archive.replace("//", f"//{BASIC_USER}:{BASIC_PASSWORD}@")
+    source = f"{with_credential}?X-Amz-Signature={secrets['query token']}&X-Amz-Expires=60"
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_LOGGING_LEVEL": "INFO"}
     env["AWS_SECRET_ACCESS_KEY"] = secrets["s3 key"]
     command = ["mobitune", "sweep", "--set", f"data.source={source}", "--set", f"storage.uri=s3://{bucket}/team"]

@@ -1,12 +1,13 @@
 """Bring a file named by a param (path, file://, http(s)://, s3://) to local disk.
 
-An http(s) download is capped (``MAX_DOWNLOAD_BYTES``): refused up front by its Content-Length, and cut off
+An http(s) or S3 download is capped (``MAX_DOWNLOAD_BYTES``): refused up front by its Content-Length, and cut off
 by counting the bytes as they arrive where the server announces no size (one that announces less than it
 sends is read no further than it announced); what was written of a refused download is removed.
 """
 
 from __future__ import annotations
 
+import base64
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -46,7 +47,7 @@ def fetch(source: str, workdir: Path, key: str) -> Path:
         return _fetch_http(source, workdir / name, key)
     if scheme == "s3":
         try:
-            storage.download_file(source, workdir / name)
+            storage.download_file(source, workdir / name, MAX_DOWNLOAD_BYTES)
         except storage.StorageError as exc:
             raise FetchError(f"{key} {source}: {exc}") from None
         return workdir / name
@@ -63,7 +64,7 @@ def _fetch_http(url: str, target: Path, key: str) -> Path:
     """Download ``url`` to ``target`` through a scratch file, which is removed when anything goes wrong."""
     public = storage.public_uri(url)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, storage.atomic_path(target) as scratch:
+        with urllib.request.urlopen(_request(url), timeout=60) as response, storage.atomic_path(target) as scratch:
             total = _declared_length(response)
             if total is not None and total > MAX_DOWNLOAD_BYTES:
                 raise _too_large(key, public, f"the server announces {total:,} bytes")
@@ -82,6 +83,20 @@ def _fetch_http(url: str, target: Path, key: str) -> Path:
             f"file here and point {key} at it, e.g. dvc exp run -S {key}=/path/to/file"
         ) from None
     return target
+
+
+def _request(url: str) -> urllib.request.Request:
+    """A GET of ``url``; a ``user:password@`` in it is sent as HTTP Basic authentication (urllib would take it for
+    part of the host name), never kept in the URL that is logged or recorded."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return urllib.request.Request(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    credential = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+    token = base64.b64encode(credential.encode()).decode()
+    return urllib.request.Request(parts._replace(netloc=netloc).geturl(), headers={"Authorization": f"Basic {token}"})
 
 
 def _declared_length(response: HTTPResponse) -> int | None:

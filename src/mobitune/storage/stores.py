@@ -140,13 +140,16 @@ def s3_call(action: Callable[[], T], uri: str, outage_s: float = 0) -> T:
             return result
 
 
-def download_file(uri: str, target: Path) -> None:
-    """Download one object with a progress bar; ``target`` appears only when complete."""
+def download_file(uri: str, target: Path, max_bytes: int | None = None) -> None:
+    """Download one object with a progress bar; ``target`` appears only when complete. An object larger than
+    ``max_bytes`` is refused before any of it is read."""
     location = parse_s3_uri(uri)
     if not location.key:
         raise StorageError(f"{uri!r} names a bucket, not an object; write s3://bucket/key")
     client = s3_client()
     size = s3_call(lambda: client.head_object(Bucket=location.bucket, Key=location.key), uri)["ContentLength"]
+    if max_bytes is not None and size > max_bytes:
+        raise StorageError(f"{uri} is {size:,} bytes, over the download cap of {max_bytes:,}; refused, nothing kept")
     partial = target.with_name(target.name + ".part")
     with tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=None) as bar:
         s3_call(
