@@ -7,6 +7,7 @@ import functools
 import http.server
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
-# Before anything imports prefect, DVC or boto3: no telemetry, no cloud probes, private homes.
+# Before anything imports prefect, DVC or boto3: no telemetry, no cloud probes, private homes. Every Prefect client
+# sends the session's credential, which the test Prefect servers (helpers.PrefectServer) require.
 _HOME = Path(tempfile.mkdtemp(prefix="mobitune-tests-"))
 os.environ.update(
     {
+        "PREFECT_API_AUTH_STRING": f"mobitune-tests:{secrets.token_hex(16)}",
         "DVC_NO_ANALYTICS": "1",
         "DO_NOT_TRACK": "1",
         "PREFECT_HOME": str(_HOME / "prefect"),
@@ -41,6 +44,8 @@ os.environ.update(
 os.environ.pop("AWS_ENDPOINT_URL", None)
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use a temporary server
+os.environ.pop("PREFECT_API_KEY", None)  # Prefect Cloud's: a client sends it instead of the auth string
+os.environ.pop("PREFECT_SERVER_API_AUTH_STRING", None)  # the test servers' own, given to them alone
 
 from datasets import write_cifar_archive  # noqa: E402
 from helpers import (  # noqa: E402

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -128,14 +129,20 @@ GPU_WORKER = ["prefect", "worker", "start", "--pool", "gpu", "--limit", "1"]  # 
 
 
 class PrefectServer:
+    """A ``prefect server`` on a free loopback port with API auth on: its credential is the test session's
+    ``PREFECT_API_AUTH_STRING`` (conftest.py), which every client the tests start has in its environment, so a
+    client that does not send it fails its test."""
+
     def __init__(self, home: Path) -> None:
         self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
+        self.auth_string = os.environ["PREFECT_API_AUTH_STRING"]
         self.env = {
             **os.environ,
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": self.api,
+            "PREFECT_API_AUTH_STRING": self.auth_string,
             "PREFECT_UI_API_URL": self.api,  # the UI's pages call the API here, not at the default port
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
@@ -158,13 +165,19 @@ class PrefectServer:
         self.processes.append(process)
         return log
 
+    @property
+    def authorization(self) -> dict[str, str]:
+        """The header of a request with the server's credential (HTTP Basic, as Prefect's client sends it)."""
+        return {"Authorization": "Basic " + base64.b64encode(self.auth_string.encode()).decode()}
+
     def api_post(self, path: str, body: dict) -> Any:
         """POST ``body`` to the server's REST API (as the UI does); the decoded answer."""
         data = json.dumps(body).encode()
-        return self._answer(urllib.request.Request(f"{self.api}/{path}", data, {"Content-Type": "application/json"}))
+        headers = {"Content-Type": "application/json", **self.authorization}
+        return self._answer(urllib.request.Request(f"{self.api}/{path}", data, headers))
 
     def api_get(self, path: str) -> Any:
-        return self._answer(urllib.request.Request(f"{self.api}/{path}"))
+        return self._answer(urllib.request.Request(f"{self.api}/{path}", headers=self.authorization))
 
     @staticmethod
     def _answer(request: urllib.request.Request) -> Any:
@@ -217,8 +230,9 @@ class PrefectServer:
         return ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)]
 
     def start_server(self, cwd: Path, name: str = "server") -> Path:
-        """The server process, first in :attr:`processes`; its log."""
-        log = self.start(name, self.server_command, cwd)
+        """The server process, first in :attr:`processes`, requiring :attr:`auth_string` (the server's own
+        setting, which no client gets); its log."""
+        log = self.start(name, self.server_command, cwd, {"PREFECT_SERVER_API_AUTH_STRING": self.auth_string})
         self.processes.insert(0, self.processes.pop())
         return log
 

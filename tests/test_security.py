@@ -3,21 +3,29 @@ clear error, and nothing written, deleted or leaked where it does not belong. On
 
 from __future__ import annotations
 
+import base64
 import http.server
 import io
+import json
+import re
 import struct
 import tarfile
 import threading
+import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 from datasets import tar_folder, write_image_folder
+from helpers import ROOT, MotoProcess, PrefectServer, run
 from PIL import Image
 
 from mobitune.errors import MobituneError
 from mobitune.export.predict import read_image
+from mobitune.orchestration.server_setup import open_api_message, status_without_credential
 from mobitune.storage import fetch as fetch_module
 from mobitune.storage.fetch import DownloadTooLarge, fetch
 from mobitune.training import data as data_module
@@ -281,3 +289,221 @@ def test_a_download_sending_past_the_cap_without_a_size_is_cut_off(
     _assert_nothing_prepared(out)
     got = fetch(f"{unannounced_server}/{64 * 1024}", folder, key="model.pretrained")
     assert got.stat().st_size == 64 * 1024, "an answer just at the cap is kept whole"
+
+
+# --- the orchestrator (issue 37 item 1) ---
+# The Prefect API runs code on every worker (a deployment with a shell pull step is a shell there), so the servers
+# the tests start require the session's credential (helpers.PrefectServer, conftest.py): every client the suite
+# starts sends it, and here a request without it, or with another, is refused by the real server before it does
+# anything. `mobitune setup` warns when the API it configures answers without one on an address other than loopback.
+
+
+def _api_call(
+    server: PrefectServer, method: str, path: str, body: dict | None = None, **headers: str
+) -> httpx.Response:
+    """One request to ``server``'s API with exactly ``headers`` (none: no credential), as an outsider sends it."""
+    return httpx.request(method, f"{server.api}/{path}", json=body, headers=headers, timeout=30)
+
+
+def _basic(credential: str) -> str:
+    return "Basic " + base64.b64encode(credential.encode()).decode()
+
+
+@pytest.mark.e2e
+def test_the_api_answers_no_request_without_the_credential(prefect_server: PrefectServer) -> None:
+    for path in ("admin/version", "flows/filter", "work_pools/filter", "deployments/filter"):
+        method = "GET" if path == "admin/version" else "POST"
+        assert _api_call(prefect_server, method, path).status_code == 401, path
+        wrong = _basic(prefect_server.auth_string + "x")
+        assert _api_call(prefect_server, method, path, Authorization=wrong).status_code == 401, path
+        bearer = f"Bearer {prefect_server.auth_string}"
+        assert _api_call(prefect_server, method, path, Authorization=bearer).status_code == 401, path
+        assert _api_call(prefect_server, method, path, **prefect_server.authorization).status_code == 200, path
+    # Prefect leaves its health probe open (Kubernetes' probes): which is why setup's probe asks /admin/version
+    assert _api_call(prefect_server, "GET", "health").status_code == 200
+
+
+@pytest.mark.e2e
+def test_a_deployment_and_a_flow_run_are_refused_without_the_credential_and_made_with_it(
+    prefect_server: PrefectServer,
+) -> None:
+    """A deployment with a shell pull step on a pool of its own (no worker polls it, so nothing runs): refused
+    without the credential, and nothing made; the same request with it is accepted, so the body was valid."""
+    auth = prefect_server.authorization
+    pool, name = "security-probe", f"shell-{uuid.uuid4().hex[:8]}"
+    assert _api_call(prefect_server, "POST", "work_pools/", {"name": pool, "type": "process"}, **auth).is_success
+    flow_id = _api_call(prefect_server, "POST", "flows/", {"name": "security-probe"}, **auth).json()["id"]
+    shell = {"prefect.deployments.steps.run_shell_script": {"script": "exit 1"}}
+    deployment = {"name": name, "flow_id": flow_id, "work_pool_name": pool, "pull_steps": [shell]}
+    made: dict[str, str] = {}
+    try:
+        assert _api_call(prefect_server, "POST", "deployments/", deployment).status_code == 401
+        mine = {"deployments": {"name": {"any_": [name]}}}
+        assert _api_call(prefect_server, "POST", "deployments/filter", mine, **auth).json() == [], "nothing made"
+        answer = _api_call(prefect_server, "POST", "deployments/", deployment, **auth)
+        assert answer.status_code == 201, answer.text
+        made["deployments"] = answer.json()["id"]
+        run_path = f"deployments/{made['deployments']}/create_flow_run"
+        assert _api_call(prefect_server, "POST", run_path, {}).status_code == 401
+        assert _api_call(prefect_server, "POST", "flow_runs/filter", mine, **auth).json() == [], "no flow run made"
+        answer = _api_call(prefect_server, "POST", run_path, {}, **auth)
+        assert answer.status_code == 201, answer.text
+        made["flow_runs"] = answer.json()["id"]
+    finally:  # the session's server is shared: no scheduled run or stray pool left for other tests to find
+        for kind in ("flow_runs", "deployments"):
+            if kind in made:
+                _api_call(prefect_server, "DELETE", f"{kind}/{made[kind]}", **auth)
+        _api_call(prefect_server, "DELETE", f"work_pools/{pool}", **auth)
+
+
+@pytest.mark.e2e
+def test_mobitune_setup_without_the_credential_is_refused_and_says_what_to_set(
+    prefect_server: PrefectServer, tmp_path: Path
+) -> None:
+    before = prefect_server.api_post("work_pools/filter", {})
+    for credential in ("", "mobitune-tests:guessed"):
+        env = {"PREFECT_API_URL": prefect_server.api, "PREFECT_API_AUTH_STRING": credential}
+        refused = run(["mobitune", "setup", "--pool-type", "process"], tmp_path, check=False, env_extra=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert "refused the credential (401 Unauthorized): set PREFECT_API_AUTH_STRING" in refused.stderr
+        assert "Traceback" not in refused.stderr
+    assert prefect_server.api_post("work_pools/filter", {}) == before, "nothing changed on the server"
+
+
+@pytest.mark.e2e
+def test_setups_probe_sees_the_servers_auth(prefect_server: PrefectServer) -> None:
+    """The probe sends no credential: the real server's answer to it is 401, so setup has nothing to warn of."""
+    assert status_without_credential(prefect_server.api) == 401
+    assert open_api_message(prefect_server.api.replace("127.0.0.1", "10.20.30.40"), 401) is None
+
+
+@pytest.mark.parametrize(
+    "api",
+    [
+        "http://10.20.30.40:4200/api",
+        "https://prefect.example.org/api",
+        "http://127.0.0.1.evil.example:4200/api",  # a name that starts like loopback is another machine
+        "http://localhost.evil:4200/api",
+        "http://127.0.0.1@evil.example:4200/api",  # userinfo before the host
+        "http://0.0.0.0:4200/api",  # every address of the machine, not loopback alone
+        "http://[fe80::1]:4200/api",
+    ],
+)
+def test_setup_warns_of_an_api_that_answers_without_a_credential_off_loopback(api: str) -> None:
+    message = open_api_message(api, 200)
+    assert message is not None and api in message
+    assert "PREFECT_SERVER_API_AUTH_STRING" in message and "PREFECT_API_AUTH_STRING" in message
+
+
+@pytest.mark.parametrize(
+    "api", ["http://127.0.0.1:4200/api", "http://127.8.9.10:4200/api", "http://localhost:4200/api", "http://[::1]:4200/api"]
+)
+def test_setup_does_not_warn_of_an_open_api_on_loopback(api: str) -> None:
+    assert open_api_message(api, 200) is None
+
+
+@pytest.mark.parametrize("status", [401, 403, None])
+def test_setup_does_not_warn_of_an_api_that_asks_for_a_credential_or_does_not_answer(status: int | None) -> None:
+    assert open_api_message("http://10.20.30.40:4200/api", status) is None
+
+
+_COMPOSE_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "POSTGRES_PASSWORD",
+)
+
+
+def _compose() -> tuple[str, dict]:
+    text = (ROOT / "docker-compose.yml").read_text()
+    return text, yaml.safe_load(text)
+
+
+def test_the_compose_file_requires_every_secret_and_has_no_default_one() -> None:
+    """Each secret is `${NAME:?...}` wherever it is used (never `${NAME:-default}`, never a literal), and
+    .env.example lists each with a placeholder and the line that makes real ones. (`make test-containers` starts
+    the stack with them and checks that it refuses to start without each.)"""
+    text, compose = _compose()
+    uses = re.findall(r"\$\{(\w+)(:?[-?])?", text)
+    for name in _COMPOSE_SECRETS:
+        forms = {form for used, form in uses if used == name}
+        assert forms == {":?"}, f"{name}: {forms or 'never used'}"
+    assert "minioadmin" not in text
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
+    example = dict(re.findall(r"^(\w+)=(.*)$", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert set(_COMPOSE_SECRETS) <= set(example)
+    assert all("replace" in example[name] for name in _COMPOSE_SECRETS), "placeholders, not values to keep"
+    assert "openssl rand -hex 24" in (ROOT / ".env.example").read_text()
+
+
+def test_the_compose_server_requires_auth_and_csrf_and_every_client_sends_the_credential() -> None:
+    _, compose = _compose()
+    services = compose["services"]
+    server = services["prefect"]["environment"]
+    assert server["PREFECT_SERVER_API_AUTH_STRING"].startswith("${PREFECT_API_AUTH_STRING:?")
+    assert server["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] == "true"
+    assert "*" not in server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"]
+    assert server["PREFECT_UI_API_URL"] == server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] + "/api", "the UI's origin"
+    for name in ("worker", "sweeps", "deploy"):
+        client = services[name]["environment"]
+        assert client["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_API_AUTH_STRING:?"), name
+
+
+def test_minios_root_account_makes_the_bucket_and_the_project_user_and_nothing_else_uses_it() -> None:
+    _, compose = _compose()
+    services = compose["services"]
+    for name, service in services.items():
+        if name not in ("minio", "create-bucket"):
+            assert "MINIO_ROOT" not in json.dumps(service), f"{name} has MinIO's root account"
+    for name in ("worker", "sweeps", "deploy"):
+        assert services[name]["environment"]["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID:?"), name
+    script = services["create-bucket"]["command"][0]
+    for step in ("mc mb --ignore-existing root/mobitune", "mc admin policy create root mobitune-bucket"):
+        assert step in script
+    assert 'mc admin user add root "$$AWS_ACCESS_KEY_ID"' in script
+    assert 'mc admin policy attach root mobitune-bucket --user "$$AWS_ACCESS_KEY_ID"' in script
+
+
+@pytest.mark.e2e
+def test_the_project_users_policy_admits_the_bucket_mobitune_alone(tmp_path: Path) -> None:
+    """The compose file's policy for the project's MinIO user, enforced by moto's S3 server with IAM checks on
+    (after the first 5 requests, which set it up with no key): MinIO takes the same policy language."""
+    import boto3
+    from botocore.exceptions import ClientError
+
+    _, compose = _compose()
+    policy = compose["services"]["create-bucket"]["environment"]["PROJECT_POLICY"]
+    moto = MotoProcess(tmp_path, INITIAL_NO_AUTH_ACTION_COUNT="5").start()
+    try:
+        setup = {"endpoint_url": moto.endpoint, "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
+        root_s3, iam = boto3.client("s3", **setup), boto3.client("iam", **setup)
+        root_s3.create_bucket(Bucket="mobitune")
+        root_s3.create_bucket(Bucket="another-team")
+        iam.create_user(UserName="mobitune")
+        iam.put_user_policy(UserName="mobitune", PolicyName="mobitune-bucket", PolicyDocument=policy)
+        key = iam.create_access_key(UserName="mobitune")["AccessKey"]
+        keys = {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
+        project_s3 = boto3.client("s3", endpoint_url=moto.endpoint, **keys)
+        project_s3.put_object(Bucket="mobitune", Key="results/a.json", Body=b"{}")
+        assert project_s3.get_object(Bucket="mobitune", Key="results/a.json")["Body"].read() == b"{}"
+        assert project_s3.list_objects_v2(Bucket="mobitune")["KeyCount"] == 1
+        project_s3.delete_object(Bucket="mobitune", Key="results/a.json")
+        refused = {
+            "write another bucket": lambda: project_s3.put_object(Bucket="another-team", Key="x", Body=b"x"),
+            "list another bucket": lambda: project_s3.list_objects_v2(Bucket="another-team"),
+            "make a bucket": lambda: project_s3.create_bucket(Bucket="new-bucket"),
+            "delete the bucket": lambda: project_s3.delete_bucket(Bucket="mobitune"),
+            "make a user": lambda: boto3.client("iam", endpoint_url=moto.endpoint, **keys).create_user(UserName="x"),
+        }
+        for attack, call in refused.items():
+            try:
+                call()
+            except ClientError as refusal:
+                assert refusal.response["Error"]["Code"] == "AccessDenied", attack
+            else:
+                raise AssertionError(f"the project user could {attack}")
+    finally:
+        moto.stop()
