@@ -178,6 +178,20 @@ def test_a_killed_sweep_resumes_in_its_folder_keeping_what_finished(
     assert sweep_dir.name in refused.stderr, "the error lists the sweeps there are"
 
 
+def test_a_time_budget_the_warmup_spends_ends_a_completed_sweep_whose_report_says_so(
+    shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
+) -> None:
+    """`sweep.time_budget_s` shorter than the shared warmup (which every trial waits for): the sweep completes,
+    and its report, search.json and last line say that no trial started and why."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]})
+    result = run(["mobitune", "sweep", "--set", "sweep.time_budget_s=0.001"], project)
+    sweep_dir = Path(result.stdout.strip().splitlines()[-1])
+    search = json.loads((sweep_dir / "search.json").read_text())
+    assert (search["ended_by_time_budget"], search["started"], search["not_started"]) == (True, 0, 2)
+    assert "**No trial started: the time budget (0.001 s) ended the sweep**" in (sweep_dir / "report.md").read_text()
+    assert pd.read_csv(sweep_dir / "results.csv").empty and not (sweep_dir / "trials").exists()
+
+
 def test_setup_names_the_server_it_needs(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/api"
     for api, message in (("", "PREFECT_API_URL is not set"), (closed, f"no Prefect server answers at {closed}")):

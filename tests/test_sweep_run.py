@@ -24,8 +24,10 @@ from helpers import closed_port_url, sweep_project, tiny_params
 from matplotlib.figure import Figure
 
 from mobitune.errors import EndpointUnreachable
+from mobitune.orchestration.presentation import display_table
 from mobitune.params import Params, params_from_dict
 from mobitune.report import sweep_report as report
+from mobitune.report.sweep_report import outcome as report_outcome
 from mobitune.storage.stores import LocalStore
 from mobitune.sweep.run import SweepRun, resume_backend
 from mobitune.sweep.trial import run_trial_recorded
@@ -355,23 +357,34 @@ def test_the_report_says_what_the_trials_cost_and_leaves_out_the_cached() -> Non
     assert "| 0.001 | 1.5 | 150" in text and "0.005" not in text.split("| lr |")[1]
 
 
+class BudgetEndsWhenTheFirstTrialStarts(InProcessRunner):
+    """The time budget's end set through its seam rather than by seconds of wall time: the deadline is the moment
+    the first trial starts, so that trial stops after its first finetune epoch on any machine, however slow."""
+
+    def __init__(self, run: SweepRun) -> None:
+        self.run = run
+
+    def start(self, request: TrialRequest) -> str:
+        if not request.warmup_only and self.run.scheduler.deadline > time.time():
+            self.run.scheduler.deadline = time.time()
+            request = request.model_copy(update={"deadline": self.run.scheduler.deadline})
+        return super().start(request)
+
+
 def test_the_time_budget_stops_the_sweep_after_the_running_epoch_with_every_trial_recorded(
     tmp_path: Path, cifar_archive: Path
 ) -> None:
-    raw = tiny_params(str(cifar_archive), **{"finetune.epochs": 200})
+    raw = tiny_params(str(cifar_archive), **{"finetune.epochs": 3})
     raw["sweep"].update(mode="grid", seeds=[0], lr=[0.001, 0.002, 0.003], batch_size=[100], trainable_layers=[2])
-    raw["sweep"]["time_budget_s"] = 4
+    raw["sweep"]["time_budget_s"] = 3600  # never ends by the clock here: the runner ends it
     run = SweepRun.start(params_from_dict(raw), tmp_path / "artifacts", None, [], "local")
-    run.drive(InProcessRunner(), 1, LOGGER)
-    ended = time.time()
+    run.drive(BudgetEndsWhenTheFirstTrialStarts(run), 1, LOGGER)
     run.finish()
     results = pd.read_csv(run.sweep_dir / "results.csv")
     assert results["lr"].tolist() == [0.001], "nothing started after the budget"
     stopped = results.iloc[0]
-    assert stopped["status"] == "stopped" and 1 <= stopped["finetune_epochs"] < 200
-    assert "time budget ended after finetune epoch" in stopped["error"]
-    history = pd.read_csv(run.sweep_dir / "trials" / stopped["trial_id"] / "history.csv")
-    assert ended - run.scheduler.deadline <= history["seconds"].iloc[-1] + 1.0, "ended within one epoch of it"
+    assert (stopped["status"], stopped["finetune_epochs"]) == ("stopped", 1), "stopped after the epoch running"
+    assert "time budget ended after finetune epoch 1" in stopped["error"]
     checkpoint = torch.load(
         tmp_path / "artifacts" / "checkpoints" / run.sweep_id / f"{stopped['trial_id']}.pt", weights_only=False
     )
@@ -379,7 +392,43 @@ def test_the_time_budget_stops_the_sweep_after_the_running_epoch_with_every_tria
     search = json.loads((run.sweep_dir / "search.json").read_text())
     assert (search["ended_by_time_budget"], search["not_started"]) == (True, 2)
     assert (
-        "**The time budget (4 s) ended the sweep**: 2 planned trials did not start"
+        "**The time budget (3600 s) ended the sweep**: 2 planned trials did not start"
         in (run.sweep_dir / "report.md").read_text()
     )
     assert not list((tmp_path / "artifacts" / "cache" / "trials").glob("*")), "a cut-short trial is no cached result"
+
+
+class BudgetEndsDuringTheWarmup(FakeRunner):
+    """The time budget ends while the shared warmup trains (its deadline moved into the past when the warmup
+    ends), so no trial ever starts."""
+
+    def __init__(self, run: SweepRun) -> None:
+        super().__init__()
+        self.run = run
+
+    def outcome(self, handle: int) -> str | None:
+        failure = super().outcome(handle)
+        if failure is not None and self.started[handle].warmup_only:
+            self.run.scheduler.deadline = time.time() - 1
+        return failure
+
+
+def test_a_time_budget_that_ends_during_the_warmup_is_a_completed_sweep_that_says_so(tmp_path: Path) -> None:
+    params = grid("[0.01,0.02,0.03]", "sweep.time_budget_s=60")
+    run = SweepRun.start(params, tmp_path / "artifacts", None, [], "local")
+    runner = BudgetEndsDuringTheWarmup(run)
+    run.drive(runner, 2, LOGGER)
+    results = run.finish()
+    run.release()
+    assert [r.warmup_only for r in runner.started] == [True], "the warmup ran, no trial"
+    assert results.table.empty and pd.read_csv(run.sweep_dir / "results.csv").empty
+    assert json.loads((run.sweep_dir / "sweep.json").read_text())["trials"] == []
+    search = json.loads((run.sweep_dir / "search.json").read_text())
+    assert (search["ended_by_time_budget"], search["started"], search["not_started"]) == (True, 0, 3)
+    report = (run.sweep_dir / "report.md").read_text()
+    assert "**No trial started: the time budget (60 s) ended the sweep** before the first trial" in report
+    assert "3 planned trials did not start" in report and "## lr" not in report
+    assert report_outcome(results, run.sweep_id) == (
+        f"sweep {run.sweep_id}: no trial started: the time budget (60 s) ended the sweep"
+    )
+    assert display_table(results).empty

@@ -78,7 +78,10 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         row["cached"] = bool(metrics.get("cached", False))
         row.update({key: (metrics.get("provenance") or {}).get(key) for key in PROVENANCE_COLUMNS})
         rows.append(row)
-    table = pd.DataFrame(rows)
+    # the columns named even without a row: a sweep whose time budget ended before its first trial has none
+    columns = ["trial_id", *axes, "seed", *METRIC_COLUMNS, *FLIP_COLUMNS, "warmup_epochs", "finetune_epochs"]
+    columns += ["seconds", "status", "error", *COST_COLUMNS, "cached", *PROVENANCE_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
     for column in METRIC_COLUMNS + FLIP_COLUMNS + ["seconds", *COST_COLUMNS]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     # absent, not zero: a column nobody recorded (flips off, a CPU's GPU figures, runs older than it) is left out

@@ -149,9 +149,20 @@ def status_counts(table: pd.DataFrame) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(table["status"].value_counts().items()))
 
 
+def no_trial_started(results: SweepResults) -> str:
+    """Why a sweep has no trial: its time budget ended before the first could start (the shared warmup, which
+    comes first, took it all)."""
+    search = results.search or {}
+    if not search.get("ended_by_time_budget"):
+        return "no trial started"
+    return f"no trial started: the time budget ({search['time_budget_s']:g} s) ended the sweep"
+
+
 def outcome(results: SweepResults, sweep_id: str) -> str:
     """One line for a sweep's end: its trials by status and its best trial (a notification's text)."""
     table = results.table
+    if table.empty:
+        return f"sweep {sweep_id}: {no_trial_started(results)}"
     best = best_trial(results)
     found = (
         f"best test accuracy {best['test_accuracy'] * 100:.2f}% (trial {best['trial_id']})"
@@ -164,6 +175,8 @@ def outcome(results: SweepResults, sweep_id: str) -> str:
 def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, list[str]]) -> str:
     """The markdown report: best config, results table, per-axis tables and figures."""
     table = results.table
+    if table.empty:
+        return empty_report(results, sweep_id)
     lines = [
         f"# Sweep {sweep_id}",
         "",
@@ -220,6 +233,20 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     return "\n".join(lines)
 
 
+def empty_report(results: SweepResults, sweep_id: str) -> str:
+    """The report of a sweep that started no trial: why, and how to run its trials now."""
+    search = results.search or {}
+    why = no_trial_started(results)
+    lines = [f"# Sweep {sweep_id}", "", f"**{why[0].upper()}{why[1:]}**"]
+    if search.get("ended_by_time_budget"):
+        lines[-1] += (
+            f" before the first trial, during the shared warmup that every trial waits for: its "
+            f"{search['not_started']} planned trials did not start. Give `sweep.time_budget_s` more than the "
+            f"warmup takes, or run them now that the warmup is stored: `mobitune sweep --resume {sweep_id}`."
+        )
+    return "\n".join([*lines, ""])
+
+
 def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str, figure_cache: Path | None = None) -> list[Path]:
     """results.csv, figures/*.png and report.md in ``sweep_dir``; returns the files written. ``figure_cache``:
     a folder of figures drawn before, by what they show (see :func:`~mobitune.report.figures.save_figure`)."""
@@ -227,12 +254,12 @@ def write_report(results: SweepResults, sweep_dir: Path, sweep_id: str, figure_c
     results.table.to_csv(written[0], index=False)
     figures: dict[str, list[str]] = {}
     (sweep_dir / "figures").mkdir(exist_ok=True)
-    if results.search is not None:
+    if results.search is not None and not results.table.empty:
         relative = "figures/search.png"
         save_figure(search_figure, results, None, sweep_dir / relative, figure_cache)
         figures["search"] = [relative]
         written.append(sweep_dir / relative)
-    for axis in [] if results.sampled else results.axes:
+    for axis in [] if results.sampled or results.table.empty else results.axes:
         slug = axis.replace(".", "_")
         for kind, build in (("curves", curves_figure), ("summary", summary_figure)):
             relative = f"figures/{slug}_{kind}.png"

@@ -298,6 +298,7 @@ class Scheduler:
             "budget_epochs": self.params.sweep.budget_epochs,
             "time_budget_s": self.params.sweep.time_budget_s,
             "ended_by_time_budget": self.out_of_time,
+            "started": len(self.started),
             "not_started": self.not_started(),
             "full_epochs": self.epochs,
             "rungs": self.rungs,
