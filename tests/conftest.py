@@ -56,6 +56,7 @@ from helpers import (  # noqa: E402
     PrefectServer,
     free_port,
     postgres_bin,
+    pristine_copy,
     run,
     sweep_project,
     tiny_params,
@@ -219,8 +220,9 @@ def dvc_experiments(
 def new_dvc_project(project: Path) -> Path:
     """A git + DVC repo at ``project`` with the project's dvc.yaml, params.yaml and code."""
     project.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, project / name)
+    pristine_copy("params.yaml", project)  # as committed: `dvc exp run -S` leaves the workspace's edited
     shutil.copytree(ROOT / "src", project / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     run(["git", "init", "-q", "-b", "main"], project)
     run(["dvc", "init", "-q"], project)

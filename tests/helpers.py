@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -39,9 +40,29 @@ def closed_port_url(path: str = "/cifar-10-python.tar.gz") -> str:
     return f"http://127.0.0.1:{free_port()}{path}"
 
 
+@functools.cache
+def pristine(path: str) -> str:
+    """The project's file at ``path`` as git holds it (its index: HEAD's copy unless a change is staged), never
+    the working tree's. Tests must not depend on the user's workspace: `dvc exp run -S lr=...` leaves params.yaml
+    edited there, and a test that read it would fail after the workflow the README teaches."""
+    shown = subprocess.run(["git", "show", f":{path}"], cwd=ROOT, capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise AssertionError(f"git show :{path} in {ROOT}: {shown.stderr.strip()}; the tests run in a git clone")
+    return shown.stdout
+
+
+def pristine_copy(path: str, folder: Path) -> Path:
+    """:func:`pristine`'s ``path`` written under ``folder`` (at the same relative path), for code that reads a
+    file."""
+    copy = folder / path
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(pristine(path))
+    return copy
+
+
 def tiny_params(source: str, pretrained: str = "none", **overrides: object) -> dict:
-    """params.yaml for tests: the project's file with tiny epochs and batches on the CPU."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    """params.yaml for tests: the project's file (as committed) with tiny epochs and batches on the CPU."""
+    params = yaml.safe_load(pristine("params.yaml"))
     params["device"] = "cpu"
     params["data"].update(source=source, md5=None)
     params["model"].update(pretrained=pretrained, hidden_units=32)

@@ -12,7 +12,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, DvcExperiments, PrefectServer, closed_port_url, run, tiny_params, write_params
+from helpers import (
+    ROOT,
+    DvcExperiments,
+    PrefectServer,
+    closed_port_url,
+    pristine,
+    run,
+    tiny_params,
+    write_params,
+)
 
 
 def stages_run(output: str) -> list[str]:
@@ -120,7 +129,7 @@ def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
 
 
 def test_offline_download_fails_with_a_clear_message(dvc_project: Path) -> None:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = yaml.safe_load(pristine("params.yaml"))
     params["data"]["source"] = closed_port_url()  # what the official URL does on a machine without internet
     write_params(dvc_project, params)
     result = run(["dvc", "repro"], dvc_project, check=False)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
+from helpers import pristine, pristine_copy
 
 from mobitune.params import Params, ParamsError, defaults_yaml, load_params, parse_params, sweepable_keys
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def test_project_params_load_with_the_report_protocol() -> None:
-    params = load_params(ROOT / "params.yaml")
-    assert (ROOT / "params.yaml").read_text() == defaults_yaml(), "params.yaml is `mobitune params`' output"
+def test_project_params_load_with_the_report_protocol(tmp_path: Path) -> None:
+    """The committed params.yaml (git's copy: the workspace's is the user's, and `dvc exp run -S` edits it)."""
+    params = load_params(pristine_copy("params.yaml", tmp_path))
+    assert pristine("params.yaml") == defaults_yaml(), "params.yaml is `mobitune params`' output"
     assert params == Params()
     assert (params.warmup.epochs, params.warmup.lr, params.finetune.epochs) == (5, 0.001, 5)
     assert (params.lr, params.batch_size, params.trainable_layers) == (0.005, 192, 10)
@@ -141,14 +143,17 @@ def test_phase_options_default_to_the_report_and_are_validated() -> None:
     assert "finetune.schedule" in sweepable_keys()
 
 
-def test_project_recipes() -> None:
+def test_project_recipes(tmp_path: Path) -> None:
+    """The committed recipes on the committed params.yaml (git's copies, as above)."""
     from mobitune.params import recipe_overrides
 
-    assert load_params(ROOT / "params.yaml", recipe=ROOT / "recipes" / "report.yaml") == Params()
-    tuned = load_params(ROOT / "params.yaml", ["lr=0.0005"], recipe=ROOT / "recipes" / "tuned.yaml")
+    params_file = pristine_copy("params.yaml", tmp_path)
+    report, tuned_recipe = (pristine_copy(f"recipes/{name}.yaml", tmp_path) for name in ("report", "tuned"))
+    assert load_params(params_file, recipe=report) == Params()
+    tuned = load_params(params_file, ["lr=0.0005"], recipe=tuned_recipe)
     assert tuned.lr == 0.0005, "--set comes after the recipe"
     assert tuned.trainable_layers == 17 and tuned.finetune.schedule == "cosine"
-    assert all("=" in o for o in recipe_overrides(ROOT / "recipes" / "tuned.yaml"))
+    assert all("=" in o for o in recipe_overrides(tuned_recipe))
 
 
 @pytest.mark.parametrize(
@@ -165,8 +170,37 @@ def test_project_recipes() -> None:
 def test_bad_recipes_name_the_file_and_the_key(tmp_path: Path, text: str, message: str) -> None:
     recipe = tmp_path / "bad.yaml"
     recipe.write_text(text)
+    params_file = pristine_copy("params.yaml", tmp_path)
     with pytest.raises(ParamsError) as caught:
-        load_params(ROOT / "params.yaml", recipe=recipe)
+        load_params(params_file, recipe=recipe)
     assert str(recipe) in str(caught.value) and message in str(caught.value)
     with pytest.raises(ParamsError, match="recipe not found"):
-        load_params(ROOT / "params.yaml", recipe=tmp_path / "missing.yaml")
+        load_params(params_file, recipe=tmp_path / "missing.yaml")
+
+
+def test_the_project_tests_pass_in_a_clone_whose_workspace_dvc_edited(tmp_path: Path) -> None:
+    """The README's workflow leaves the workspace changed: `dvc exp run -S lr=0.002` rewrites params.yaml, a user
+    edits a recipe, `dvc repro` fills data/. In a clone so changed (its tests/ the ones under test here), the tests
+    that check the project's own files still pass: they read git's copies, not the workspace."""
+    from helpers import ROOT, run
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "--no-hardlinks", str(ROOT), str(clone)], tmp_path)
+    shutil.rmtree(clone / "tests")
+    shutil.copytree(ROOT / "tests", clone / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    params = clone / "params.yaml"
+    params.write_text(params.read_text().replace("\nlr: 0.005 ", "\nlr: 0.002 ", 1))
+    (clone / "recipes" / "tuned.yaml").write_text("lr: 0.1\n")
+    (clone / "data" / "metrics").mkdir(parents=True)
+    assert run(["git", "status", "--porcelain", "params.yaml", "recipes"], clone).stdout.split() == [
+        *("M", "params.yaml", "M", "recipes/tuned.yaml")
+    ]
+    chosen = "project_params_load or project_recipes or bad_recipes_name"
+    result = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_params.py", "-k", chosen],
+        clone,
+        check=False,
+    )
+    assert result.returncode == 0 and result.stdout.splitlines()[-1].startswith("8 passed"), (
+        result.stdout + result.stderr
+    )
