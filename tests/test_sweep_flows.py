@@ -182,9 +182,17 @@ def test_a_time_budget_the_warmup_spends_ends_a_completed_sweep_whose_report_say
     shared_prefect: PrefectServer, tmp_path: Path, cifar_archive: Path
 ) -> None:
     """`sweep.time_budget_s` shorter than the shared warmup (which every trial waits for): the sweep completes,
-    and its report, search.json and last line say that no trial started and why."""
+    and its report, search.json and last line say that no trial started and why. Its first log line counts the
+    trials as `--dry-run` did."""
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005, 0.002]})
-    result = run(["mobitune", "sweep", "--set", "sweep.time_budget_s=0.001"], project)
+    budget = ["--set", "sweep.time_budget_s=0.001"]
+    dry_run = run(["mobitune", "sweep", "--dry-run", *budget], project).stdout.splitlines()
+    assert (
+        dry_run[0] == "dry run: 2 trials (one-at-a-time over lr; seeds [0]); nothing trains and Prefect is not started"
+    )
+    assert not (project / "artifacts" / "sweeps").exists()
+    result = run(["mobitune", "sweep", *budget], project, env_extra={"PREFECT_LOGGING_LEVEL": "INFO"})
+    assert ": 2 trials (one-at-a-time over lr; seeds [0]), local backend -> " in result.stderr
     sweep_dir = Path(result.stdout.strip().splitlines()[-1])
     search = json.loads((sweep_dir / "search.json").read_text())
     assert (search["ended_by_time_budget"], search["started"], search["not_started"]) == (True, 0, 2)

@@ -156,6 +156,21 @@ def test_each_warmup_is_trained_once_before_the_trials_that_share_it(tmp_path: P
     assert set(results["status"]) == {"ok"} and len(results) == 4
 
 
+def test_a_one_value_axis_gets_no_column_report_section_or_figure(tmp_path: Path) -> None:
+    run, results = drive(tmp_path, grid("[0.01,0.02]"), FakeRunner())
+    record = json.loads((run.sweep_dir / "sweep.json").read_text())
+    assert record["axes"] == ["lr"] and record["fixed"] == {"batch_size": 192, "trainable_layers": 10}
+    assert "batch_size" not in results.columns and "trainable_layers" not in results.columns
+    report = (run.sweep_dir / "report.md").read_text()
+    assert "## lr" in report and "## batch_size" not in report and "## trainable_layers" not in report
+    assert sorted(p.name for p in (run.sweep_dir / "figures").iterdir()) == ["lr_curves.png", "lr_summary.png"]
+    alone, results = drive(tmp_path, grid("[0.01]", "sweep.seeds=[0,1]"), FakeRunner())
+    report = (alone.sweep_dir / "report.md").read_text()
+    assert results["trial_id"].tolist() == ["t000-base-s0", "t001-base-s1"] and "## lr" not in report
+    assert "**Best config:** the base params (trial `t000-base-s0`" in report
+    assert not list((alone.sweep_dir / "figures").iterdir())
+
+
 def test_no_more_jobs_in_flight_than_slots_and_every_trial_once(tmp_path: Path) -> None:
     params = sweep(
         "sweep.mode=grid",
@@ -302,6 +317,21 @@ def test_bad_sweep_input_fails_before_prefect_starts(
         stderr = capsys.readouterr().err
         assert exited.value.code == 2 and message in stderr and len(stderr.splitlines()) == 1, stderr
     assert not (tmp_path / "project" / "artifacts" / "sweeps").exists()
+
+
+def test_a_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path, cifar_archive: Path) -> None:
+    """`mobitune sweep --dry-run` in its own process: the plan on stdout, no sweep folder, no Prefect imported."""
+    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.01, 0.005], "batch_size": [100]})
+    script = "import sys; from mobitune import cli; cli.main(sys.argv[1:]); assert 'prefect' not in sys.modules"
+    args = ["sweep", "--dry-run", "--set", "sweep.seeds=[0,1]"]
+    out = subprocess.run([sys.executable, "-c", script, *args], cwd=project, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("dry run: 4 trials (one-at-a-time over lr; seeds [0, 1]); nothing trains")
+    assert [line.split()[0] for line in lines if line.startswith("t00")] == [
+        *("t000-lr=0.01-s0", "t001-base-s0", "t002-lr=0.01-s1", "t003-base-s1")
+    ]
+    assert not (project / "artifacts" / "sweeps").exists()
 
 
 def test_a_known_trial_is_answered_without_importing_torch(tmp_path: Path, cifar_archive: Path) -> None:

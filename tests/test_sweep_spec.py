@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mobitune.params import Params, ParamsError
-from mobitune.sweep.plan import expand, new_sweep_id, warmup_key
+from mobitune.sweep.plan import expand, fixed_axes, new_sweep_id, swept_axes, warmup_key
 
 
 def test_the_report_study_runs_the_base_config_once() -> None:
@@ -45,6 +47,27 @@ def test_any_dotted_key_can_be_swept() -> None:
     assert {t.params.warmup.lr for t in trials} == {0.001, 0.01}
     assert {t.params.model.unfreeze_from for t in trials} == {"first", "last"}
     assert len({warmup_key(t.params) for t in trials}) == 2
+
+
+def test_an_axis_of_one_value_is_a_setting_every_trial_takes_not_an_axis() -> None:
+    """`--set sweep.lr=[0.05,0.005] --set sweep.batch_size=[128]`: two trials, both at batch size 128, named by
+    their lr alone; the one-value axes are neither swept nor named."""
+    params = Params().override(["sweep.lr=[0.05,0.005]", "sweep.batch_size=[128]", "sweep.trainable_layers=[10]"])
+    assert list(swept_axes(params)) == ["lr"] and fixed_axes(params) == {"batch_size": 128, "trainable_layers": 10}
+    for mode in ("one-at-a-time", "grid"):
+        trials = expand(params.override([f"sweep.mode={mode}"]))
+        assert [t.trial_id for t in trials] == ["t000-lr=0.05-s0", "t001-base-s0"], mode
+        assert {t.params.batch_size for t in trials} == {128} and [t.varied for t in trials][0] == {
+            "lr": 0.05,
+            "seed": 0,
+        }
+    alone = Params().override(
+        ["sweep.lr=[0.002]", "sweep.batch_size=[64]", "sweep.trainable_layers=[5]", "sweep.seeds=[0,1]"]
+    )
+    assert [(t.trial_id, t.params.lr, t.params.batch_size) for t in expand(alone)] == [
+        ("t000-base-s0", 0.002, 64),
+        ("t001-base-s1", 0.002, 64),
+    ], "no axis of two values: the base config (with the one-value settings) once per seed"
 
 
 @pytest.mark.parametrize(
@@ -130,3 +153,51 @@ def test_result_cache_keys_cover_config_epochs_data_and_code(monkeypatch: pytest
     assert warmup != trial.warmup_cache_key("abc", "data-b")
     monkeypatch.setattr(trial, "code_fingerprint", lambda module: "other code")
     assert trial.result_cache_key(params, None, "data-a") != key and trial.warmup_cache_key("abc", "data-a") != warmup
+
+
+def test_the_dry_run_plans_the_sweeps_own_trials_and_finds_those_the_cache_holds(tmp_path: Path) -> None:
+    """The plan is the scheduler's (same ids, same count as the sweep's first log line); a trial whose result and a
+    warmup whose checkpoint are in the store are marked cached, and only the rest counts as epochs to train."""
+    from mobitune.storage.stores import LocalStore
+    from mobitune.sweep.preview import plan_headline, plan_sweep, plan_text
+    from mobitune.sweep.scheduler import Scheduler
+    from mobitune.sweep.trial_setup import prepared_path, result_cache_key, warmup_cache_key
+
+    params = Params().override(["sweep.lr=[0.05,0.005,0.001]", "sweep.batch_size=[192]", "sweep.trainable_layers=[10]"])
+    unknown = plan_sweep(params, tmp_path, "local", use_cache=True)
+    assert [t.cached for t in unknown.trials] == [None] * 3, "no prepared data here: its content is not known"
+    assert "cache: the data is not prepared on this machine yet" in plan_text(unknown)
+    (prepared := prepared_path(params.data, tmp_path)).mkdir(parents=True)
+    (prepared / "meta.json").write_text('{"sha256": "the-data"}')
+    planned = list(Scheduler.create(params).planned)
+    store = LocalStore(tmp_path)
+    store.put_bytes(warmup_cache_key(warmup_key(planned[1].params), "the-data"), b"checkpoint")
+    for name in ("metrics.json", "history.csv"):
+        store.put_bytes(f"{result_cache_key(planned[1].params, None, 'the-data')}/{name}", b"{}")
+
+    plan = plan_sweep(params, tmp_path, "local", use_cache=True)
+    assert (
+        [t.trial_id for t in plan.trials]
+        == [t.trial_id for t in planned]
+        == [
+            "t000-lr=0.05-s0",
+            "t001-base-s0",
+            "t002-lr=0.001-s0",
+        ]
+    )
+    assert [t.cached for t in plan.trials] == [False, True, False] and list(plan.warmups.values()) == [True]
+    text = plan_text(plan).splitlines()
+    assert text[0].startswith(f"dry run: {plan_headline(Scheduler.create(params))}; nothing trains")
+    assert plan_headline(Scheduler.create(params)) == "3 trials (one-at-a-time over lr; seeds [0])"
+    assert "every trial: batch_size=192, trainable_layers=10 (an axis of one value is a setting, not swept)" in text
+    assert [line.split() for line in text if line.startswith("t00")] == [
+        ["t000-lr=0.05-s0", "0.05", "0", "5", "trains"],
+        ["t001-base-s0", "0.005", "0", "5", "cached"],
+        ["t002-lr=0.001-s0", "0.001", "0", "5", "trains"],
+    ]
+    assert (
+        "to train: 0 of 1 shared warmup(s) (0 epochs) and 2 of 3 trial(s) (10 finetune epochs); "
+        "1 answered from the cache" in text
+    )
+    forced = plan_sweep(params, tmp_path, "local", use_cache=False)
+    assert [t.cached for t in forced.trials] == [False] * 3 and list(forced.warmups.values()) == [False]

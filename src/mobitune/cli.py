@@ -1,6 +1,7 @@
 """``mobitune``: the command line, thin over the flows.
 
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
+mobitune sweep --dry-run [--set key=value ...]   # the plan: trials, values, seeds, epochs, cached; nothing runs
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
 mobitune setup [--pool-type docker] [--notify URL]   # work pools, zombie-run automation, word at a sweep's end
 mobitune setup --pool-type kubernetes [--s3-secret NAME] [--cache-claim NAME]   # Jobs: a fixed secret and claim
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SWEEP_ID",
         default=None,
         help="continue a sweep whose process died: finished trials kept, unfinished ones from their checkpoints",
+    )
+    sweep.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (mode, axes, each trial with its values and seed, the epochs to train, which trials "
+        "the cache holds) and exit: nothing trains, Prefect is not started",
     )
     sweep.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     sweep.add_argument("--local-root", default=LOCAL_ROOT, help=f"local artifact folder (default: {LOCAL_ROOT})")
@@ -210,9 +217,15 @@ def _sweep(args: argparse.Namespace) -> str:
         "local_root": args.local_root,
         "parallel": args.parallel,
     }
+    if args.dry_run and args.resume:
+        raise MobituneError("--dry-run previews a new sweep; a resumed one runs the plan it started with: drop one")
     started = start_sweep(**given, backend=args.backend)  # bad params, devices, storage: fail before Prefect
     for note in started.notes:
         print(note, file=sys.stderr)
+    if args.dry_run:
+        from mobitune.sweep.preview import plan_sweep, plan_text
+
+        return plan_text(plan_sweep(started.params, Path(args.local_root), started.backend, args.cache))
     from pydantic import SecretStr
 
     from mobitune.orchestration.sweep_flow import sweep

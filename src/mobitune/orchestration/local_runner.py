@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mobitune.orchestration.trial_flow import trial_task
 from mobitune.params import Params
 from mobitune.sweep.trial_files import TrialRequest
 
@@ -56,6 +55,8 @@ class LocalRunner:
             self.devices.put(device)
 
     def start(self, request: TrialRequest) -> Any:
+        from mobitune.orchestration.trial_flow import trial_task  # Prefect: not for checks and dry runs (sweep_start)
+
         return trial_task.with_options(task_run_name=request.trial_id).submit(request, self.devices)
 
     def outcome(self, future: Any) -> str | None:

@@ -39,6 +39,7 @@ from mobitune.report.sweep_report import outcome
 from mobitune.storage.names import Name, ProjectPath
 from mobitune.storage.records import json_safe
 from mobitune.storage.stores import LOCAL_ROOT
+from mobitune.sweep.preview import plan_headline
 from mobitune.sweep.publish import publish
 from mobitune.sweep.run import SweepRun
 
@@ -95,14 +96,9 @@ def sweep(
     try:
         with get_client(sync_client=True) as client:
             client.update_flow_run(flow_run.id, name=run.sweep_id)
-        planned = len(run.scheduler.planned) or f"up to {params.sweep.trials} sampled"
+        # the count and axes `mobitune sweep --dry-run` prints first
         logger.info(
-            "sweep %s (%s): %s trials, %s backend -> %s",
-            run.sweep_id,
-            params.sweep.mode,
-            planned,
-            backend,
-            run.sweep_dir,
+            "sweep %s: %s, %s backend -> %s", run.sweep_id, plan_headline(run.scheduler), backend, run.sweep_dir
         )
         if backend == "local":
             from mobitune.orchestration.local_runner import (

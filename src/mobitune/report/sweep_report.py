@@ -134,7 +134,8 @@ def cost_markdown(results: SweepResults) -> list[str]:
         "gpu_utilization_percent": ("GPU busy %", "mean"),
     }
     aggregations = {name: (column, how) for column, (name, how) in columns.items() if column in trained}
-    per_config = trained.groupby(results.axes, sort=True).agg(**aggregations)
+    configs = trained.assign(config="base")  # with no swept axis every trial is of one config
+    per_config = configs.groupby(results.axes or ["config"], sort=True).agg(**aggregations)
     return [*lines, markdown_table(per_config.reset_index()), ""]
 
 
@@ -188,7 +189,7 @@ def report_markdown(results: SweepResults, sweep_id: str, figures: dict[str, lis
     ]
     best = best_trial(results)
     if best is not None:
-        config = ", ".join(f"{axis}={_short(best[axis])}" for axis in results.axes)
+        config = ", ".join(f"{axis}={_short(best[axis])}" for axis in results.axes) or "the base params"
         lines += [
             f"**Best config:** {config} (trial `{best['trial_id']}`, seed {best['seed']}): "
             f"test accuracy {best['test_accuracy'] * 100:.2f}%, test loss {best['test_loss']:.4f}.",

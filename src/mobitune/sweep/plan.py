@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mobitune.params import EXECUTION_KEYS, Params, ParamsError, get_dotted, to_override
+from mobitune.params import EXECUTION_KEYS, Params, ParamsError, SearchRange, get_dotted, to_override
 
 # Params that change the warmup checkpoint (dvc.yaml's warmup stage reads the same, plus its data dep).
 WARMUP_KEYS = (
@@ -64,19 +64,34 @@ def _slug(point: dict[str, Any], base: dict[str, Any]) -> str:
     return "".join(c if c.isalnum() or c in "=._-" else "_" for c in text)[:80]
 
 
+def swept_axes(params: Params) -> dict[str, list[Any] | SearchRange]:
+    """The axes a sweep varies: a range, or a list of two values or more. An axis of one value is a setting, not
+    swept: every trial takes that value (see :func:`trial_base`), and no trial name, report section or figure is
+    about it."""
+    return {
+        key: values for key, values in params.sweep.axes.items() if isinstance(values, SearchRange) or len(values) > 1
+    }
+
+
+def fixed_axes(params: Params) -> dict[str, Any]:
+    """The axes of one value, each with its value: what every trial of the sweep takes."""
+    swept = swept_axes(params)
+    return {key: values[0] for key, values in params.sweep.axes.items() if key not in swept}
+
+
 def trial_base(params: Params) -> Params:
-    """The params every trial starts from: the sweep's epoch counts applied."""
+    """The params every trial starts from: the sweep's epoch counts and its one-value axes applied."""
     spec = params.sweep
     if not spec.axes:
         raise ParamsError("sweep: nothing to sweep; give at least one axis, e.g. sweep.lr=[0.01,0.001]")
     if not spec.seeds:
         raise ParamsError("sweep.seeds: expected at least one seed, e.g. sweep.seeds=[0]")
-    epochs = []
+    settings = [to_override(key, value) for key, value in fixed_axes(params).items()]
     if spec.warmup_epochs is not None:
-        epochs.append(f"warmup.epochs={spec.warmup_epochs}")
+        settings.append(f"warmup.epochs={spec.warmup_epochs}")
     if spec.finetune_epochs is not None:
-        epochs.append(f"finetune.epochs={spec.finetune_epochs}")
-    return params.override(epochs)
+        settings.append(f"finetune.epochs={spec.finetune_epochs}")
+    return params.override(settings)
 
 
 def make_trial(base: Params, index: int, point: dict[str, Any], seed: int) -> TrialSpec:
@@ -94,14 +109,15 @@ def expand(params: Params) -> list[TrialSpec]:
     ``one-at-a-time`` varies each axis around the base params (the report's
     Tables 1-3; the base config sits on every axis, runs once and is named
     ``base``); ``grid`` takes the cartesian product. Every config runs once per seed.
+    With no axis of two values or more, the base config alone runs (once per seed).
     """
     spec = params.sweep
     base = trial_base(params)
+    axes = swept_axes(params)
     if spec.mode == "grid":
-        keys = list(spec.axes)
-        points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.axes.values())]
+        points = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
     else:
-        points = [{key: value} for key, values in spec.axes.items() for value in values]
+        points = [{key: value} for key, values in axes.items() for value in values] or [{}]
     trials: list[TrialSpec] = []
     seen: set[str] = set()
     for seed in spec.seeds:

@@ -26,7 +26,7 @@ from mobitune.params import Params, get_dotted, params_from_dict
 from mobitune.report.results import SEARCH_RECORD, SWEEP_RECORD, SweepResults, load_results
 from mobitune.report.sweep_report import write_report
 from mobitune.storage.records import Status, json_safe, write_json
-from mobitune.sweep.plan import new_sweep_id, warmup_key
+from mobitune.sweep.plan import fixed_axes, new_sweep_id, swept_axes, warmup_key
 from mobitune.sweep.publish import write_manifest
 from mobitune.sweep.scheduler import STUDY_FILE, Scheduler, Segment
 from mobitune.sweep.trial_files import TRIAL_FILES, TrialRequest, record_failure, trial_key
@@ -74,7 +74,7 @@ class SweepRun:
         sweep_dir = root / "sweeps" / sweep_id
         sweep_dir.mkdir(parents=True, exist_ok=False)  # unique: never write into another sweep
         scheduler = Scheduler.create(params, sweep_dir)
-        axes = list(params.sweep.axes)
+        axes = list(swept_axes(params))
         raw = params.to_dict()
         record = {
             "sweep_id": sweep_id,
@@ -87,13 +87,14 @@ class SweepRun:
             "mode": params.sweep.mode,
             "axes": axes,
             "base": {axis: get_dotted(raw, axis) for axis in axes},
+            "fixed": fixed_axes(params),  # the axes of one value: every trial takes it
             "trials": [{"trial_id": t.trial_id, "varied": t.varied} for t in scheduler.planned],
             "params": raw,
         }
         lock = hold_sweep_lock(root, sweep_id)
         write_json(sweep_dir / SWEEP_RECORD, record)
         return cls(
-            sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache, lock=lock
+            sweep_id, sweep_dir, root, cls.trial_store_uri(params, backend), scheduler, record, use_cache, lock=lock
         )
 
     @classmethod
@@ -116,7 +117,7 @@ class SweepRun:
         scheduler = Scheduler.create(params, sweep_dir)
         record["backend"] = backend
         return cls(
-            sweep_id, sweep_dir, root, cls._trial_store(params, backend), scheduler, record, use_cache, lock=lock
+            sweep_id, sweep_dir, root, cls.trial_store_uri(params, backend), scheduler, record, use_cache, lock=lock
         )
 
     def release(self) -> None:
@@ -126,7 +127,8 @@ class SweepRun:
             self.lock = None
 
     @staticmethod
-    def _trial_store(params: Params, backend: str) -> str | None:
+    def trial_store_uri(params: Params, backend: str) -> str | None:
+        """Where trials keep their files and the cache: the sweep's S3 prefix on workers, else this disk."""
         return params.storage.uri if backend == "workers" else None
 
     def finish(self) -> SweepResults:

@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 
 from mobitune.params import EarlyStopParams, Params, SearchRange
 from mobitune.storage.records import Status
-from mobitune.sweep.plan import TrialSpec, expand, make_trial, trial_base
+from mobitune.sweep.plan import TrialSpec, expand, make_trial, swept_axes, trial_base
 
 STUDY_FILE = "study.journal"
 SAMPLE_ATTEMPTS = 100  # draws per new trial before a search space counts as exhausted
@@ -231,7 +231,7 @@ class Scheduler:
         assert self.study is not None
         if len(self.started) >= self.params.sweep.trials or self.exhausted:
             return None
-        axes = self.params.sweep.axes
+        axes = swept_axes(self.params)
         seen = [spec.varied for spec in self.started]
         for _ in range(SAMPLE_ATTEMPTS):
             trial = self.study.ask({axis: distribution(values) for axis, values in axes.items()})
@@ -317,7 +317,7 @@ def axis_importance(params: Params, trials: Sequence[TrialSpec], accuracy: dict[
     count all trials share; without, the final accuracy. Empty when fewer than
     two trials have one, or with a single axis (its importance is 1 by definition).
     """
-    axes = params.sweep.axes
+    axes = swept_axes(params)
     points = [(spec, accuracy.get(spec.trial_id, math.nan)) for spec in trials]
     points = [(spec, value) for spec, value in points if not math.isnan(value)]
     if len(points) < 2 or len(axes) < 2:

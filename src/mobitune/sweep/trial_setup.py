@@ -75,14 +75,20 @@ def exclusive(path: Path) -> Iterator[None]:
         yield
 
 
-def ensure_data(data: DataParams, local_root: Path) -> Path:
-    """The prepared arrays of ``data.source``, decoded once per machine (again if a local source changes)."""
+def prepared_path(data: DataParams, local_root: Path) -> Path:
+    """Where the prepared arrays of ``data.source`` are kept on this machine (a local source that changes gets
+    another folder); :func:`ensure_data` fills it."""
     identity = f"{data.source}\n{data.md5}"
     local = Path(data.source.removeprefix("file://"))
     if local.exists():
         identity += f"\n{local.stat().st_size}\n{local.stat().st_mtime_ns}"
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    out = local_root / "cache" / "data" / digest
+    return local_root / "cache" / "data" / digest
+
+
+def ensure_data(data: DataParams, local_root: Path) -> Path:
+    """The prepared arrays of ``data.source``, decoded once per machine (again if a local source changes)."""
+    out = prepared_path(data, local_root)
     with exclusive(out):
         if not (out / "meta.json").exists():
             prepare(data.source, data.md5, out)
