@@ -358,7 +358,10 @@ def test_report_is_rebuilt_from_the_trials(local_sweep: dict) -> None:
     (sweep_dir / "report.md").unlink()
     (sweep_dir / "results.csv").unlink()
     result = run(["mobitune", "report", str(sweep_dir)], local_sweep["project"])
-    assert result.stdout.strip() == str(sweep_dir / "report.md")
+    assert result.stdout.splitlines() == [
+        f"{sweep_dir}: wrote results.csv (4 trials), 4 figures in figures/, report.md and manifest.json",
+        str(sweep_dir / "report.md"),
+    ]
     assert (sweep_dir / "report.md").read_bytes() == local_sweep["tree"]["report.md"]
     assert (sweep_dir / "results.csv").read_bytes() == local_sweep["tree"]["results.csv"]
     manifest = json.loads((sweep_dir / "manifest.json").read_text())

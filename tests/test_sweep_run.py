@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from datasets import write_cifar_archive
 from helpers import closed_port_url, sweep_project, tiny_params
 from matplotlib.figure import Figure
 
@@ -169,6 +170,23 @@ def test_a_one_value_axis_gets_no_column_report_section_or_figure(tmp_path: Path
     assert results["trial_id"].tolist() == ["t000-base-s0", "t001-base-s1"] and "## lr" not in report
     assert "**Best config:** the base params (trial `t000-base-s0`" in report
     assert not list((alone.sweep_dir / "figures").iterdir())
+
+
+def test_report_says_what_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mobitune import cli
+
+    run, _ = drive(tmp_path, grid("[0.01,0.02]"), FakeRunner())
+    (run.sweep_dir / "report.md").unlink()
+    monkeypatch.chdir(tmp_path)
+    cli.main(["report", str(run.sweep_dir.relative_to(tmp_path))])
+    folder = run.sweep_dir.relative_to(tmp_path)
+    assert capsys.readouterr().out.splitlines() == [
+        f"{folder}: wrote results.csv (2 trials), 2 figures in figures/, report.md and manifest.json",
+        str(folder / "report.md"),
+    ]
+    assert (run.sweep_dir / "report.md").exists()
 
 
 def test_no_more_jobs_in_flight_than_slots_and_every_trial_once(tmp_path: Path) -> None:
@@ -332,6 +350,30 @@ def test_a_dry_run_prints_the_plan_and_starts_nothing(tmp_path: Path, cifar_arch
         *("t000-lr=0.01-s0", "t001-base-s0", "t002-lr=0.01-s1", "t003-base-s1")
     ]
     assert not (project / "artifacts" / "sweeps").exists()
+
+
+def test_export_of_a_trial_answered_from_the_cache_uses_the_model_of_the_trial_that_computed_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The second sweep's trial is answered from the first's result, so it has no checkpoint of its own: `export`
+    takes the first sweep's, and says so; without that one either, the error names the sweep and trial to export."""
+    from mobitune.release.sweep_export import SweepExportError, export_trial
+
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 20, 50)  # what is exported: any model
+    raw = tiny_params(str(archive), **{"finetune.epochs": 1, "warmup.batch_size": 50})
+    raw["sweep"].update(lr=[0.005], batch_size=[100], trainable_layers=[2])
+    first, _ = drive(tmp_path, params_from_dict(raw), InProcessRunner(), slots=1)
+    second, results = drive(tmp_path, params_from_dict(raw), InProcessRunner(), slots=1)
+    assert results["cached"].tolist() == [True] and results["trial_id"].tolist() == ["t000-base-s0"]
+    metrics = json.loads((second.sweep_dir / "trials" / "t000-base-s0" / "metrics.json").read_text())
+    assert metrics["computed_by"] == {"sweep_id": first.sweep_id, "trial_id": "t000-base-s0"}
+    folder, report = export_trial(str(second.sweep_dir), None)
+    assert folder == second.sweep_dir / "export" / "t000-base-s0" and (folder / "model.onnx").exists()
+    assert f"reused the result of trial t000-base-s0 of sweep {first.sweep_id}" in capsys.readouterr().out
+    (tmp_path / "artifacts" / "checkpoints" / first.sweep_id / "t000-base-s0.pt").unlink()
+    with pytest.raises(SweepExportError) as refused:
+        export_trial(str(second.sweep_dir), None)
+    assert f"mobitune export artifacts/sweeps/{first.sweep_id} --trial t000-base-s0" in str(refused.value)
 
 
 def test_a_known_trial_is_answered_without_importing_torch(tmp_path: Path, cifar_archive: Path) -> None:

@@ -327,9 +327,10 @@ def _recipe_arguments(path: Path) -> str:
     return "\n".join(f"-S {shlex.quote(override)}" for override in recipe_overrides(path))
 
 
-def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
-    """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune); with ``into``,
-    the lab report's tables beside several sweeps' trials, written into that document."""
+def _report(sweep_dirs: list[Path], into: Path | None) -> str:
+    """The report of a finished sweep again, from its trials' files (e.g. after a newer mobitune), and what was
+    written (the report's path last); with ``into``, the lab report's tables beside several sweeps' trials,
+    written into that document."""
     from mobitune.report.results import load_results, read_sweep_record
     from mobitune.report.sweep_report import write_report
     from mobitune.sweep.publish import write_manifest
@@ -340,14 +341,22 @@ def _report(sweep_dirs: list[Path], into: Path | None) -> Path:
         for sweep_dir in sweep_dirs:
             read_sweep_record(sweep_dir)
         write_into(into, lab_document(sweep_dirs, recipes_in(Path("recipes"))))
-        return into
+        return str(into)
     if len(sweep_dirs) > 1:
         raise MobituneError("report: give one sweep folder, or several with --into FILE")
     sweep_dir = sweep_dirs[0]
     record = read_sweep_record(sweep_dir)
-    write_report(load_results(sweep_dir, record), sweep_dir, record["sweep_id"])
+    results = load_results(sweep_dir, record)
+    written = write_report(results, sweep_dir, record["sweep_id"])
     write_manifest(sweep_dir)
-    return sweep_dir / "report.md"
+    figures = [path for path in written if path.suffix == ".png"]
+    return "\n".join(
+        [
+            f"{sweep_dir}: wrote results.csv ({len(results.table)} trials), {len(figures)} figures in figures/, "
+            "report.md and manifest.json",
+            str(sweep_dir / "report.md"),
+        ]
+    )
 
 
 def _push(sweep_dir: Path, to: str | None) -> str:

@@ -5,7 +5,7 @@ report when the sweep has a ``storage.uri``; with ``--register NAME``, registere
 
 The trial's model is its finetune checkpoint (``checkpoints/<sweep_id>/<trial_id>.pt``), on this disk (local
 backend) or in the sweep's store (workers backend). A trial that reused an identical trial's cached result
-has no checkpoint of its own.
+has no checkpoint of its own: the model is that trial's, whose sweep and id its metrics name (``computed_by``).
 """
 
 from __future__ import annotations
@@ -100,14 +100,36 @@ def _best_trial(sweep_dir: Path) -> str:
 
 
 def _checkpoint(record: dict[str, Any], trial_id: str, root: Path, metrics: dict[str, Any]) -> Path:
-    """The trial's finetune checkpoint on this disk, fetched from the sweep's store if it is only there."""
-    key = checkpoint_key(check_name(record["sweep_id"], f"{SWEEP_RECORD}: sweep_id"), trial_id)
+    """The trial's finetune checkpoint on this disk, fetched from the sweep's store if it is only there. A trial
+    answered from the cache has none of its own: the trial that computed its result (``computed_by``) holds it."""
+    sweep_id = check_name(record["sweep_id"], f"{SWEEP_RECORD}: sweep_id")
+    if (found := _fetch_checkpoint(checkpoint_key(sweep_id, trial_id), record, root)) is not None:
+        return found
+    origin = metrics.get("computed_by") if metrics.get("cached") else None
+    if origin is None:
+        why = " (it reused an identical trial's cached result)" if metrics.get("cached") else ""
+        raise SweepExportError(
+            f"trial {trial_id}: no checkpoint {checkpoint_key(sweep_id, trial_id)} here or in the sweep's store"
+            f"{why}; run the sweep again with --no-cache to keep its model"
+        )
+    origin_sweep = check_name(origin["sweep_id"], f"trial {trial_id}: computed_by.sweep_id")
+    origin_trial = check_name(origin["trial_id"], f"trial {trial_id}: computed_by.trial_id")
+    key = checkpoint_key(origin_sweep, origin_trial)
+    if (found := _fetch_checkpoint(key, record, root)) is not None:
+        print(f"trial {trial_id} reused the result of trial {origin_trial} of sweep {origin_sweep}: its model is {key}")
+        return found
+    raise SweepExportError(
+        f"trial {trial_id} reused the result of trial {origin_trial} of sweep {origin_sweep}, whose checkpoint "
+        f"{key} is not here or in the sweep's store either: export it where that sweep ran "
+        f"(mobitune export {Path(LOCAL_ROOT) / 'sweeps' / origin_sweep} --trial {origin_trial}), "
+        "or run this sweep again with --no-cache to keep its own model"
+    )
+
+
+def _fetch_checkpoint(key: str, record: dict[str, Any], root: Path) -> Path | None:
+    """``key`` on this disk, fetched from the sweep's store if it is only there; None if neither has it."""
     if LocalStore(root).get_file(key, root / key):
         return root / key
     if record.get("storage_uri") and S3Store(record["storage_uri"]).get_file(key, root / key):
         return root / key
-    why = " (it reused an identical trial's cached result)" if metrics.get("cached") else ""
-    raise SweepExportError(
-        f"trial {trial_id}: no checkpoint {key} here or in the sweep's store{why}; "
-        "run the sweep again with --no-cache to keep its model"
-    )
+    return None

@@ -13,9 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -168,14 +168,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """A scratch file beside ``path`` to write to: renamed to ``path`` when the block ends, removed when it raises,
     so ``path`` is whole or as it was, never half-written (an interrupted stage, checkpoint or export)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    scratch = _new_scratch(path)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield scratch
+        os.replace(scratch, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        scratch.unlink(missing_ok=True)
         raise
+
+
+def _new_scratch(path: Path) -> Path:
+    """An empty file of a new name beside ``path``, created with the umask's mode like any file (0644 under the
+    usual 022), so a results folder a team shares stays readable; ``tempfile.mkstemp`` would make it 0600."""
+    while True:
+        scratch = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return scratch
+        except FileExistsError:
+            continue
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -112,8 +112,11 @@ def _ensure_warmup(
 
 
 def _keep_result(request: TrialRequest, key: str, store: ArtifactStore, local_root: Path, metrics: dict) -> None:
+    """The trial's result kept for identical trials, with the sweep and trial that computed it: a trial answered
+    from it has no checkpoint of its own, and ``mobitune export`` finds the model there."""
     folder = local_root / trial_key(request.sweep_id, request.trial_id)
-    write_json(local_root / key / "metrics.json", metrics)
+    computed_by = {"sweep_id": request.sweep_id, "trial_id": request.trial_id}
+    write_json(local_root / key / "metrics.json", {**metrics, "computed_by": computed_by})
     store.put_file(f"{key}/metrics.json", local_root / key / "metrics.json")
     store.put_file(f"{key}/history.csv", folder / "history.csv")
 
