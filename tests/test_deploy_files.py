@@ -3,7 +3,11 @@ exists and they agree with each other. tests/containers/ builds and runs them.""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 from helpers import ROOT
@@ -71,3 +75,19 @@ def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
     assert images and all(":" in image and not image.endswith(":latest") for image in images), images
     database = services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert database.startswith("postgresql+asyncpg://") and "postgres" in services
+
+
+def test_the_projects_own_configuration_turns_telemetry_off(tmp_path: Path) -> None:
+    """Not only make's and the tests' environment: prefect.toml (read by every Prefect process started in the
+    project root: `mobitune sweep` and its temporary server, `prefect server start`, workers) and .dvc/config turn
+    telemetry off, so an offline run logs no "ERROR ... Failed to send telemetry". Outside the project it is on."""
+    quiet = ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "DVC_NO_ANALYTICS")
+    env = {key: value for key, value in os.environ.items() if key not in quiet}
+    check = "from prefect.settings import get_current_settings; print(get_current_settings().server.analytics_enabled)"
+    answers = [
+        subprocess.run([sys.executable, "-c", check], cwd=cwd, env=env, capture_output=True, text=True).stdout.strip()
+        for cwd in (ROOT, tmp_path)
+    ]
+    assert answers == ["False", "True"]
+    dvc = subprocess.run(["dvc", "config", "core.analytics"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert dvc.stdout.strip() == "false", dvc.stderr
