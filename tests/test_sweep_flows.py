@@ -207,6 +207,9 @@ def test_setup_names_the_server_it_needs(tmp_path: Path) -> None:
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+WEBHOOK_TOKEN = "planted-webhook-token-5b2e"  # a webhook's URL is its credential, as Slack's are
+
+
 class Webhook(http.server.ThreadingHTTPServer):
     """A webhook on 127.0.0.1 that keeps every JSON body POSTed to it."""
 
@@ -228,7 +231,7 @@ class Webhook(http.server.ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/sweeps"
+        return f"http://127.0.0.1:{self.server_address[1]}/sweeps/{WEBHOOK_TOKEN}"
 
 
 def test_setup_notify_sends_one_message_when_a_sweep_completes_and_one_when_it_fails(
@@ -243,6 +246,11 @@ def test_setup_notify_sends_one_message_when_a_sweep_completes_and_one_when_it_f
         for verb in ("created", "updated"):
             out = run(["mobitune", "setup", "--notify", webhook.url], project).stdout
             assert f"automation 'mobitune: tell a webhook when a sweep ends': {verb}" in out
+            assert WEBHOOK_TOKEN not in out, "setup never prints the webhook's URL"
+        blocks = shared_prefect.api_post(
+            "block_documents/filter", {"block_documents": {"name": {"any_": ["mobitune-sweep-end"]}}}
+        )
+        assert blocks and WEBHOOK_TOKEN not in json.dumps(blocks), "the server shows the URL masked, as a secret"
         finished = Path(run(["mobitune", "sweep"], project).stdout.strip().splitlines()[-1])
         failing = "from mobitune.orchestration.sweep_flow import sweep; sweep(overrides=['lr=-1'])"
         assert run([str(VENV_BIN / "python"), "-c", failing], project, check=False).returncode != 0

@@ -37,6 +37,7 @@ from prefect.settings import PREFECT_API_URL
 
 from mobitune.errors import MobituneError
 from mobitune.orchestration.pool_templates import CACHE_CLAIM, S3_SECRET, pool_template
+from mobitune.redaction import register_secret
 
 ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
 HEARTBEAT_SECONDS = 30  # the smallest frequency Prefect accepts
@@ -192,15 +193,17 @@ def setup_server(
             verb = _put_automation(client, zombie_automation(heartbeat_timeout_s))
             done.append(f"automation '{ZOMBIE_AUTOMATION}': {verb} (no heartbeat for {heartbeat_timeout_s} s)")
             if notify_url is not None:
+                register_secret(notify_url)  # a webhook's URL is its credential: masked in all mobitune says
                 webhook = CustomWebhookNotificationBlock(
                     name="mobitune",
-                    url=notify_url,
+                    url="{{webhook_url}}",  # filled from the block's secrets, which the server keeps encrypted
+                    secrets={"webhook_url": notify_url},
                     json_data={"subject": "{{subject}}", "body": "{{body}}"},
                     allow_private_urls=True,  # a team's webhook relay is often on its own network
                 )
                 block_id = webhook.save(NOTIFY_BLOCK, overwrite=True)
                 verb = _put_automation(client, notify_automation(block_id))
-                done.append(f"webhook block '{NOTIFY_BLOCK}': {notify_url}")
+                done.append(f"webhook block '{NOTIFY_BLOCK}': its URL kept in the block's secrets")
                 done.append(f"automation '{NOTIFY_AUTOMATION}': {verb} (a sweep that completes, fails or crashes)")
     except httpx.ConnectError:
         message = f"no Prefect server answers at {api} (PREFECT_API_URL); start one with: prefect server start"
