@@ -5,14 +5,18 @@ container of the image per slot run, on the host's network, and a container kill
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
+import secrets
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 import yaml
@@ -134,13 +138,41 @@ def test_a_docker_pool_runs_the_trials_in_containers_and_a_killed_one_is_a_lost_
         assert (merged[f"{metric}_docker"] - merged[f"{metric}_local"]).abs().max() <= 1e-4, metric
 
 
+STACK_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "POSTGRES_PASSWORD",
+)
+
+
+def stack_secrets() -> dict[str, str]:
+    """A value for each of the compose file's secrets, as .env.example's line makes them."""
+    values = {name: secrets.token_hex(24) for name in STACK_SECRETS}
+    return values | {"PREFECT_API_AUTH_STRING": f"mobitune:{values['PREFECT_API_AUTH_STRING']}"}
+
+
+def compose_run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``docker-compose`` with exactly the stack's variables ``env`` (none of this session's, no .env file)."""
+    base = {key: value for key, value in os.environ.items() if key not in STACK_SECRETS}
+    empty = cwd / "empty.env"
+    empty.touch()
+    command = ["docker-compose", "--env-file", str(empty), *args]
+    return subprocess.run(command, cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=600)
+
+
 def local_stack(tmp_path: Path, ports: dict[str, int]) -> Path:
     """docker-compose.yml as users get it, for this machine: each image swapped for a local build (the worker
     image; PostgreSQL and an S3 stand-in built from Debian and moto, docker/standins/), every service on the
-    host's network at free ports, no GPU reservation (there is none here). Written beside the tests' files."""
+    host's network at free ports, no GPU reservation (there is none here). Written beside the tests' files.
+    MinIO's stand-in takes any key, so the stand-in of create-bucket makes the bucket alone (with the root
+    account): the project user's policy is MinIO's, checked on the file by tests/test_security.py."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    database = f"postgresql+asyncpg://prefect:prefect@127.0.0.1:{ports['postgres']}/prefect"
+    password = "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}"  # still from the environment, as the file has it
+    database = f"postgresql+asyncpg://prefect:{password}@127.0.0.1:{ports['postgres']}/prefect"
     api, s3 = f"http://127.0.0.1:{ports['prefect']}/api", f"http://127.0.0.1:{ports['s3']}"
     for service in services.values():
         service.pop("ports", None)
@@ -172,14 +204,10 @@ def local_stack(tmp_path: Path, ports: dict[str, int]) -> Path:
         "network_mode": "host",
         "command": ["moto_server", "-H", "127.0.0.1", "-p", str(ports["s3"])],
     }
-    bucket = f"import boto3; boto3.client('s3', endpoint_url='{s3}').create_bucket(Bucket='mobitune')"
-    services["create-bucket"] = {
-        "image": IMAGE,
-        "network_mode": "host",
-        "depends_on": ["minio"],
-        "environment": services["worker"]["environment"],
-        "entrypoint": ["python", "-c", bucket],
-    }
+    root = "aws_access_key_id=os.environ['MINIO_ROOT_USER'], aws_secret_access_key=os.environ['MINIO_ROOT_PASSWORD']"
+    bucket = f"import boto3, os; boto3.client('s3', endpoint_url='{s3}', {root}).create_bucket(Bucket='mobitune')"
+    services["create-bucket"] |= {"image": IMAGE, "network_mode": "host", "entrypoint": ["python", "-c", bucket]}
+    services["create-bucket"].pop("command")
     compose.pop("volumes", None)
     services["postgres"].pop("volumes", None)
     services["minio"].pop("volumes", None)
@@ -188,31 +216,70 @@ def local_stack(tmp_path: Path, ports: dict[str, int]) -> Path:
     return path
 
 
+def test_the_compose_file_refuses_to_start_without_each_secret(engine: None, tmp_path: Path) -> None:
+    """`docker-compose config` of the file as shipped, and `up` of the local stack, with one secret unset: each
+    refuses and names it; no container is made."""
+    ports = {name: free_port() for name in ("postgres", "prefect", "s3")}
+    stack = local_stack(tmp_path, ports)
+    every = stack_secrets()
+    config = ["--file", str(ROOT / "docker-compose.yml"), "config", "--quiet"]
+    accepted = compose_run(config, tmp_path, every)
+    assert accepted.returncode == 0, accepted.stderr
+    for name in STACK_SECRETS:
+        without = {key: value for key, value in every.items() if key != name}
+        refused = compose_run(config, tmp_path, without)
+        assert refused.returncode != 0 and f"set {name}" in refused.stderr, (name, refused.stderr)
+    project = ["--project-name", "mobitune-refused", "--file", str(stack)]
+    without = {key: value for key, value in every.items() if key != "PREFECT_API_AUTH_STRING"}
+    refused = compose_run([*project, "up", "--detach", "prefect"], tmp_path, without)
+    assert refused.returncode != 0 and "set PREFECT_API_AUTH_STRING" in refused.stderr, refused.stderr
+    assert docker("ps", "-aq", "--filter", "label=com.docker.compose.project=mobitune-refused").split() == []
+
+
 def test_the_compose_stack_comes_up_deploys_and_runs_a_workers_sweep(
     engine: None, tmp_path: Path, cifar_archive: Path, http_root: tuple[str, Path]
 ) -> None:
     """`docker-compose up` of the stack (PostgreSQL, the Prefect server on it, S3, a GPU worker and a sweeps
     worker), its `deploy` job (`mobitune setup && prefect deploy --all`), then a workers sweep from this machine:
-    its trials run in the stack's worker container and its results land in the stack's S3."""
+    its trials run in the stack's worker container and its results land in the stack's S3. The server asks for
+    the credential the stack was given (a request without it gets 401) and a CSRF token (a change without it
+    gets 403): every client of the stack and this machine's sweep send them."""
     ports = {name: free_port() for name in ("postgres", "prefect", "s3")}
     stack = local_stack(tmp_path, ports)
-    compose = ["docker-compose", "--project-name", "mobitune-test", "--file", str(stack)]
+    stack_env = stack_secrets() | {"PREFECT_UI_ORIGIN": f"http://127.0.0.1:{ports['prefect']}"}
+    compose = ["--project-name", "mobitune-test", "--file", str(stack)]
+
+    def up(*args: str) -> str:
+        done = compose_run([*compose, *args], tmp_path, stack_env)
+        assert done.returncode == 0, f"docker-compose {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done.stdout
+
     base_url, served = http_root
     shutil.copy(cifar_archive, served / "cifar-compose.tar.gz")
     project = sweep_project(tmp_path, cifar_archive, SWEEP, **{"data.source": f"{base_url}/cifar-compose.tar.gz"})
+    api = f"http://127.0.0.1:{ports['prefect']}/api"
     env = {
-        "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api",
+        "PREFECT_API_URL": api,
+        "PREFECT_API_AUTH_STRING": stack_env["PREFECT_API_AUTH_STRING"],
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}",
+        "AWS_ACCESS_KEY_ID": stack_env["AWS_ACCESS_KEY_ID"],
+        "AWS_SECRET_ACCESS_KEY": stack_env["AWS_SECRET_ACCESS_KEY"],
     }
     try:
-        run([*compose, "up", "--detach", "postgres", "prefect", "minio", "create-bucket"], tmp_path)
+        up("up", "--detach", "postgres", "prefect", "minio", "create-bucket")
         deadline = time.monotonic() + 180
         while run(["prefect", "work-pool", "ls"], tmp_path, check=False, env_extra=env).returncode:
-            assert time.monotonic() < deadline, run([*compose, "logs", "--tail", "40"], tmp_path).stdout
+            assert time.monotonic() < deadline, up("logs", "--tail", "40")
             time.sleep(2)
-        deployed = run([*compose, "run", "--rm", "deploy"], tmp_path).stdout
+        credential = base64.b64encode(env["PREFECT_API_AUTH_STRING"].encode()).decode()
+        assert httpx.get(f"{api}/admin/version").status_code == 401, "no credential, no answer"
+        authorized = {"Authorization": f"Basic {credential}"}
+        assert httpx.get(f"{api}/admin/version", headers=authorized).status_code == 200
+        no_csrf = httpx.post(f"{api}/work_pools/", json={"name": "no-csrf", "type": "process"}, headers=authorized)
+        assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text, no_csrf.text
+        deployed = up("run", "--rm", "deploy")
         assert "work pool gpu: created" in deployed and "trial-slot/gpu" in deployed, deployed
-        run([*compose, "up", "--detach", "worker", "sweeps"], tmp_path)
+        up("up", "--detach", "worker", "sweeps")
         sweep = run(
             ["mobitune", "sweep", "--backend", "workers", "--set", "storage.uri=s3://mobitune/results"],
             project,
@@ -229,4 +296,4 @@ def test_the_compose_stack_comes_up_deploys_and_runs_a_workers_sweep(
         )
         assert f"results/sweeps/{sweep_dir.name}/report.md" in {obj["Key"] for obj in keys["Contents"]}
     finally:
-        run([*compose, "down", "--volumes", "--remove-orphans"], tmp_path, check=False)
+        compose_run([*compose, "down", "--volumes", "--remove-orphans"], tmp_path, stack_env)
