@@ -3,13 +3,14 @@ nightly run form in the Prefect UI. ``MOBITUNE_SCREENSHOTS=DIR`` keeps the scree
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser
+from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser, Page
 from helpers import DvcExperiments, PrefectServer, run, sweep_project
 
 from mobitune.orchestration.form import KEYS
@@ -49,6 +50,17 @@ def test_dvc_plots_diff_renders_all_three_plots_offline(
     page.screenshot(screenshots / "dvc-plots-diff.png")
 
 
+def open_ui(browser: Browser, server: PrefectServer, path: str) -> Page:
+    """A page of the Prefect UI, signed in as its login form does it (the credential in the origin's local
+    storage): the test server asks for the credential, as a deployed one does."""
+    origin = server.api.removesuffix("/api")
+    page = browser.open(origin)
+    page.wait_for("document.readyState === 'complete'")
+    page.evaluate(f"localStorage.setItem('prefect-password', btoa({json.dumps(server.auth_string)}))")
+    page.call("Page.navigate", url=f"{origin}{path}")
+    return page
+
+
 def _artifact_id(server: PrefectServer, key: str) -> str:
     found = server.api_post("artifacts/filter", {"artifacts": {"key": {"any_": [key]}}, "limit": 1})
     assert found, f"no artifact {key}"
@@ -65,7 +77,7 @@ def test_prefect_ui_shows_the_report_figures_and_a_trials_epochs(
     assert figures >= 2
 
     report_id = _artifact_id(prefect_server, f"{artifact_key(sweep_dir.name)}-report")
-    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/artifacts/artifact/{report_id}")
+    page = open_ui(browser, prefect_server, f"/artifacts/artifact/{report_id}")
     widths = page.wait_for(f"(() => {{ const w = {EMBEDDED_IMAGES}; return w.length === {figures} && w; }})()")
     assert all(width > 300 for width in widths), widths
     assert "Best config" in page.evaluate("document.body.innerText")
@@ -75,7 +87,7 @@ def test_prefect_ui_shows_the_report_figures_and_a_trials_epochs(
         "task_runs/filter",
         {"task_runs": {"name": {"any_": ["t001-lr=0.002-s0"]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 1},
     )
-    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/runs/task-run/{trial_runs[0]['id']}")
+    page = open_ui(browser, prefect_server, f"/runs/task-run/{trial_runs[0]['id']}")
     page.wait_for("document.body.innerText.includes('finetune 2/2: train loss')")
     page.screenshot(screenshots / "prefect-trial-epochs.png")
     of_trial = {"task_run_id": {"any_": [trial_runs[0]["id"]]}, "type": {"any_": ["progress"]}}
@@ -95,7 +107,7 @@ def test_the_nightly_form_starts_empty_with_each_settings_description(
         env_extra={"PREFECT_API_URL": prefect_server.api},
     )
     [nightly] = prefect_server.api_post("deployments/filter", {"deployments": {"name": {"any_": ["nightly"]}}})
-    page = browser.open(f"{prefect_server.api.removesuffix('/api')}/deployments/deployment/{nightly['id']}/run")
+    page = open_ui(browser, prefect_server, f"/deployments/deployment/{nightly['id']}/run")
     page.wait_for("document.body.innerText.includes('finetune learning rate: the values to try')")
     text = page.evaluate("document.body.innerText")
     assert "empty fields keep params.yaml's value" in text and "inverted-residual blocks unfrozen" in text

@@ -237,10 +237,11 @@ class SweepLocked(MobituneError):
 
 
 def hold_sweep_lock(root: Path, sweep_id: str) -> IO[str]:
-    """An exclusive lock on the sweep (``sweeps/.<id>.lock``, beside its folder so it is never published), held
+    """An exclusive lock on the sweep (``locks/<id>.lock`` of the artifact folder: outside the sweep's folder, so
+    it is never published, and outside ``sweeps/``, which holds sweeps alone), held
     as long as the returned file is open; the system releases it when the process dies, so a sweep whose process
     died can be resumed at once. The file says who holds it, for the process that is refused."""
-    path = Path(root) / "sweeps" / f".{sweep_id}.lock"
+    path = Path(root) / "locks" / f"{sweep_id}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path, "a+")  # noqa: SIM115 - held open for the sweep's run
     try:
