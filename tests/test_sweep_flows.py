@@ -200,6 +200,33 @@ def test_a_time_budget_the_warmup_spends_ends_a_completed_sweep_whose_report_say
     assert pd.read_csv(sweep_dir / "results.csv").empty and not (sweep_dir / "trials").exists()
 
 
+def test_the_run_graph_draws_each_trial_from_its_warmup_and_no_edge_between_trials(
+    shared_prefect: PrefectServer, tmp_path: Path
+) -> None:
+    """A 4-trial grid over two warmups (dropout is a warmup param) on the local backend: in the flow run's task
+    runs, each trial waits for its own shared warmup (the UI's arrow) and takes no other task run as an input."""
+    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 20, 50)
+    grid = {"mode": "grid", "lr": [0.005, 0.002], "model.dropout": [0.1, 0.3]}
+    project = sweep_project(tmp_path, archive, grid, **{"finetune.epochs": 1, "warmup.batch_size": 50})
+    sweep_dir = Path(run(["mobitune", "sweep"], project).stdout.strip().splitlines()[-1])
+    [flow_run] = shared_prefect.api_post("flow_runs/filter", {"flow_runs": {"name": {"any_": [sweep_dir.name]}}})
+    task_runs = shared_prefect.api_post("task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    names = {task_run["id"]: task_run["name"] for task_run in task_runs}
+    trials = [t for t in task_runs if not t["name"].startswith("warmup-")]
+    assert len(trials) == 4 and len(task_runs) == 6, sorted(names.values())
+    from mobitune.params import params_from_dict
+    from mobitune.sweep.plan import warmup_key
+
+    for trial in trials:
+        own = params_from_dict(json.loads((sweep_dir / "trials" / trial["name"] / "params.json").read_text())["params"])
+        inputs = {
+            name: [names.get(given["id"]) for given in inputs if given["input_type"] == "task_run"]
+            for name, inputs in trial["task_inputs"].items()
+        }
+        assert inputs.pop("wait_for") == [f"warmup-{warmup_key(own)}"], trial["name"]
+        assert not [name for given in inputs.values() for name in given], f"{trial['name']} drawn from {inputs}"
+
+
 def test_setup_names_the_server_it_needs(tmp_path: Path) -> None:
     closed = f"http://127.0.0.1:{free_port()}/api"
     for api, message in (("", "PREFECT_API_URL is not set"), (closed, f"no Prefect server answers at {closed}")):

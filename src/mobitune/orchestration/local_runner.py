@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mobitune.params import Params
+from mobitune.sweep.plan import warmup_key
 from mobitune.sweep.trial_files import TrialRequest
 
 # the device nodes through which torch reaches a GPU on Linux: NVIDIA's driver, WSL's GPU, AMD's ROCm
@@ -45,7 +46,11 @@ def local_devices(params: Params, parallel: int | None, trials: list[Params] | N
 
 
 class LocalRunner:
-    """Trials as Prefect tasks of this process, each on the next free device slot."""
+    """Trials as Prefect tasks of this process, each on the next free device slot.
+
+    The run graph shows what waits for what: each trial's task run is drawn from its shared warmup's (``wait_for``,
+    which lets it run whatever the warmup's end: a trial tries a failed warmup itself), and from nothing else.
+    """
 
     poll_seconds = 0.2
 
@@ -53,11 +58,20 @@ class LocalRunner:
         self.devices: queue.Queue[str] = queue.Queue()
         for device in devices:
             self.devices.put(device)
+        self.warmups: dict[str, Any] = {}  # a shared warmup's key -> its task's future
 
     def start(self, request: TrialRequest) -> Any:
+        from prefect.utilities.annotations import allow_failure
+
         from mobitune.orchestration.trial_flow import trial_task  # Prefect: not for checks and dry runs (sweep_start)
 
-        return trial_task.with_options(task_run_name=request.trial_id).submit(request, self.devices)
+        key = warmup_key(request.params)
+        upstream = [] if request.warmup_only or key not in self.warmups else [allow_failure(self.warmups[key])]
+        task = trial_task.with_options(task_run_name=request.trial_id)
+        future = task.submit(request, self.devices, wait_for=upstream)
+        if request.warmup_only:
+            self.warmups[key] = future
+        return future
 
     def outcome(self, future: Any) -> str | None:
         """None while running; else "" when it completed, or why it did not."""

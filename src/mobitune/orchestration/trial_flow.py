@@ -124,14 +124,20 @@ def slot_answer(state: State) -> dict[str, Any]:
 
 
 @task(name="trial", cache_policy=NO_CACHE)
-def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -> dict[str, Any]:
-    """A trial on the next free device of ``devices`` (the local backend's slots), or on its own ``device``."""
+def trial_task(request: TrialRequest, devices: queue.Queue[str] | None = None) -> None:
+    """A trial on the next free device of ``devices`` (the local backend's slots), or on its own ``device``.
+
+    Its results are its files in the store, and it returns nothing: Prefect links a task run to an earlier one
+    whose result holds, one level down, the very object it is given, and a trial's metrics hold its swept values,
+    the same objects as in the next trials' requests, which drew edges between sibling trials in the run graph.
+    """
     if devices is None:
-        return run_trial_recorded(request, EpochProgress(request))
+        run_trial_recorded(request, EpochProgress(request))
+        return
     device = devices.get()
     try:
         params = request.params.model_copy(update={"device": device})
-        return run_trial_recorded(request.model_copy(update={"params": params}), EpochProgress(request))
+        run_trial_recorded(request.model_copy(update={"params": params}), EpochProgress(request))
     finally:
         devices.put(device)
 
