@@ -114,7 +114,7 @@ def test_interrupted_stage_leaves_nothing_for_dvc_and_reruns(dvc_project: Path, 
     assert "warmup" in status and "download" not in status
     again = run(["dvc", "repro", "warmup"], dvc_project)  # the stages after it are not what this is about
     assert "Running stage 'warmup'" in again.stdout and "Running stage 'download'" not in again.stdout
-    assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["epochs"] == 6
+    assert json.loads((dvc_project / "data/metrics/warmup.json").read_text())["warmup"]["epochs"] == 6
 
 
 OOM_SCRIPT = """

@@ -46,6 +46,9 @@ WRITTEN = (
     paths.WARMUP_METRICS,
     paths.FINETUNE_METRICS,
     paths.EVALUATE_METRICS,
+    paths.WARMUP_DETAILS,
+    paths.FINETUNE_DETAILS,
+    paths.EVALUATE_DETAILS,
     paths.WARMUP_HISTORY,
     paths.FINETUNE_HISTORY,
     paths.PREDICTIONS,
@@ -101,15 +104,18 @@ def _write_trial(
 ) -> None:
     trial_params = {**params, **{k: workspace_params[k] for k in WORKSPACE_KEYS if k in workspace_params}}
     PARAMS_FILE.write_text(yaml.safe_dump(trial_params, sort_keys=False))
-    for phase, history_path, metrics_path in (
-        ("warmup", paths.WARMUP_HISTORY, paths.WARMUP_METRICS),
-        ("finetune", paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS),
+    provenance = metrics.get("provenance")
+    for phase, history_path, metrics_path, details_path in (
+        ("warmup", paths.WARMUP_HISTORY, paths.WARMUP_METRICS, paths.WARMUP_DETAILS),
+        ("finetune", paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS, paths.FINETUNE_DETAILS),
     ):
-        # the phase's history and stage metrics, as `dvc repro` writes them, with the trial's own provenance
+        # the phase's history, stage metrics and details, as `dvc repro` writes them, with the trial's provenance
         rows = [r for r in history if r["phase"] == phase]
-        write_phase_outputs(FitResult(rows, metrics["status"]), history_path, metrics_path, metrics.get("provenance"))
-    keys = ("test_loss", "test_accuracy", *FLIP_METRICS, "status", "provenance")
+        result = FitResult(rows, metrics["status"])
+        write_phase_outputs(phase, result, history_path, metrics_path, details_path, provenance)
+    keys = ("test_loss", "test_accuracy", *FLIP_METRICS, "status")
     write_json(paths.EVALUATE_METRICS, {k: metrics[k] for k in keys if k in metrics})
+    write_json(paths.EVALUATE_DETAILS, {"provenance": provenance})
     paths.PREDICTIONS.unlink(missing_ok=True)
 
 

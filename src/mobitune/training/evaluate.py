@@ -33,7 +33,8 @@ class Evaluation:
         return self.scores.loss
 
     def metrics(self) -> dict[str, Any]:
-        return {**self.scores.row(), "status": self.status, "per_class_accuracy": self.per_class_accuracy}
+        """Test loss and accuracy (both views with flips) and the training status; per class apart."""
+        return {**self.scores.row(), "status": self.status}
 
 
 def evaluate_checkpoint(params: Params, device_data: DeviceData, checkpoint_path: Path) -> Evaluation:

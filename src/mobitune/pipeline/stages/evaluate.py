@@ -18,7 +18,9 @@ def main() -> None:
     device_data = DeviceData.create(params, dataset, resolve_device(params.device))
     evaluation = evaluate_checkpoint(params, device_data, paths.FINETUNE_CHECKPOINT)
     write_csv(paths.PREDICTIONS, evaluation.predictions, ("actual", "predicted"))
-    write_json(paths.EVALUATE_METRICS, {**evaluation.metrics(), "provenance": device_data.provenance(params.seed)})
+    write_json(paths.EVALUATE_METRICS, evaluation.metrics())
+    details = {"per_class_accuracy": evaluation.per_class_accuracy, "provenance": device_data.provenance(params.seed)}
+    write_json(paths.EVALUATE_DETAILS, details)
     flips = evaluation.scores.flips
     flipped = f" (with test-time flips {flips.accuracy:.4f})" if flips is not None else ""
     print(f"test accuracy {evaluation.test_accuracy:.4f}{flipped}, test loss {evaluation.test_loss:.4f}")

@@ -17,7 +17,10 @@ def main() -> None:
     dataset = load_dataset(paths.PREPARED, params.data.train_limit, params.data.test_limit)
     device_data = DeviceData.create(params, dataset, resolve_device(params.device))
     result = run_finetune(params, device_data, paths.WARMUP_CHECKPOINT, paths.FINETUNE_CHECKPOINT)
-    write_phase_outputs(result, paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS, device_data.provenance(params.seed))
+    provenance = device_data.provenance(params.seed)
+    write_phase_outputs(
+        "finetune", result, paths.FINETUNE_HISTORY, paths.FINETUNE_METRICS, paths.FINETUNE_DETAILS, provenance
+    )
 
 
 if __name__ == "__main__":

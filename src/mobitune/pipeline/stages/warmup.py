@@ -17,7 +17,8 @@ def main() -> None:
     dataset = load_dataset(paths.PREPARED, params.data.train_limit, params.data.test_limit)
     device_data = DeviceData.create(params, dataset, resolve_device(params.device))
     result = run_warmup(params, device_data, paths.WARMUP_CHECKPOINT)
-    write_phase_outputs(result, paths.WARMUP_HISTORY, paths.WARMUP_METRICS, device_data.provenance(params.seed))
+    provenance = device_data.provenance(params.seed)
+    write_phase_outputs("warmup", result, paths.WARMUP_HISTORY, paths.WARMUP_METRICS, paths.WARMUP_DETAILS, provenance)
 
 
 if __name__ == "__main__":
