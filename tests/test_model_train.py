@@ -155,11 +155,18 @@ def test_batches_cover_the_split_once_per_epoch() -> None:
     assert sorted(seen.tolist()) == list(range(10)) and seen.tolist() != list(range(10))
 
 
-def test_learning_is_real(prepared: Path, calibrated_weights: Path, tmp_path: Path) -> None:
-    """Warmup + finetune on a tiny set with learnable structure: far above the 10% of chance."""
+def test_learning_is_real(
+    prepared: Path, calibrated_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Warmup + finetune on a tiny set with learnable structure: far above the 10% of chance, with no warning;
+    random frozen features (model.pretrained none) end the warmup at chance, and it says why."""
     params = small_params(calibrated_weights)
     device_data = device_data_for(params, prepared)
     warm = run_warmup(params, device_data, tmp_path / "warmup.pt")
+    assert "warning" not in capsys.readouterr().out
+    random_features = small_params(**{"warmup.epochs": 1})
+    run_warmup(random_features, device_data_for(random_features, prepared, train_limit=128), tmp_path / "random.pt")
+    assert "warning: the warmup ended at chance" in capsys.readouterr().out
     fine = run_finetune(params, device_data, tmp_path / "warmup.pt", tmp_path / "finetune.pt")
     assert warm.status == fine.status == "ok"
     assert [r["step"] for r in warm.history + fine.history] == [1, 2, 3, 4]
@@ -200,6 +207,29 @@ def test_a_finetune_that_falls_to_chance_has_collapsed(
         assert reason is None
     else:
         assert reason.startswith("collapsed to chance at finetune epoch 2: ") and expected in reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "accuracy", "expected"),
+    [
+        ([], 0.45, None),  # above chance: nothing to say
+        (["model.pretrained=none"], 0.10, "model.pretrained is none, so the frozen features are random"),
+        (["model.pretrained=standin.pth", "model.image_size=32"], 0.11, "set model.image_size=64 or more"),
+        (["model.pretrained=standin.pth", "model.image_size=64"], 0.12, "try another warmup.lr (now 0.001)"),
+        (["model.image_size=48"], 0.09, "dead at model.image_size 48"),  # torchvision's weights: said as likely
+    ],
+)
+def test_a_warmup_at_chance_says_why_it_likely_is_and_what_to_change(
+    overrides: list[str], accuracy: float, expected: str | None
+) -> None:
+    from mobitune.training.collapse import warmup_at_chance
+
+    said = warmup_at_chance(Params().override(overrides), accuracy, 10)
+    if expected is None:
+        assert said is None
+    else:
+        assert said.startswith(f"the warmup ended at chance ({accuracy:.1%} test accuracy on 10 classes)")
+        assert expected in said
 
 
 def test_frozen_batchnorm_at_a_large_lr_collapses_and_is_recorded_diverged(

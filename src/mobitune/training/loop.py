@@ -25,7 +25,7 @@ from mobitune.storage.records import FLIP_METRICS, Status
 from mobitune.training.batches import EVAL_BATCH_SIZE, DeviceData
 from mobitune.training.batchnorm import recalibrate_batchnorm
 from mobitune.training.checkpoints import load_trained_model, resume_state, save_checkpoint
-from mobitune.training.collapse import collapse_reason
+from mobitune.training.collapse import collapse_reason, warmup_at_chance
 from mobitune.training.frozen_features import frozen_feature_data
 from mobitune.training.model import MobileNetClassifier, build_model, set_trainable_layers
 from mobitune.training.phases import Phase, finetune_phase, warmup_phase
@@ -314,7 +314,12 @@ def run_warmup(params: Params, device_data: DeviceData, checkpoint_path: Path, r
         model.to(device_data.device, memory_format=torch.channels_last)
         recalibrate_batchnorm(model.features, device_data.train, device_data.test_transform)
     run = FitRun(seed=params.seed, checkpoint_path=checkpoint_path, record=_record(params, device_data), resume=resumed)
-    return fit(model, warmup_phase(params), device_data, run)
+    result = fit(model, warmup_phase(params), device_data, run)
+    if result.status == Status.OK and result.history:
+        at_chance = warmup_at_chance(params, result.history[-1]["test_accuracy"], len(device_data.dataset.classes))
+        if at_chance is not None:
+            print(f"warning: {at_chance}", flush=True)
+    return result
 
 
 def run_finetune(
