@@ -37,7 +37,7 @@ RUN useradd --create-home --uid 1000 mobitune
 COPY --from=install /opt/venv /opt/venv
 WORKDIR /opt/mobitune
 COPY --chown=mobitune flows ./flows
-COPY --chown=mobitune params.yaml prefect.yaml dvc.yaml ./
+COPY --chown=mobitune params.yaml prefect.yaml prefect.toml dvc.yaml ./
 # trials' local artifacts (prepared data, shared warmups, checkpoints) and torch's weight cache: keep them
 RUN mkdir -p artifacts /home/mobitune/.cache && chown mobitune artifacts /home/mobitune/.cache
 VOLUME ["/opt/mobitune/artifacts", "/home/mobitune/.cache"]
