@@ -398,3 +398,14 @@ class TcpProxy:
         with self.lock:
             if source in self.connections:
                 self.connections.remove(source)
+
+
+# every secret docker-compose.yml requires (${VAR:?...}): .env.example lists each, the stack test sets each
+COMPOSE_SECRETS = (
+    "PREFECT_API_AUTH_STRING",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "MINIO_ROOT_USER",
+    "MINIO_ROOT_PASSWORD",
+    "POSTGRES_PASSWORD",
+)

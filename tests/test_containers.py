@@ -20,7 +20,7 @@ import httpx
 import pandas as pd
 import pytest
 import yaml
-from helpers import ROOT, Postgres, PrefectServer, free_port, run, sweep_project
+from helpers import COMPOSE_SECRETS, ROOT, Postgres, PrefectServer, free_port, run, sweep_project
 from published import METRICS, published_sweep
 
 pytestmark = pytest.mark.containers
@@ -138,25 +138,15 @@ def test_a_docker_pool_runs_the_trials_in_containers_and_a_killed_one_is_a_lost_
         assert (merged[f"{metric}_docker"] - merged[f"{metric}_local"]).abs().max() <= 1e-4, metric
 
 
-STACK_SECRETS = (
-    "PREFECT_API_AUTH_STRING",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "MINIO_ROOT_USER",
-    "MINIO_ROOT_PASSWORD",
-    "POSTGRES_PASSWORD",
-)
-
-
 def stack_secrets() -> dict[str, str]:
     """A value for each of the compose file's secrets, as .env.example's line makes them."""
-    values = {name: secrets.token_hex(24) for name in STACK_SECRETS}
+    values = {name: secrets.token_hex(24) for name in COMPOSE_SECRETS}
     return values | {"PREFECT_API_AUTH_STRING": f"mobitune:{values['PREFECT_API_AUTH_STRING']}"}
 
 
 def compose_run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     """``docker-compose`` with exactly the stack's variables ``env`` (none of this session's, no .env file)."""
-    base = {key: value for key, value in os.environ.items() if key not in STACK_SECRETS}
+    base = {key: value for key, value in os.environ.items() if key not in COMPOSE_SECRETS}
     empty = cwd / "empty.env"
     empty.touch()
     command = ["docker-compose", "--env-file", str(empty), *args]
@@ -225,7 +215,7 @@ def test_the_compose_file_refuses_to_start_without_each_secret(engine: None, tmp
     config = ["--file", str(ROOT / "docker-compose.yml"), "config", "--quiet"]
     accepted = compose_run(config, tmp_path, every)
     assert accepted.returncode == 0, accepted.stderr
-    for name in STACK_SECRETS:
+    for name in COMPOSE_SECRETS:
         without = {key: value for key, value in every.items() if key != name}
         refused = compose_run(config, tmp_path, without)
         assert refused.returncode != 0 and f"set {name}" in refused.stderr, (name, refused.stderr)

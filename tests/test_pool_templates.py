@@ -88,9 +88,7 @@ def restricted_profile_violations(pod: dict[str, Any]) -> list[str]:
             for context in [pod_context, *contexts]
         ),
         "/proc Mount Type: Default": all(context.get("procMount", "Default") == "Default" for context in contexts),
-        "Sysctls: only the safe set": all(
-            sysctl["name"] in safe_sysctls for sysctl in pod_context.get("sysctls", [])
-        ),
+        "Sysctls: only the safe set": all(sysctl["name"] in safe_sysctls for sysctl in pod_context.get("sysctls", [])),
         "Volume Types: only configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected, "
         "secret": all(set(volume) - {"name"} <= allowed_volumes for volume in pod.get("volumes", [])),
         "Privilege Escalation: allowPrivilegeEscalation must be false": all(

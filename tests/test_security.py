@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 from datasets import tar_folder, write_image_folder
-from helpers import ROOT, VENV_BIN, MotoProcess, PrefectServer, run, sweep_project
+from helpers import COMPOSE_SECRETS, ROOT, VENV_BIN, MotoProcess, PrefectServer, run, sweep_project
 from PIL import Image
 from prefect.exceptions import ParameterTypeError
 from prefect.utilities.callables import parameter_schema
@@ -428,16 +428,6 @@ def test_setup_does_not_warn_of_an_api_that_asks_for_a_credential_or_does_not_an
     assert open_api_message("http://10.20.30.40:4200/api", status) is None
 
 
-_COMPOSE_SECRETS = (
-    "PREFECT_API_AUTH_STRING",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "MINIO_ROOT_USER",
-    "MINIO_ROOT_PASSWORD",
-    "POSTGRES_PASSWORD",
-)
-
-
 def _compose() -> tuple[str, dict]:
     text = (ROOT / "docker-compose.yml").read_text()
     return text, yaml.safe_load(text)
@@ -449,14 +439,14 @@ def test_the_compose_file_requires_every_secret_and_has_no_default_one() -> None
     the stack with them and checks that it refuses to start without each.)"""
     text, compose = _compose()
     uses = re.findall(r"\$\{(\w+)(:?[-?])?", text)
-    for name in _COMPOSE_SECRETS:
+    for name in COMPOSE_SECRETS:
         forms = {form for used, form in uses if used == name}
         assert forms == {":?"}, f"{name}: {forms or 'never used'}"
     assert "minioadmin" not in text
     assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
     example = dict(re.findall(r"^(\w+)=(.*)$", (ROOT / ".env.example").read_text(), re.MULTILINE))
-    assert set(_COMPOSE_SECRETS) <= set(example)
-    assert all("replace" in example[name] for name in _COMPOSE_SECRETS), "placeholders, not values to keep"
+    assert set(COMPOSE_SECRETS) <= set(example)
+    assert all("replace" in example[name] for name in COMPOSE_SECRETS), "placeholders, not values to keep"
     assert "openssl rand -hex 24" in (ROOT / ".env.example").read_text()
 
 
