@@ -19,6 +19,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -645,19 +646,20 @@ def test_a_sweeps_paths_stay_inside_the_project(given: dict[str, str]) -> None:
         check_paths(**paths)
 
 
-def _published(store: LocalStore, files: dict[str, bytes], entries: list[dict] | None = None) -> None:
-    for path, data in files.items():
-        store.put_bytes(path, data)
-    listed = entries or [{"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)} for p, d in files.items()]
-    store.put_bytes("manifest.json", json.dumps({"files": listed}).encode())
+@pytest.fixture
+def own_bucket(s3_server, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The session's S3 server and a new bucket of its own on it. Not the ``s3`` fixture, which empties the
+    server: the session's shared sweeps keep their buckets while these tests run."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
+    return s3_server, s3_server.bucket(f"security-{uuid.uuid4().hex[:12]}")
 
 
 @pytest.mark.parametrize("path", ["../../../outside/evil.txt", "/tmp/evil.txt", "trials/../../../evil.txt"])
 def test_a_manifest_cannot_place_files_outside_the_download_folder(
-    s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+    own_bucket: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     """``mobitune export s3://…`` and ``mobitune exp-import s3://…`` against a bucket a writer tampered with."""
-    bucket = s3.bucket("tampered")
+    s3, bucket = own_bucket
     client = s3.client()
     entry = {"path": path, "sha256": hashlib.sha256(b"evil").hexdigest(), "size": 4}
     client.put_object(Bucket=bucket, Key=f"sweeps/s1/{path}", Body=b"evil")
@@ -670,8 +672,10 @@ def test_a_manifest_cannot_place_files_outside_the_download_folder(
     assert not list(tmp_path.parent.rglob("evil.txt")) and not Path("/tmp/evil.txt").exists()
 
 
-def test_a_file_changed_after_publishing_is_refused_before_it_is_kept(s3, tmp_path: Path, monkeypatch) -> None:
-    bucket = s3.bucket("tampered")
+def test_a_file_changed_after_publishing_is_refused_before_it_is_kept(
+    own_bucket: tuple[Any, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s3, bucket = own_bucket
     client = s3.client()
     entry = {"path": "results.csv", "sha256": hashlib.sha256(b"trial_id\n").hexdigest(), "size": 9}
     client.put_object(Bucket=bucket, Key="sweeps/s1/results.csv", Body=b"trial_id\nt000-evil\n")
@@ -789,7 +793,7 @@ def test_a_url_credential_is_sent_as_basic_auth_and_named_nowhere(tmp_path: Path
 
 
 def test_no_planted_secret_reaches_a_file_an_object_a_log_an_artifact_or_a_flow_run(
-    tmp_path: Path, cifar_archive: Path, basic_auth_archive: str, s3, shared_prefect
+    tmp_path: Path, cifar_archive: Path, basic_auth_archive: str, own_bucket: tuple[Any, str], shared_prefect
 ) -> None:
     """A sweep whose every channel carries a distinct secret: the S3 key (environment), a ``user:password@`` and a
     presigned-style query token in ``data.source``, the Prefect credential; none may appear in anything the sweep
@@ -801,7 +805,7 @@ def test_no_planted_secret_reaches_a_file_an_object_a_log_an_artifact_or_a_flow_
         "prefect credential": os.environ["PREFECT_API_AUTH_STRING"],
     }
     project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]}, **{"finetune.epochs": 1})
-    bucket = s3.bucket("leaks")
+    s3, bucket = own_bucket
     with_credential = basic_auth_archive.replace("//", f"//{BASIC_USER}:{BASIC_PASSWORD}@")
     source = f"{with_credential}?X-Amz-Signature={secrets['query token']}&X-Amz-Expires=60"
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "PREFECT_LOGGING_LEVEL": "INFO"}

@@ -100,7 +100,8 @@ def check_searched(sweep_dir: Path, trials: int, epochs: int) -> pd.DataFrame:
     results = pd.read_csv(sweep_dir / "results.csv")
     assert len(results) == trials and results["lr"].nunique() == trials
     assert results["lr"].between(0.0001, 0.05).all()
-    assert set(results["status"]) <= {"ok", "stopped"} and (results["status"] == "stopped").any()
+    # a sampled lr near the top of the range may collapse to chance at its first epoch: diverged, stopped at once
+    assert set(results["status"]) <= {"ok", "stopped", "diverged"} and (results["status"] == "stopped").any()
     assert results["finetune_epochs"].sum() < trials * epochs
     for row in results.itertuples():
         assert row.finetune_epochs == epochs if row.status == "ok" else row.finetune_epochs < epochs
@@ -108,9 +109,9 @@ def check_searched(sweep_dir: Path, trials: int, epochs: int) -> pd.DataFrame:
         assert history["step"].tolist() == list(range(1, 2 + row.finetune_epochs)), "each epoch once"
     search = json.loads((sweep_dir / "search.json").read_text())
     assert search["finetune_epochs_spent"] == results["finetune_epochs"].sum()
-    assert {d["trial_id"] for d in search["decisions"] if not d["promoted"]} == set(
-        results.loc[results["status"] == "stopped", "trial_id"]
-    )
+    not_promoted = {d["trial_id"] for d in search["decisions"] if not d["promoted"]}
+    stopped = set(results.loc[results["status"] == "stopped", "trial_id"])
+    assert stopped <= not_promoted <= stopped | set(results.loc[results["status"] == "diverged", "trial_id"])
     report = (sweep_dir / "report.md").read_text()
     spent = results["finetune_epochs"].sum()
     assert f"Finetune epochs spent: **{spent}** of the {trials * epochs}" in report
