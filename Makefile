@@ -49,10 +49,14 @@ contracts: install
 	lint-imports
 
 # every test runs: a skipped test fails the run (MOBITUNE_NO_SKIPS, tests/conftest.py; -rs lists why), and so
-# does pytest's exit status 5, no test collected
+# does pytest's exit status 5 when neither tier collected a test. The unit tier runs as make test-fast does (one
+# process per core), then the end-to-end tier one test at a time (its servers and timings want the machine)
 test: install browser postgres contracts
-	@MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -m "not containers" $(PYTEST_ARGS); status=$$?; \
-		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
+	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto --dist worksteal -m "not e2e and not containers" \
+		$(PYTEST_ARGS); unit=$$?; \
+	MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -m "e2e and not containers" $(PYTEST_ARGS); e2e=$$?; \
+	for status in $$unit $$e2e; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done; \
+	[ $$unit -eq 5 ] && [ $$e2e -eq 5 ] && { echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit 5; }; exit 0
 
 # the inner loop: unit tests only (no servers, no subprocess training), under a minute: one process per core
 # (pytest-xdist), each with one torch thread, since their tensors are too small for threads to pay

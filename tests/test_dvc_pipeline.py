@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from datasets import write_cifar_archive
 from helpers import (
     ROOT,
     DvcExperiments,
@@ -139,32 +138,26 @@ def test_pipeline_end_to_end(dvc_experiments: DvcExperiments, s3) -> None:
 
 
 def test_the_readme_workflow_on_a_fresh_clone_compares_experiments_in_a_table_that_fits_a_terminal(
-    dvc_project: Path, tmp_path: Path
+    dvc_experiments: DvcExperiments,
 ) -> None:
-    """The README's commands in a clone with no dvc.lock: `dvc repro`, the baseline committed, an experiment;
-    `dvc exp show --only-changed` is a table a terminal holds (metrics files hold scores, no provenance, cost or
-    per-class column; the code deps unchanged), `dvc plots diff HEAD low-lr` draws both, its page ignored by git."""
-    archive = write_cifar_archive(tmp_path / "cifar-10-python.tar.gz", 20, 50)
-    write_params(dvc_project, tiny_params(str(archive), **{"finetune.epochs": 1, "warmup.batch_size": 50}))
-    run(["git", "add", "-A"], dvc_project)
-    run(["git", "commit", "-qm", "a fresh clone: no dvc.lock"], dvc_project)
-    run(["dvc", "repro"], dvc_project)
-    run(["bash", "-c", "git add dvc.lock data && git commit -qm baseline"], dvc_project)
-    run(["dvc", "exp", "run", "-n", "low-lr", "-S", "lr=0.05"], dvc_project)
-
-    columns = run(["dvc", "exp", "show", "--csv"], dvc_project).stdout.splitlines()[0].split(",")
+    """The README's commands in a project that started with no dvc.lock (the session's: `dvc repro`, the baseline
+    committed, an experiment): `dvc exp show --only-changed` is a table a terminal holds (metrics files hold
+    scores, no provenance, cost or per-class column; the code deps unchanged), `dvc plots diff HEAD low-lr` draws
+    both, its page ignored by git."""
+    project = dvc_experiments.project
+    columns = run(["dvc", "exp", "show", "--csv"], project).stdout.splitlines()[0].split(",")
     hidden = ("provenance", "per_class", "device_seconds", "images_per_s", "latency", "bytes")
     metrics = [column for column in columns if not column.startswith(("src/", "data/"))]  # deps apart
     assert not [c for c in metrics if any(word in c for word in hidden)], metrics
     assert {"warmup.test_loss", "finetune.test_accuracy", "test_accuracy", "int8.test_accuracy"} <= set(metrics)
-    table = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], dvc_project, env_extra={"COLUMNS": "10000"})
+    table = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], project, env_extra={"COLUMNS": "10000"})
     width = max(len(line.rstrip()) for line in table.stdout.splitlines())
     assert width <= 300 and " lr " in table.stdout and "src/" not in table.stdout, table.stdout
-    plots = run(["dvc", "plots", "diff", "HEAD", "low-lr"], dvc_project)
+    plots = run(["dvc", "plots", "diff", "HEAD", "low-lr"], project)
     assert "failed to load" not in plots.stdout + plots.stderr
-    html = (dvc_project / "dvc_plots" / "index.html").read_text()
+    html = (project / "dvc_plots" / "index.html").read_text()
     assert "low-lr" in html and "Confusion matrix" in html
-    assert "dvc_plots" not in run(["git", "status", "--porcelain"], dvc_project).stdout
+    assert "dvc_plots" not in run(["git", "status", "--porcelain"], project).stdout
 
 
 def test_offline_download_fails_with_a_clear_message(dvc_project: Path) -> None:

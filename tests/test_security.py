@@ -551,24 +551,27 @@ def test_the_deployments_parameter_schema_carries_the_name_and_path_patterns() -
         assert flow[name]["pattern"], name
 
 
-def test_the_prefect_server_refuses_a_slot_run_whose_names_leave_the_slots_folder(
-    prefect_server, tmp_path: Path, cifar_archive: Path
-) -> None:
-    """The attack as a caller of the API makes it: a run of the ``trial-slot/gpu`` deployment with ``..`` names."""
-    project = sweep_project(tmp_path, cifar_archive, {"lr": [0.005]})
-    run(
-        ["prefect", "--no-prompt", "deploy", "--name", "gpu"],
-        project,
-        env_extra={"PREFECT_API_URL": prefect_server.api},
+def test_the_prefect_server_refuses_a_slot_run_whose_names_leave_the_slots_folder(prefect_server) -> None:
+    """The attack as a caller of the API makes it, on a deployment of ``trial-slot`` with the flow's own parameter
+    schema (as ``prefect deploy`` registers it, which enforces it): runs with ``..`` names are refused."""
+    flow = prefect_server.api_post("flows/", {"name": "trial-slot"})
+    deployment = prefect_server.api_post(
+        "deployments/",
+        {
+            "name": f"security-{uuid.uuid4().hex[:8]}",
+            "flow_id": flow["id"],
+            "entrypoint": "flows/trial.py:trial_slot",
+            "parameter_openapi_schema": parameter_schema(trial_slot).model_dump(),
+            "enforce_parameter_schema": True,
+        },
     )
-    [gpu] = prefect_server.api_post("deployments/filter", {"deployments": {"name": {"any_": ["gpu"]}}})
+    create_run = f"deployments/{deployment['id']}/create_flow_run"
     for parameters in ({"sweep_id": "..", "slot": ".."}, {"sweep_id": "s1", "slot": "../../x"}):
         with pytest.raises(urllib.error.HTTPError) as refused:
-            prefect_server.api_post(f"deployments/{gpu['id']}/create_flow_run", {"parameters": parameters})
+            prefect_server.api_post(create_run, {"parameters": parameters})
         assert refused.value.code in (409, 422), parameters
-    accepted = prefect_server.api_post(
-        f"deployments/{gpu['id']}/create_flow_run", {"parameters": {"sweep_id": "s1", "slot": "s1-slot-1"}}
-    )
+    accepted = prefect_server.api_post(create_run, {"parameters": {"sweep_id": "s1", "slot": "s1-slot-1"}})
+    assert accepted["parameters"] == {"sweep_id": "s1", "slot": "s1-slot-1"}, "the same request with names passes"
     prefect_server.api_post(f"flow_runs/{accepted['id']}/set_state", {"state": {"type": "CANCELLED"}, "force": True})
 
 
