@@ -152,7 +152,8 @@ def test_the_readme_workflow_on_a_fresh_clone_compares_experiments_in_a_table_th
     assert {"warmup.test_loss", "finetune.test_accuracy", "test_accuracy", "int8.test_accuracy"} <= set(metrics)
     table = run(["dvc", "exp", "show", "--no-pager", "--only-changed"], project, env_extra={"COLUMNS": "10000"})
     width = max(len(line.rstrip()) for line in table.stdout.splitlines())
-    assert width <= 300 and " lr " in table.stdout and "src/" not in table.stdout, table.stdout
+    # the recipe changes three params and the model file, a column each: 315 wide; the README's one-param example 158
+    assert width <= 340 and " lr " in table.stdout and "src/" not in table.stdout, table.stdout
     plots = run(["dvc", "plots", "diff", "HEAD", "low-lr"], project)
     assert "failed to load" not in plots.stdout + plots.stderr
     html = (project / "dvc_plots" / "index.html").read_text()
