@@ -50,11 +50,13 @@ from mobitune.sweep.publish import ManifestError
 from mobitune.sweep.run import SweepLocked, SweepRun, hold_sweep_lock
 from mobitune.sweep.trial_setup import result_cache_key
 from mobitune.training import data as data_module
-from mobitune.training.data import DataError, TooLargeError, prepare
+from mobitune.training import untrusted
+from mobitune.training.data import DataError, prepare
+from mobitune.training.untrusted import TooLargeError
 
 # --- untrusted files (issue 37 item 4) ---
 # Archives, image folders, downloads and the images a user predicts on are untrusted: each cap of
-# mobitune/training/data.py and mobitune/storage/fetch.py is lowered here (monkeypatched) so that a few KiB
+# mobitune/training/untrusted.py and mobitune/storage/fetch.py is lowered here (monkeypatched) so that a few KiB
 # stand for the gigabytes of a real attack, and image decoding must reach no Pillow plugin but PNG and JPEG.
 
 _MIB = 2**20
@@ -224,11 +226,11 @@ def test_an_image_past_the_pixel_cap_is_refused_from_its_header(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Below Pillow's own limit, the project's cap refuses: checked on the header, before any pixel is decoded."""
-    monkeypatch.setattr(data_module, "MAX_IMAGE_PIXELS", 48 * 48)
+    monkeypatch.setattr(untrusted, "MAX_IMAGE_PIXELS", 48 * 48)
     tree = write_image_folder(tmp_path / "images", 2, 1)
     (tree / "train" / "cat" / "zzz.png").write_bytes(_png_claiming(64, 64))  # no pixel data: decoding would fail
     out = tmp_path / "work" / "cifar10"
-    expected = r"zzz.png is 64x64 pixels: over the 2,304-pixel cap \(MAX_IMAGE_PIXELS in mobitune/training/data.py"
+    expected = r"zzz.png is 64x64 pixels: over the 2,304-pixel cap \(MAX_IMAGE_PIXELS in mobitune/training/untrusted.py"
     with pytest.raises(TooLargeError, match=expected):
         prepare(str(tree), None, out)
     _assert_nothing_prepared(out)

@@ -1,7 +1,7 @@
 """``mobitune predict``: the top classes of image files, from an exported ONNX file or a mobitune checkpoint.
 
 Any JPEG or PNG (by its content: a file of another format is refused, whatever its suffix) of up to
-``MAX_IMAGE_PIXELS`` (mobitune/training/data.py: 64 Mi pixels), RGB or not (grayscale, palette and alpha
+``MAX_IMAGE_PIXELS`` (mobitune/training/untrusted.py: 64 Mi pixels), RGB or not (grayscale, palette and alpha
 images are converted to RGB); each image is answered on its own, so one that cannot be read gets its own
 error and the others still get their answer.
 """
@@ -22,8 +22,8 @@ from mobitune.errors import MobituneError
 from mobitune.export.onnx_model import CLASSES_KEY, INPUT, OUTPUT, PackagedModel, session
 from mobitune.params import params_from_dict
 from mobitune.training.checkpoints import load_trained_model
-from mobitune.training.data import open_image
 from mobitune.training.model import load_checkpoint
+from mobitune.training.untrusted import open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -8,7 +8,7 @@ nothing is ever extracted to disk, and members that would escape the tree
 (absolute paths, ``..``, links pointing outside) are refused outright.
 
 A source is untrusted input: what it may cost is capped (the ``MAX_*``
-constants below) and checked before the bytes or pixels are read, and images
+constants of :mod:`mobitune.training.untrusted`) and checked before the bytes or pixels are read, and images
 are decoded as PNG or JPEG only, whatever their names say.
 """
 
@@ -27,15 +27,24 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
-from mobitune.errors import MobituneError
 from mobitune.storage import stores as storage
 from mobitune.storage.fetch import fetch
+from mobitune.training.untrusted import (
+    MAX_MEMBER_BYTES,
+    MAX_PIXEL_BYTES,
+    MAX_UNPACKED_BYTES,
+    Budget,
+    DataError,
+    mib,
+    open_image,
+    over_cap,
+)
 
 CIFAR_DIR = "cifar-10-batches-py"
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -44,58 +53,6 @@ CIFAR_META = "batches.meta"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "test")
 FOLDER_SHUFFLE_SEED = 0  # image folders are class-sorted: shuffle so that `*_limit` keeps every class
-
-# What an untrusted source may cost. Each refusal names the cap; raise it here for a genuine data set above it.
-# One archive member or folder file read whole into memory: the official archive's largest member is a 31 MB
-# batch and a data set's image is kilobytes; 256 MiB is 8x that batch.
-MAX_MEMBER_BYTES = 256 * 2**20
-# All the members of an archive together as they unpack (the ones skipped too: passing them inflates them as
-# well), or all the image files of a folder read: the official archive unpacks to 178 MB and its JPEG copy to
-# less; 4 GiB leaves room for data sets of larger images and stops a gzip bomb before it is inflated.
-MAX_UNPACKED_BYTES = 4 * 2**30
-# One image's pixels, known from its header before any is decoded: CIFAR-10's are 32x32 and a photo for
-# `mobitune predict` is up to ~60 MP (a 9504x6336 full-frame camera); 64 Mi pixels (192 MiB as RGB) holds
-# both and stays under Pillow's own bomb warning (89 M pixels).
-MAX_IMAGE_PIXELS = 64 * 2**20
-# All the decoded images of an image-folder data set together, as uint8 RGB: CIFAR-10's 60,000 32x32 images
-# are 184 MB; 4 GiB holds 96x96 images by the hundred thousand (decoding keeps ~3 copies at its peak).
-MAX_PIXEL_BYTES = 4 * 2**30
-IMAGE_FORMATS = ("PNG", "JPEG")  # the formats Pillow may try: no other decoder (EPS runs Ghostscript) is reached
-
-
-class DataError(MobituneError):
-    """The data source cannot be fetched or is not a valid data set."""
-
-
-class TooLargeError(DataError):
-    """An untrusted source (archive, member, file, image) goes over one of the ``MAX_*`` caps."""
-
-
-def _mib(size: int) -> str:
-    return f"{size / 2**20:g} MiB"
-
-
-def _over_cap(subject: str, limit: str, cap: str) -> TooLargeError:
-    """The refusal of ``subject`` (which names the file), saying which cap it passes and what to do."""
-    return TooLargeError(
-        f"{subject}: over the {limit} cap ({cap} in mobitune/training/data.py), refused; "
-        "if this is the data you mean, raise that cap"
-    )
-
-
-class _Budget:
-    """What one source has cost so far against a cap; the claim that takes it past the cap is refused."""
-
-    def __init__(self, limit: int, cap: str, source: str, measure: str) -> None:
-        self.limit, self.cap = limit, cap
-        self.source, self.measure = source, measure  # "x.tar.gz", "unpacks to": what the whole source comes to
-        self.used = 0
-
-    def take(self, size: int, at: str) -> None:
-        self.used += size
-        if self.used > self.limit:
-            subject = f"{self.source}: {self.measure} {_mib(self.used)} with {at}"
-            raise _over_cap(subject, _mib(self.limit), self.cap)
 
 
 @dataclass(frozen=True)
@@ -166,7 +123,7 @@ def _unpickle(raw: bytes, name: str) -> dict[str, Any]:
 def _safe_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
     """The archive's members, each checked before its data is inflated: where it lands, what it is, and what
     the archive has unpacked to with it (a member skipped is inflated all the same, to pass it)."""
-    unpacked = _Budget(MAX_UNPACKED_BYTES, "MAX_UNPACKED_BYTES", archive.name, "unpacks to")
+    unpacked = Budget(MAX_UNPACKED_BYTES, "MAX_UNPACKED_BYTES", archive.name, "unpacks to")
     for member in tar:
         unpacked.take(member.size, f"member {member.name!r}")
         parts = PurePosixPath(member.name).parts
@@ -244,8 +201,8 @@ def _decode_tar(tar: tarfile.TarFile, path: Path) -> tuple[Split, Split, list[st
 def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
     """The member's bytes, refused by its declared size before any is read (tarfile reads no more than that)."""
     if member.size > MAX_MEMBER_BYTES:
-        subject = f"{path.name}: member {member.name!r} is {_mib(member.size)}"
-        raise _over_cap(subject, _mib(MAX_MEMBER_BYTES), "MAX_MEMBER_BYTES")
+        subject = f"{path.name}: member {member.name!r} is {mib(member.size)}"
+        raise over_cap(subject, mib(MAX_MEMBER_BYTES), "MAX_MEMBER_BYTES")
     handle = tar.extractfile(member)
     if handle is None:
         raise DataError(f"{path.name}: member {member.name!r} cannot be read")
@@ -301,7 +258,7 @@ def _decode_folder_tree(root: Path) -> tuple[Split, Split, list[str]]:
         )
     class_dirs: set[tuple[str, str]] = set()
     images: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
-    read = _Budget(MAX_UNPACKED_BYTES, "MAX_UNPACKED_BYTES", str(root), "its image files come to")
+    read = Budget(MAX_UNPACKED_BYTES, "MAX_UNPACKED_BYTES", str(root), "its image files come to")
     for split in SPLITS:
         for cls_dir in sorted(p for p in (base / split).iterdir() if p.is_dir()):
             class_dirs.add((split, cls_dir.name))
@@ -310,7 +267,7 @@ def _decode_folder_tree(root: Path) -> tuple[Split, Split, list[str]]:
     return _assemble_folder(class_dirs, images, str(root))
 
 
-def _read_image_file(file: Path, read: _Budget) -> bytes:
+def _read_image_file(file: Path, read: Budget) -> bytes:
     """The file's bytes, refused by its size before any is read; a plain file only (a link to /dev/zero or a
     pipe named ``*.png`` would never end)."""
     try:
@@ -318,7 +275,7 @@ def _read_image_file(file: Path, read: _Budget) -> bytes:
             raise DataError(f"{file}: not a plain file; remove it from the data set")
         size = file.stat().st_size
         if size > MAX_MEMBER_BYTES:
-            raise _over_cap(f"{file} is {_mib(size)}", _mib(MAX_MEMBER_BYTES), "MAX_MEMBER_BYTES")
+            raise over_cap(f"{file} is {mib(size)}", mib(MAX_MEMBER_BYTES), "MAX_MEMBER_BYTES")
         read.take(size, str(file))
         return file.read_bytes()
     except OSError as exc:
@@ -348,7 +305,7 @@ def _assemble_folder(
                 raise DataError(f"{label}: class folder {split}/{cls} has no .png/.jpg images")
     splits = []
     shape: tuple[int, ...] | None = None
-    pixels = _Budget(MAX_PIXEL_BYTES, "MAX_PIXEL_BYTES", label, "its decoded images come to")
+    pixels = Budget(MAX_PIXEL_BYTES, "MAX_PIXEL_BYTES", label, "its decoded images come to")
     for split in SPLITS:
         xs, ys = [], []
         count = sum(len(images[(split, cls)]) for cls in classes)
@@ -371,7 +328,7 @@ def _assemble_folder(
     return splits[0], splits[1], classes
 
 
-def _decode_image(name: str, raw: bytes, pixels: _Budget) -> np.ndarray:
+def _decode_image(name: str, raw: bytes, pixels: Budget) -> np.ndarray:
     try:
         with open_image(io.BytesIO(raw), name) as image:
             pixels.take(3 * image.width * image.height, name)
@@ -383,22 +340,6 @@ def _decode_image(name: str, raw: bytes, pixels: _Budget) -> np.ndarray:
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{name}: not a readable image ({exc}); remove or replace it") from None
-
-
-def open_image(source: Path | BinaryIO, name: str) -> Image.Image:
-    """Open an untrusted image for decoding: as PNG or JPEG only, whatever ``name``'s suffix says (Pillow's
-    ``UnidentifiedImageError`` for any other format: no other decoder is reached), and refused with
-    :class:`TooLargeError` past ``MAX_IMAGE_PIXELS``, from its header, before any pixel is decoded."""
-    try:
-        image = Image.open(source, formats=IMAGE_FORMATS)
-    except Image.DecompressionBombError as exc:  # Pillow's own cap, above ours: a header past both
-        subject = f"{name} declares more pixels than Pillow allows ({str(exc).rstrip('.')})"
-        raise _over_cap(subject, f"{MAX_IMAGE_PIXELS:,}-pixel", "MAX_IMAGE_PIXELS") from None
-    if image.width * image.height > MAX_IMAGE_PIXELS:
-        image.close()
-        subject = f"{name} is {image.width}x{image.height} pixels"
-        raise _over_cap(subject, f"{MAX_IMAGE_PIXELS:,}-pixel", "MAX_IMAGE_PIXELS")
-    return image
 
 
 # ------------------------------------------------------------------ prepare
