@@ -30,6 +30,20 @@ COST_COLUMNS = [
     "gpu_memory_used_bytes",
 ]
 PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "threads"]  # of the run that computed a result
+# results.csv: trial_id, a column per swept key, then these (docs/reference/files.md is generated from them)
+RESULTS_COLUMNS = [
+    "seed",
+    *METRIC_COLUMNS,
+    *FLIP_COLUMNS,
+    "warmup_epochs",
+    "finetune_epochs",
+    "seconds",
+    "status",
+    "error",
+    *COST_COLUMNS,
+    "cached",
+    *PROVENANCE_COLUMNS,
+]
 SWEEP_RECORD = "sweep.json"  # a sweep's spec, params, trials and backend, in its folder
 SEARCH_RECORD = "search.json"  # a searched or early-stopped sweep's rungs, decisions and epochs (search.summary)
 
@@ -79,9 +93,7 @@ def load_results(sweep_dir: Path, record: Mapping[str, Any]) -> SweepResults:
         row.update({key: (metrics.get("provenance") or {}).get(key) for key in PROVENANCE_COLUMNS})
         rows.append(row)
     # the columns named even without a row: a sweep whose time budget ended before its first trial has none
-    columns = ["trial_id", *axes, "seed", *METRIC_COLUMNS, *FLIP_COLUMNS, "warmup_epochs", "finetune_epochs"]
-    columns += ["seconds", "status", "error", *COST_COLUMNS, "cached", *PROVENANCE_COLUMNS]
-    table = pd.DataFrame(rows, columns=columns)
+    table = pd.DataFrame(rows, columns=["trial_id", *axes, *RESULTS_COLUMNS])
     for column in METRIC_COLUMNS + FLIP_COLUMNS + ["seconds", *COST_COLUMNS]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
     # absent, not zero: a column nobody recorded (flips off, a CPU's GPU figures, runs older than it) is left out

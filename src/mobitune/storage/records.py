@@ -18,7 +18,7 @@ from mobitune.storage.stores import atomic_write_text
 class Status(StrEnum):
     """A phase's or a trial's status, in checkpoints, metrics files and ``results.csv`` (plain strings there)."""
 
-    OK = "ok"
+    OK = "ok"  # trained every epoch asked of it
     DIVERGED = "diverged"  # loss NaN/inf, or a collapse to chance: stopped at once, history kept; a result
     STOPPED = "stopped"  # early stopping ended the trial at a rung, or the sweep's time budget ran out (resumable)
     FAILED = "failed"  # an exception (a bad config, out of memory), recorded with its reason
