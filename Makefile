@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install constraints browser postgres run test test-fast test-containers contracts lint bench gpu-inputs
+.PHONY: install constraints browser postgres run test test-fast test-containers contracts docs lint bench gpu-inputs
 
 # every package at the exact version of constraints.txt: pyproject.toml pins what we use, constraints.txt all
 # that comes with it
@@ -48,10 +48,15 @@ postgres:
 contracts: install
 	lint-imports
 
+# the documentation site (mkdocs.yml) into site/, offline; strict: a broken link or anchor, a missing page or a
+# reference page the code can no longer generate fails it (the two variables silence the MkDocs 2 notices)
+docs: install
+	DISABLE_MKDOCS_2_WARNING=true NO_MKDOCS_2_WARNING=1 mkdocs build --strict
+
 # every test runs: a skipped test fails the run (MOBITUNE_NO_SKIPS, tests/conftest.py; -rs lists why), and so
 # does pytest's exit status 5 when neither tier collected a test. The unit tier runs as make test-fast does (one
 # process per core), then the end-to-end tier one test at a time (its servers and timings want the machine)
-test: install browser postgres contracts
+test: install browser postgres contracts docs
 	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto --dist worksteal -m "not e2e and not containers" \
 		$(PYTEST_ARGS); unit=$$?; \
 	MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -m "e2e and not containers" $(PYTEST_ARGS); e2e=$$?; \
