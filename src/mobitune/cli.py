@@ -8,6 +8,7 @@ mobitune setup --pool-type kubernetes [--s3-secret NAME] [--cache-claim NAME]   
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
 mobitune report SWEEP_DIR... --into docs/fidelity.md  # the lab report's tables beside those sweeps' trials
+mobitune study [--run cpu|gpu] [--only NAME ...]   # run the study's missing or stale sweeps; regenerate the docs
 mobitune recipe FILE | xargs dvc exp run     # a recipe as `-S key=value` arguments
 mobitune params > params.yaml                # every param at its default, commented
 mobitune export artifacts/sweeps/<sweep_id> [--trial ID | --best] [--register NAME]   # ONNX + int8 ONNX; registered
@@ -26,8 +27,7 @@ from mobitune.errors import MobituneError
 from mobitune.storage.stores import LOCAL_ROOT
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `mobitune` command line (docs/reference/cli.md is generated from it)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobitune", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sweep = commands.add_parser("sweep", help="run the sweep of params.yaml's `sweep:` section as a Prefect flow")
@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="write the lab report's headline and Tables 1-3 beside these folders' trials (seeds pooled) into "
         "this markdown file, replacing its generated section: docs/fidelity.md",
     )
+    study = commands.add_parser("study", help="run the study's missing or stale sweeps (--run), regenerate the docs")
+    study.add_argument("manifest", type=Path, nargs="?", default=Path("docs/fidelity/study.yaml"))
+    study.add_argument("--run", choices=["cpu", "gpu"], help="first run that kind's missing or stale entries")
+    study.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these entries")
+    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     exp_import = commands.add_parser(
         "exp-import", help="save a sweep's trials as DVC experiments (then: dvc exp show, dvc plots diff T1 T2)"
     )
@@ -165,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     # Prefect gives its temporary server 20 s to start; on a busy machine that is too short.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    args = build_parser().parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         if args.command == "sweep":
             print(_sweep(args))
@@ -177,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
             print(defaults_yaml(), end="")
         elif args.command == "report":
             print(_report(args.sweep_dirs, args.into))
+        elif args.command == "study":
+            from mobitune.sweep.study_run import run_study
+
+            print("\n".join(run_study(args.manifest, args.run, args.only, args.overrides, Path(LOCAL_ROOT))))
         elif args.command == "setup":
             print(_setup(args))
         elif args.command == "exp-import":
@@ -338,10 +347,11 @@ def _report(sweep_dirs: list[Path], into: Path | None) -> str:
 
     if into is not None:
         from mobitune.report.lab_document import lab_document, recipes_in, write_into
+        from mobitune.sweep.study_run import states_now
 
         for sweep_dir in sweep_dirs:
             read_sweep_record(sweep_dir)
-        write_into(into, lab_document(sweep_dirs, recipes_in(Path("recipes"))))
+        write_into(into, lab_document(sweep_dirs, states_now(sweep_dirs), recipes_in(Path("recipes"))))
         return str(into)
     if len(sweep_dirs) > 1:
         raise MobituneError("report: give one sweep folder, or several with --into FILE")

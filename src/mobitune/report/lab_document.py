@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ import pandas as pd
 from mobitune.params import EXECUTION_KEYS, Params, get_dotted, parse_override, recipe_overrides
 from mobitune.report import lab_report
 from mobitune.report.results import METRIC_COLUMNS, load_results, read_sweep_record
+from mobitune.report.seed_stats import Delta, delta_text, noise_floor, paired_delta, per_seed, spread_text
+from mobitune.report.staleness import FolderState
 from mobitune.report.sweep_report import markdown_table
 from mobitune.storage.records import Status
 
@@ -41,6 +44,7 @@ REPORT_BUDGET = (5, 5)  # the report's warmup and finetune epochs
 CIFAR_TRAIN, CIFAR_TEST = 50_000, 10_000
 FULL_DATA = "50k/10k"
 PROTOCOL = "the report's protocol"
+CURRENT = "current"  # FolderState.label of a folder today's code reproduces
 
 
 def _flat(raw: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -89,8 +93,11 @@ def _data_label(train_limit: int | None, test_limit: int | None) -> str:
     return f"{count(train_limit, CIFAR_TRAIN)}/{count(test_limit, CIFAR_TEST)}"
 
 
-def trial_table(sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per trial of every folder: its sweep, setting, config (named by ``recipes``), seed, final metrics."""
+def trial_table(
+    sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, Any]], states: Mapping[Path, FolderState]
+) -> pd.DataFrame:
+    """One row per trial of every folder: its sweep, era (``current`` or ``historical (commit …)``, from
+    ``states``), setting, config (named by ``recipes``), seed, final metrics."""
     rows = []
     for sweep_dir in sweep_dirs:
         record = read_sweep_record(sweep_dir)
@@ -101,6 +108,7 @@ def trial_table(sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, A
             rows.append(
                 {
                     "sweep": sweep_dir.name,
+                    "era": states[sweep_dir].label,
                     "trial_id": trial.trial_id,
                     "data": _data_label(get_dotted(params, "data.train_limit"), get_dotted(params, "data.test_limit")),
                     "px": get_dotted(params, "model.image_size"),
@@ -114,157 +122,142 @@ def trial_table(sweep_dirs: Iterable[Path], recipes: Mapping[str, Mapping[str, A
                     "test_accuracy_flips": getattr(trial, "test_accuracy_flips", math.nan),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=[*TRIAL_COLUMNS, "test_accuracy_flips"])
 
 
-def _spread(accuracies: pd.Series, unit: str = "") -> str:
-    """``86.50 ± 1.29`` (mean ± std over seeds, in %), ``87.00 (1 seed)``; empty where there is none."""
-    values = accuracies.dropna() * 100
-    if values.empty:
-        return ""
-    if len(values) == 1:
-        return f"{values.mean():.2f}{unit} (1 seed)"
-    return f"{values.mean():.2f} ± {values.std():.2f}{unit}"
-
-
-def per_seed(group: pd.DataFrame, metric: str = "test_accuracy") -> pd.Series:
-    """A config's ``metric`` in % per seed (the mean where one seed ran more than once), seeds without it left
-    out."""
-    return (group.groupby("seed")[metric].mean() * 100).dropna()
-
-
-def paired_delta(config: pd.Series, protocol: pd.Series) -> tuple[float, int]:
-    """Δ in points of a config against the protocol on the seeds both ran (``per_seed`` series), and how many."""
-    shared = config.index.intersection(protocol.index)
-    return (float((config[shared] - protocol[shared]).mean()) if len(shared) else math.nan), len(shared)
-
-
-def noise_floor(*configs: pd.Series) -> float:
-    """The larger seed spread (std, points) of the configs compared; NaN where neither ran two seeds."""
-    spreads = [series.std() for series in configs if len(series) > 1]
-    return max(spreads) if spreads else math.nan
-
-
-def delta_text(delta: float, pairs: int, noise: float) -> str:
-    """``+12.60 (3 seeds)``, with ``inside the noise`` where the Δ is no larger than the seed spread."""
-    if not pairs:
-        return "no seed in common"
-    text = f"{delta:+.2f} ({pairs} seed{'s' if pairs > 1 else ''})"
-    if math.isnan(noise):
-        return f"{text}, noise unknown"
-    return f"{text}, inside the noise" if abs(delta) <= noise else text
-
-
-def _setting(trials: pd.DataFrame, data: str, px: int, epochs: str) -> pd.DataFrame:
-    return trials[(trials["data"] == data) & (trials["px"] == px) & (trials["epochs"] == epochs)]
-
-
-def _delta_cell(config: str, mine: pd.Series, delta: float, pairs: int, noise: float) -> str:
-    if config == PROTOCOL:
-        return ""
-    return "no single view recorded" if mine.empty else delta_text(delta, pairs, noise)
+TRIAL_COLUMNS = ["sweep", "era", "trial_id", "data", "px", "epochs", "config", "changed", *lab_report.TABLES, "seed"]
+TRIAL_COLUMNS += ["status", *METRIC_COLUMNS]
+GROUP = ["era", "data", "px", "epochs"]  # a Δ pairs configs of one era and setting, never across them
+DELTA = "Δ vs protocol, paired by seed"
+ACCURACY = "test acc % (mean ± std over seeds)"
 
 
 def config_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every (setting, config): single-view test accuracy mean ± std over seeds, each seed, Δ against the
-    protocol paired by seed beside the noise floor, and the test-time flips' view where it was recorded. Settings
-    with the most data first; within one, the best config first. Figures are of the trials that finished ``ok``;
+    """Every (era, setting, config): single-view test accuracy, mean ± sample std over seeds (a seed's runs
+    averaged first), each seed, Δ against the protocol of the same era and setting paired by seed with its spread,
+    the noise floor, and the test-time flips' view where it was recorded. Current first, then each commit; the
+    most data first; within one setting the best config first. Figures are of the trials that finished ``ok``;
     those that diverged (NaN/inf, or a collapse to chance) are counted beside them, so no config is hidden."""
     finished = trials[trials["status"].isin([Status.OK, Status.DIVERGED])]
     ok = finished[finished["status"] == Status.OK]
     rows = []
-    for (data, px, epochs, config), every in finished.groupby(["data", "px", "epochs", "config"], sort=False):
+    for (era, data, px, epochs, config), every in finished.groupby([*GROUP, "config"], sort=False):
         group = every[every["status"] == Status.OK]
         diverged = len(every) - len(group)
-        protocol = per_seed(_setting(ok, data, px, epochs).query("config == @PROTOCOL"))
+        same = ok[(ok["era"] == era) & (ok["data"] == data) & (ok["px"] == px) & (ok["epochs"] == epochs)]
+        protocol = per_seed(same[same["config"] == PROTOCOL])
         mine = per_seed(group)
-        delta, pairs = paired_delta(mine, protocol)
         noise = noise_floor(mine, protocol)
         rows.append(
             {
+                "era": era,
                 "data": data,
                 "px": px,
                 "epochs": epochs,
                 "config": config,
-                "test acc % (mean ± std)": _spread(group["test_accuracy"]),
+                ACCURACY: spread_text(mine),
                 "per seed": ", ".join(f"{accuracy:.1f}" for accuracy in mine),
-                "Δ vs protocol, paired by seed": _delta_cell(config, mine, delta, pairs, noise),
+                DELTA: _delta_cell(config, mine, paired_delta(mine, protocol), noise),
                 "noise (seed std)": "" if math.isnan(noise) or mine.empty else f"{noise:.2f}",
-                "test acc, flips %": _spread(group["test_accuracy_flips"]),
+                "test acc, flips %": spread_text(per_seed(group, "test_accuracy_flips")),
                 "test loss": group["test_loss"].mean(),
                 "seeds": len(mine),
                 "diverged": f"{diverged} of {len(every)}" if diverged else "",
+                "_current": era == CURRENT,
                 "_mean": mine.mean(),
                 "_full": data == FULL_DATA,
             }
         )
+    if not rows:
+        return pd.DataFrame(columns=["era", "data", "px", "epochs", "config", ACCURACY, DELTA, "seeds"])
+    order = ["_current", "era", "_full", "data", "px", "epochs", "_mean"]
     table = pd.DataFrame(rows).sort_values(
-        ["_full", "data", "px", "epochs", "_mean"], ascending=False, na_position="last"
+        order, ascending=[False, True, False, False, False, False, False], na_position="last"
     )
-    return table.drop(columns=["_mean", "_full"])
+    return table.drop(columns=["_mean", "_full", "_current"]).reset_index(drop=True)
 
 
-def headline_lines(trials: pd.DataFrame) -> list[str]:
-    """The report's 87.9% beside our best config and the protocol at its budget, on all images where we have them:
-    single view on both sides, the gap to the protocol paired by seed; the flips' view on a line of its own."""
+def _delta_cell(config: str, mine: pd.Series, delta: Delta, noise: float) -> str:
+    if config == PROTOCOL:
+        return ""
+    return "no single view recorded" if mine.empty else delta_text(delta, noise)
+
+
+def headline_lines(configs: pd.DataFrame) -> list[str]:
+    """The report's 87.9% beside our best config and the protocol at its budget on all images, read from the rows
+    of :func:`config_table` (one value per quantity): current figures where there are any, else the historical
+    ones, labelled; the flips' view on a line of its own."""
     report = f"**{lab_report.HEADLINE_TEST_ACCURACY * 100:.1f}%**"
     budget = f"{REPORT_BUDGET[0]}+{REPORT_BUDGET[1]}"
-    ok = trials[(trials["status"] == Status.OK) & (trials["epochs"] == budget)]
-    full = ok[(ok["data"] == FULL_DATA) & ok["test_accuracy"].notna()]
     lines = [
         f"The report: {report} test accuracy, its protocol on all {FULL_DATA} images, {budget} epochs, torchvision's "
         "ImageNet weights at 32 px, one run, each test image scored once (single view, as every figure here)."
     ]
+    full = configs[(configs["data"] == FULL_DATA) & (configs["epochs"] == budget) & (configs["seeds"] > 0)]
     if full.empty:
         return [*lines, f"Here: no finished trial on all {FULL_DATA} images at the report's {budget} epochs."]
-    for px, at_size in full.groupby("px"):
-        means = at_size.groupby("config")["test_accuracy"].mean()
-        best = means.idxmax()
-        mine = at_size[at_size["config"] == best]
-        gap = means[best] * 100 - lab_report.HEADLINE_TEST_ACCURACY * 100
-        line = f"Here, {px} px, the stand-in weights: best config **{_spread(mine['test_accuracy'], '%')}** ({best})"
-        line += f", {gap:+.2f} points against the report"
+    era = CURRENT if (full["era"] == CURRENT).any() else full["era"].iloc[0]
+    for px, at_size in full[full["era"] == era].groupby("px"):
+        row = at_size.iloc[0]  # the best: config_table sorts each setting best first
+        best = row["config"]
+        gap = float(row[ACCURACY].split()[0]) - lab_report.HEADLINE_TEST_ACCURACY * 100
+        where = "" if era == CURRENT else f" ({era})"
+        line = f"Here{where}, {px} px, the stand-in weights: best config **{row[ACCURACY]}%** ({best}), "
+        line += f"{gap:+.2f} points against the report"
         protocol = at_size[at_size["config"] == PROTOCOL]
         if best != PROTOCOL and len(protocol):
-            delta, pairs = paired_delta(per_seed(mine), per_seed(protocol))
-            noise = noise_floor(per_seed(mine), per_seed(protocol))
-            line += f"; the report's protocol {_spread(protocol['test_accuracy'], '%')}, {best} against it "
-            line += delta_text(delta, pairs, noise)
-            line += "" if math.isnan(noise) else f" (noise: the larger seed std, {noise:.2f})"
+            line += f"; the report's protocol {protocol.iloc[0][ACCURACY]}%, {best} against it {row[DELTA]}"
+            line += f" (noise: the larger seed std, {row['noise (seed std)']})" if row["noise (seed std)"] else ""
         lines += ["", line + "."]
-        flipped = mine.dropna(subset=["test_accuracy_flips"])
-        if len(flipped):
-            gain = (flipped["test_accuracy_flips"] - flipped["test_accuracy"]).mean() * 100
+        if row["test acc, flips %"]:
             lines.append(
-                f"With test-time flips (the mean of each test image and its mirror, which the report did not do), "
-                f"the same weights score {_spread(flipped['test_accuracy_flips'], '%')}: {gain:+.2f} points."
+                "With test-time flips (the mean of each test image and its mirror, which the report did not do), the "
+                f"same weights score {row['test acc, flips %']}%."
             )
     return lines
 
 
 def study_tables(trials: pd.DataFrame) -> list[str]:
-    """Tables 1-3: the trials that change only that hyperparameter from the protocol (or nothing), per setting,
-    seeds pooled, beside the report's rows."""
+    """Tables 1-3: the trials that change only that hyperparameter from the protocol (or nothing), per era and
+    setting, beside the report's rows; figures over seeds (a seed's runs averaged first)."""
     ok = trials[trials["status"] == Status.OK]
     lines: list[str] = []
     for axis in lab_report.TABLES:
         around = ok[ok["changed"].map(lambda changed, axis=axis: set(changed) <= {axis})]
-        for (data, px, epochs), rows in around.groupby(["data", "px", "epochs"], sort=False):
-            grouped = rows.groupby(axis, sort=True)
-            if len(grouped) < 2:
+        for (era, data, px, epochs), rows in around.groupby(GROUP, sort=False):
+            if rows[axis].nunique() < 2:
                 continue
-            ours = grouped[METRIC_COLUMNS].mean()
-            ours[["train_accuracy", "test_accuracy"]] *= 100
-            ours["test_accuracy_std"] = grouped["test_accuracy"].std() * 100
-            ours["seeds"] = grouped["seed"].nunique()
-            ours["status"] = Status.OK
+            ours = []
+            for value, runs in rows.groupby(axis, sort=True):
+                seeds = runs.groupby("seed")[METRIC_COLUMNS].mean()
+                row = {axis: value, **seeds.mean().to_dict(), "seeds": len(seeds), "status": Status.OK}
+                row["test_accuracy_std"] = seeds["test_accuracy"].std() * 100
+                ours.append(row)
+            table = pd.DataFrame(ours)
+            table[["train_accuracy", "test_accuracy"]] *= 100
             lines += [
-                f"### {lab_report.TABLE_NAMES[axis]}: {axis} ({data} images, {px} px, {epochs} epochs)",
+                f"### {lab_report.TABLE_NAMES[axis]}: {axis} ({data} images, {px} px, {epochs} epochs; {era})",
                 "",
-                markdown_table(lab_report.comparison_table(axis, ours.reset_index())),
+                markdown_table(lab_report.comparison_table(axis, table)),
                 "",
             ]
     return lines
+
+
+def link(path: Path, document_dir: Path) -> str:
+    """A markdown link from the document to a file that exists: a folder's ``report.md`` (or ``results.csv``),
+    or the file itself; relative to the document, so a docs site resolves it."""
+    target = next((path / name for name in ("report.md", "results.csv") if (path / name).is_file()), path)
+    return f"[`{path.as_posix()}`]({Path(os.path.relpath(target, document_dir)).as_posix()})"
+
+
+def folders_table(states: Mapping[Path, FolderState], document_dir: Path) -> str:
+    """Each cited folder, its state and why: the list a reader (and ``tests/test_study.py``) checks."""
+    rows = [
+        {"folder": link(folder, document_dir), "figures are": state.label, "why": state.why}
+        for folder, state in states.items()
+    ]
+    return markdown_table(pd.DataFrame(rows, columns=["folder", "figures are", "why"]))
 
 
 def recipes_in(folder: Path) -> dict[str, dict[str, Any]]:
@@ -273,37 +266,56 @@ def recipes_in(folder: Path) -> dict[str, dict[str, Any]]:
     return {path.stem: dict(parse_override(line) for line in recipe_overrides(path)) for path in files}
 
 
-def lab_document(sweep_dirs: list[Path], recipes: Mapping[str, Mapping[str, Any]] | None = None) -> str:
-    """The generated section: headline, every config over seeds, Tables 1-3; the folders it came from.
+def lab_document(
+    sweep_dirs: list[Path],
+    states: Mapping[Path, FolderState],
+    recipes: Mapping[str, Mapping[str, Any]] | None = None,
+    document_dir: Path = Path("docs"),
+) -> str:
+    """The generated section: headline, every config over seeds (current, then historical by commit), Tables
+    1-3, and the folders with their state.
 
     ``recipes`` (name -> the params it sets) name the configs that contain them; what a recipe sets to the
-    protocol's value, or outside what a config trains (`augment.test_flip`), does not count.
+    protocol's value, or outside what a config trains (`augment.test_flip`), does not count. ``states`` (of
+    :mod:`mobitune.report.staleness`) say which folders today's code would reproduce.
     """
     protocol = _flat(Params().to_dict())
     changes = {
         name: {key: value for key, value in keys.items() if _trains(key) and protocol.get(key) != value}
         for name, keys in (recipes or {}).items()
     }
-    trials = trial_table(sweep_dirs, changes)
+    trials = trial_table(sweep_dirs, changes, states)
+    configs = config_table(trials)
+    current, historical = configs[configs["era"] == CURRENT], configs[configs["era"] != CURRENT]
     lines = [
         BEGIN,
         "",
         "## The report beside mobitune, from the sweep folders",
         "",
-        *headline_lines(trials),
+        *headline_lines(configs),
         "",
-        "### Every configuration, seeds pooled",
+        "### Every configuration, over seeds",
         "",
-        "Test accuracy (%, single view) after the last epoch. Δ: points against the report's protocol in the same "
-        "setting, on the seeds both ran; noise: the larger seed std of the two, and a Δ no larger than it is marked "
-        "inside the noise. Flips: the same weights scored on each test image and its mirror, where the run recorded "
-        "it. A config is named by the largest recipe it contains (`recipes/<name>.yaml`) and what it changes "
-        "besides; `augment.test_flip` is no part of it (it changes no weight).",
+        "Test accuracy (%, single view) after the last epoch: the mean and sample std over seeds, the runs of one "
+        "seed averaged first. Δ: points against the report's protocol of the same era and setting, paired by seed "
+        "(the mean ± std of the per-seed differences, on the seeds both ran); noise: the larger seed std of the two, "
+        "and a Δ under it is marked inside the noise. Flips: the same weights scored on each test image and its "
+        "mirror, where the run recorded it. A config is named by the largest recipe it contains "
+        "(`recipes/<name>.yaml`) and what it changes besides; `augment.test_flip` is no part of it (it changes no "
+        "weight).",
         "",
-        markdown_table(config_table(trials)),
+        "#### Current: folders today's training code reproduces",
+        "",
+        markdown_table(current.drop(columns=["era"])) if len(current) else "None yet.",
+        "",
+        "#### Historical: folders written by older code, by commit",
+        "",
+        markdown_table(historical.rename(columns={"era": "from"})) if len(historical) else "None.",
         "",
         *study_tables(trials),
-        "From: " + ", ".join(f"`{path.as_posix()}`" for path in sweep_dirs) + ".",
+        "### The folders",
+        "",
+        folders_table(states, document_dir),
         "",
         END,
     ]
