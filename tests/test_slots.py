@@ -55,6 +55,9 @@ class Fleet:
     def read_deployment_by_name(self, name: str) -> Any:
         return SimpleNamespace(work_pool_name="gpu")
 
+    def read_work_pool(self, name: str) -> Any:
+        return SimpleNamespace(name=name, type="process")  # its workers pin their GPUs: no pinning by the sweep
+
     def read_flow_runs(self, flow_run_filter: Any, limit: int) -> list[Any]:
         self._answering()
         ids = flow_run_filter.id.any_

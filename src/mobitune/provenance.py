@@ -22,6 +22,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
 COMPUTING = ("torch", "torchvision", "numpy", "Pillow")  # whose versions change what a trial computes
 VERSIONED = (*COMPUTING, "dvc", "prefect")  # and what a result file records of its run
+# the machine's indices of the GPUs a container was given, comma-separated as CUDA_VISIBLE_DEVICES: inside, CUDA
+# numbers them from 0 again. Set by the docker pool's slot runs and the compose stack's GPU workers
+HOST_GPUS_ENV = "MOBITUNE_HOST_GPUS"
 
 
 def module_file(module: str) -> Path | None:
@@ -130,15 +133,35 @@ def computing_versions() -> dict[str, str | None]:
     return {name: _version(name) for name in COMPUTING}
 
 
-def provenance(*, device: str | None = None, threads: int | None = None, seed: int | None = None) -> dict[str, Any]:
+def machine_gpu(local_index: int) -> int | str:
+    """The machine's index of the GPU this process sees as ``cuda:<local_index>``: CUDA_VISIBLE_DEVICES renumbers
+    the GPUs a process sees from 0, and so does a container given GPUs by Docker, whose machine indices
+    :data:`HOST_GPUS_ENV` lists. A GPU named by its UUID there comes back as that string."""
+    gpu: int | str = local_index
+    for variable in ("CUDA_VISIBLE_DEVICES", HOST_GPUS_ENV):  # the process's view inside the container's, first
+        listed = [entry.strip() for entry in os.environ.get(variable, "").split(",") if entry.strip()]
+        if isinstance(gpu, int) and gpu < len(listed):
+            gpu = int(listed[gpu]) if listed[gpu].isdigit() else listed[gpu]
+    return gpu
+
+
+def provenance(
+    *,
+    device: str | None = None,
+    device_index: int | None = None,
+    threads: int | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
     """What every result file records of the run that made it: the code (commit and source fingerprint), the
-    versions, the machine (device, CPU model and cores, compute threads) and the seed. ``device`` and ``threads``
-    come from whoever ran torch; None where nothing was trained."""
+    versions, the machine (device name and, on a GPU, its index on the machine, CPU model and cores, compute
+    threads) and the seed. ``device``, ``device_index`` (CUDA's, in this process) and ``threads`` come from whoever
+    ran torch; None where nothing was trained."""
     return {
         "git_commit": git_commit(),
         "source_fingerprint": source_fingerprint(),
         "versions": {"python": platform.python_version(), **{name: _version(name) for name in VERSIONED}},
         "device": device,
+        "device_index": None if device_index is None else machine_gpu(device_index),
         "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "threads": threads,

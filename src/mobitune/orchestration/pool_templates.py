@@ -11,11 +11,19 @@ and shown in its UI. The API credential (``PREFECT_API_AUTH_STRING``) reaches a 
 its own settings: the docker worker copies every Prefect setting it was started with into the container's
 environment; the Kubernetes worker puts it in the Job, or a reference to a Kubernetes secret when started with
 ``PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_AUTH_STRING_SECRET_NAME``/``_KEY``.
+
+A docker pool's slot containers get a GPU each by its id, never by a count: Docker turns ``count: 1`` into GPU 0
+of the machine for every container (moby's ``countToDevices``). :class:`GpuPinning` spreads a sweep's slot runs
+over the pool's work queues ``gpu-0`` … ``gpu-<n-1>`` (``mobitune setup --gpus n``), one per GPU index, each run
+asking Docker for the GPU of its queue; a docker worker per GPU of each machine serves one queue.
 """
 
 from __future__ import annotations
 
+import collections
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from mobitune.errors import MobituneError
@@ -30,16 +38,28 @@ S3_SECRET = "mobitune-s3"
 CACHE_CLAIM = "mobitune-cache"
 # a Kubernetes object name (RFC 1123 subdomain): no spaces, no braces, so no template placeholder either
 KUBERNETES_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+GPU_QUEUE = re.compile(r"gpu-(0|[1-9][0-9]*)")  # a docker pool's work queue of one GPU index: gpu-0, gpu-1, ...
 
 
 def _variable(kind: str, default: Any, title: str, description: str) -> dict[str, Any]:
     return {"type": kind, "default": default, "title": title, "description": description}
 
 
-def docker_template() -> dict[str, Any]:
-    """Containers on the host's network (the server and S3 as the worker sees them), one GPU each through
-    ``container_create_kwargs.device_requests`` (``docker run --gpus``; ``{}`` on a machine without one), the
-    artifacts and caches on named volumes."""
+def gpu_queue(index: int) -> str:
+    """The docker pool's work queue of the machines' GPU ``index``."""
+    return f"gpu-{index}"
+
+
+def gpu_device_requests(index: int) -> list[dict[str, Any]]:
+    """A container's request for the machine's GPU ``index`` by its id (``docker run --gpus device=<index>``)."""
+    return [{"driver": "nvidia", "device_ids": [str(index)], "capabilities": [["gpu"]]}]
+
+
+def docker_template(gpus: int = 1) -> dict[str, Any]:
+    """Containers on the host's network (the server and S3 as the worker sees them), the artifacts and caches on
+    named volumes. On machines with ``gpus`` GPUs, a container asks for GPU 0 through
+    ``container_create_kwargs.device_requests`` unless its run names another (:class:`GpuPinning`); with
+    ``gpus`` 0, for none."""
     from prefect_docker.worker import DockerWorker
 
     template = DockerWorker.get_default_base_job_template()
@@ -49,10 +69,47 @@ def docker_template() -> dict[str, Any]:
     variables["network_mode"]["default"] = "host"
     variables["volumes"]["default"] = [f"mobitune-artifacts:{ARTIFACTS_DIR}", f"mobitune-cache:{CACHE_DIR}"]
     variables["env"]["default"] = {"PREFECT_HOME": PREFECT_HOME}  # not the worker's own, which it passes on
-    variables["container_create_kwargs"]["default"] = {
-        "device_requests": [{"driver": "nvidia", "count": 1, "capabilities": [["gpu"]]}]
-    }
+    variables["container_create_kwargs"]["default"] = {"device_requests": gpu_device_requests(0)} if gpus else {}
     return template
+
+
+@dataclass(frozen=True)
+class GpuPinning:
+    """How a sweep pins its slot runs on a docker pool to the GPUs of their machines: each run goes to the work
+    queue of one GPU index (``gpus``: those the pool has queues for) and asks Docker for that GPU by id, keeping
+    the rest of the ``container_create_kwargs`` its deployment (or else the pool) gives. A docker worker per GPU
+    of each machine, started on that GPU's queue, so runs only where its GPU is; one worker on all queues of a
+    single machine does too."""
+
+    gpus: tuple[int, ...]
+    create_kwargs: dict[str, Any]
+
+    def next_gpu(self, pinned: Iterable[int | None]) -> int:
+        """The GPU for a new slot: the one with fewest of the sweep's live slots (``pinned``: each one's GPU), the
+        lowest index among equals; a sweep's slot k lands on GPU k mod n, and a lost slot's stand-in where it was."""
+        slots = collections.Counter(pinned)
+        return min(self.gpus, key=lambda gpu: (slots[gpu], gpu))
+
+    def run_options(self, gpu: int) -> dict[str, Any]:
+        """``run_deployment``'s work queue and job variables of a slot run on the machine's GPU ``gpu``."""
+        create_kwargs = {**self.create_kwargs, "device_requests": gpu_device_requests(gpu)}
+        return {"work_queue_name": gpu_queue(gpu), "job_variables": {"container_create_kwargs": create_kwargs}}
+
+
+def gpu_pinning(client: Any, deployment: Any) -> GpuPinning | None:
+    """The :class:`GpuPinning` of ``deployment``'s slot runs, read through the synchronous Prefect ``client``; None
+    where its pool pins nothing: a docker pool without GPU queues (its machines have none), a process pool (a
+    worker per GPU under CUDA_VISIBLE_DEVICES), a kubernetes pool (the device plugin gives each Job its own)."""
+    pool = client.read_work_pool(deployment.work_pool_name)
+    if pool.type != "docker":
+        return None
+    queues = client.read_work_queues(work_pool_name=pool.name)
+    gpus = sorted(int(match[1]) for queue in queues if (match := GPU_QUEUE.fullmatch(queue.name)))
+    if not gpus:
+        return None
+    default = pool.base_job_template["variables"]["properties"]["container_create_kwargs"].get("default")
+    create_kwargs = (deployment.job_variables or {}).get("container_create_kwargs", default) or {}
+    return GpuPinning(tuple(gpus), create_kwargs)
 
 
 def kubernetes_name(name: str, option: str) -> str:
@@ -132,10 +189,12 @@ def _restrict(pod: dict[str, Any], container: dict[str, Any], cache_claim: str) 
     ]
 
 
-def pool_template(kind: str, s3_secret: str = S3_SECRET, cache_claim: str = CACHE_CLAIM) -> dict[str, Any] | None:
+def pool_template(
+    kind: str, s3_secret: str = S3_SECRET, cache_claim: str = CACHE_CLAIM, gpus: int = 1
+) -> dict[str, Any] | None:
     """The gpu pool's base job template for a pool of type ``kind``; None for a process pool (Prefect's own)."""
     if kind == "docker":
-        return docker_template()
+        return docker_template(gpus)
     if kind == "kubernetes":
         return kubernetes_template(s3_secret, cache_claim)
     return None

@@ -3,6 +3,9 @@
 - the work pools ``gpu`` (trials: of type process, or with ``--pool-type`` docker or kubernetes, whose
   templates are :mod:`mobitune.orchestration.pool_templates`; a kubernetes pool's S3 secret and cache claim are
   named here, once, and written into its template) and ``sweeps`` (the orchestrating flow, a process);
+- for a docker pool on machines of ``--gpus N``: its work queues ``gpu-0`` … ``gpu-<N-1>``, one per GPU index, to
+  which sweeps pin their slot containers (:class:`~mobitune.orchestration.pool_templates.GpuPinning`); queues of
+  indices beyond N are removed;
 - an automation that marks a flow run ``Crashed`` when its heartbeats stop
   (a worker machine lost mid-trial), so the sweep gives the trial to another slot and
   it resumes from its checkpoint instead of waiting on a run that stays
@@ -36,7 +39,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import PREFECT_API_URL
 
 from mobitune.errors import MobituneError
-from mobitune.orchestration.pool_templates import CACHE_CLAIM, S3_SECRET, pool_template
+from mobitune.orchestration.pool_templates import CACHE_CLAIM, GPU_QUEUE, S3_SECRET, gpu_queue, pool_template
 from mobitune.redaction import register_secret
 
 ZOMBIE_AUTOMATION = "mobitune: crash flow runs whose heartbeats stopped"
@@ -126,6 +129,25 @@ def _put_pool(client: SyncPrefectClient, name: str, kind: str, template: dict | 
     return f"work pool {name}: exists ({kind})"
 
 
+def _put_gpu_queues(client: SyncPrefectClient, pool: str, gpus: int) -> str:
+    """Work queues ``gpu-0`` … ``gpu-<gpus-1>`` in ``pool``, and no other GPU queue: a sweep pins its slot runs to
+    as many GPUs as the pool has queues."""
+    existing = {queue.name: queue for queue in client.read_work_queues(work_pool_name=pool)}
+    for index in range(gpus):
+        if gpu_queue(index) not in existing:
+            client.create_work_queue(gpu_queue(index), work_pool_name=pool, description=f"the machines' GPU {index}")
+    for name, queue in existing.items():
+        if (match := GPU_QUEUE.fullmatch(name)) and int(match[1]) >= gpus:
+            client.delete_work_queue_by_id(queue.id)
+    if not gpus:
+        return f"work pool {pool}: no GPU queue (machines without a GPU: containers ask for none)"
+    queues = ", ".join(gpu_queue(index) for index in range(gpus))
+    return (
+        f"work pool {pool}: queues {queues}, one per GPU of each machine; start a docker worker per GPU: "
+        f"prefect worker start --pool {pool} --type docker --work-queue gpu-<index> --limit <slots per GPU>"
+    )
+
+
 def is_loopback(url: str) -> bool:
     """Whether ``url``'s host is this machine's loopback: ``localhost`` or an address in 127.0.0.0/8 or ::1.
     The host is parsed, not matched as text: ``127.0.0.1.evil.example`` and ``localhost.evil`` are other
@@ -175,20 +197,24 @@ def setup_server(
     pool_type: str = "process",
     s3_secret: str = S3_SECRET,
     cache_claim: str = CACHE_CLAIM,
+    gpus: int = 1,
 ) -> list[str]:
     """Create what is missing on the server at ``PREFECT_API_URL``; returns one line per thing, done or found.
-    ``s3_secret`` and ``cache_claim`` name the Kubernetes secret and claim of a kubernetes pool's Jobs."""
+    ``s3_secret`` and ``cache_claim`` name the Kubernetes secret and claim of a kubernetes pool's Jobs; ``gpus``
+    the GPUs of each machine of a docker pool."""
     api = PREFECT_API_URL.value()
     if not api:
         raise MobituneError(
             "PREFECT_API_URL is not set: mobitune setup configures a running Prefect server, "
             "e.g. export PREFECT_API_URL=http://127.0.0.1:4200/api"
         )
-    gpu_template = pool_template(pool_type, s3_secret, cache_claim)
+    gpu_template = pool_template(pool_type, s3_secret, cache_claim, gpus)
     done = []
     try:
         with get_client(sync_client=True) as client:
             done.append(_put_pool(client, "gpu", pool_type, gpu_template))
+            if pool_type == "docker":
+                done.append(_put_gpu_queues(client, "gpu", gpus))
             done.append(_put_pool(client, "sweeps", "process", None))
             verb = _put_automation(client, zombie_automation(heartbeat_timeout_s))
             done.append(f"automation '{ZOMBIE_AUTOMATION}': {verb} (no heartbeat for {heartbeat_timeout_s} s)")

@@ -21,6 +21,7 @@ from typing import Any
 from prefect.deployments import run_deployment
 
 from mobitune.orchestration.mailbox import BEAT_SECONDS, Mailbox, remove_stale_mailboxes
+from mobitune.orchestration.pool_templates import gpu_pinning
 from mobitune.orchestration.prefect_api import ServerCalls
 from mobitune.sweep.run import SweepRun
 from mobitune.sweep.trial_files import TrialRequest
@@ -46,8 +47,8 @@ class SlotJob:
 
 @dataclass
 class Slot:
-    """A ``trial-slot`` flow run: its last seen state, the jobs posted to it, the one it runs now, and when its
-    mailbox's beat last moved (this process's clock)."""
+    """A ``trial-slot`` flow run: its last seen state, the jobs posted to it, the one it runs now, when its
+    mailbox's beat last moved (this process's clock), and the machine's GPU it is pinned to (a docker pool's)."""
 
     run_id: Any
     mailbox: Mailbox
@@ -56,6 +57,7 @@ class Slot:
     job: SlotJob | None = None
     beat: int | None = None
     beat_moved_at: float = 0.0
+    gpu: int | None = None
 
     @property
     def started(self) -> bool:
@@ -86,6 +88,9 @@ class SlotRunner:
     the waiting jobs count as failed trials, and the sweep ends with the
     results it has. A Prefect server that does not answer for
     ``server_outage_s`` stops the sweep (:class:`~mobitune.orchestration.prefect_api.ServerCalls`).
+
+    On a docker pool with GPU queues, each new slot run is pinned to the GPU with the fewest live slots
+    (:class:`~mobitune.orchestration.pool_templates.GpuPinning`): slot k on GPU k mod n.
     """
 
     poll_seconds = WORKER_POLL_SECONDS
@@ -115,7 +120,8 @@ class SlotRunner:
             then=f"the trials that finished are kept in {run.sweep_dir}. Once the server is back: "
             f"mobitune sweep --resume {run.sweep_id}",
         )
-        self.pool = client.read_deployment_by_name(deployment).work_pool_name
+        record = client.read_deployment_by_name(deployment)
+        self.pool, self.pinning = record.work_pool_name, gpu_pinning(client, record)
         self.pending: collections.deque[SlotJob] = collections.deque()
         self.slots: list[Slot] = []
         self.ended: list[Mailbox] = []  # of slots that ended without removing their keys
@@ -260,12 +266,18 @@ class SlotRunner:
         }
         if self.run.trial_store is None:  # no S3: the sweep's folder is the store, so workers share its disk
             parameters["local_root"] = str(self.run.root)  # (else each slot's own: a container's volume)
-        flow_run = self._server(self.launch, self.deployment, parameters=parameters, timeout=0, flow_run_name=name)
+        options, gpu = {}, None
+        if self.pinning is not None:
+            gpu = self.pinning.next_gpu(slot.gpu for slot in self.slots)
+            options, parameters["machine_gpu"] = self.pinning.run_options(gpu), gpu
+        flow_run = self._server(
+            self.launch, self.deployment, parameters=parameters, timeout=0, flow_run_name=name, **options
+        )
         if flow_run is None:
             return False
         self.launched += 1
         mailbox = Mailbox(self.run.trial_store, self.run.root, self.run.sweep_id, name, self.store_outage_s)
-        self.slots.append(Slot(flow_run.id, mailbox, flow_run.state, beat_moved_at=time.monotonic()))
+        self.slots.append(Slot(flow_run.id, mailbox, flow_run.state, beat_moved_at=time.monotonic(), gpu=gpu))
         return True
 
     def _ended(self, slot: Slot) -> None:
@@ -343,6 +355,8 @@ class SlotRunner:
 
     @property
     def start_worker(self) -> str:
+        if self.pinning is not None:  # a docker worker per GPU, on that GPU's queue
+            return f"prefect worker start --pool {self.pool} --type docker --work-queue gpu-<index>, one per GPU"
         return f"prefect worker start --pool {self.pool}"
 
     def _waiting(self, now: float) -> None:

@@ -8,6 +8,7 @@ matplotlib would add about a second to every trial's start-up.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 from pathlib import Path
@@ -17,11 +18,12 @@ from prefect import flow, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
-from pydantic import ValidationError
+from pydantic import NonNegativeInt, ValidationError
 
 from mobitune.errors import ServiceUnavailable
 from mobitune.orchestration.mailbox import Mailbox
 from mobitune.orchestration.prefect_api import api_url, client_retries, server_unreachable
+from mobitune.provenance import HOST_GPUS_ENV
 from mobitune.redaction import redact_logs
 from mobitune.storage.names import PROJECT_PATH_PATTERN, PROJECT_PATH_RULE, Name, UnsafeName
 from mobitune.storage.records import json_safe
@@ -49,6 +51,7 @@ def trial_slot(
     local_root: str = LOCAL_ROOT,
     idle_timeout_s: float = SLOT_IDLE_SECONDS,
     outage_s: float = 0,
+    machine_gpu: NonNegativeInt | None = None,
 ) -> int:
     """One worker slot of a sweep: the trials the sweep posts to this slot's
     :class:`~mobitune.orchestration.mailbox.Mailbox`, one after another, each a ``trial`` task run named after
@@ -58,7 +61,9 @@ def trial_slot(
     a new process, importing torch and Prefect; benchmarks/RESULTS.md has the
     figures). A slot pays that once and then starts each trial within a second. It ends on the sweep's ``stop``,
     or after ``idle_timeout_s`` without a job (a sweep that died). ``outage_s``: how long the mailbox rides out
-    an S3 endpoint that does not answer (``storage.outage_s``).
+    an S3 endpoint that does not answer (``storage.outage_s``). ``machine_gpu``: the machine's index of the GPU
+    Docker gave this slot's container (a docker pool's :class:`~mobitune.orchestration.pool_templates.GpuPinning`),
+    which its trials' provenance records; inside, CUDA calls it 0.
 
     A trial stopped by a service that did not answer answers ``{"service": ...}``: the sweep runs it again
     rather than recording it.
@@ -68,6 +73,8 @@ def trial_slot(
     ``local_root`` by :func:`slot_root`, each job by :func:`job_request`.
     """
     redact_logs()
+    if machine_gpu is not None:
+        os.environ[HOST_GPUS_ENV] = str(machine_gpu)  # this run's own process (its container's)
     mailbox = Mailbox(store_uri, slot_root(local_root, sweep_id), sweep_id, slot, outage_s)
     # every trial's end state is kept: Prefect links a task run to an earlier one whose result has the same
     # id(), and a freed result's id comes back for the next request, drawing dependencies that do not exist

@@ -54,10 +54,13 @@ def use_deterministic_kernels(deterministic: bool) -> None:
 
 
 def device_provenance(device: torch.device, seed: int) -> dict[str, Any]:
-    """:func:`mobitune.provenance.provenance` of a run on ``device``: its name and the CPU threads torch uses
-    (another thread count may change the last digits of CPU results)."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    return provenance(device=name, threads=torch.get_num_threads(), seed=seed)
+    """:func:`mobitune.provenance.provenance` of a run on ``device``: its name, on a GPU its index on the machine,
+    and the CPU threads torch uses (another thread count may change the last digits of CPU results)."""
+    if device.type != "cuda":
+        return provenance(device=device.type, threads=torch.get_num_threads(), seed=seed)
+    index = torch.cuda.current_device() if device.index is None else device.index
+    name = torch.cuda.get_device_name(index)
+    return provenance(device=name, device_index=index, threads=torch.get_num_threads(), seed=seed)
 
 
 @dataclass

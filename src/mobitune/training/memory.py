@@ -19,6 +19,7 @@ from torch import nn
 
 from mobitune.errors import MobituneError
 from mobitune.params import Params
+from mobitune.provenance import machine_gpu
 from mobitune.training.batches import EVAL_BATCH_SIZE
 from mobitune.training.data import Dataset
 from mobitune.training.model import MobileNetClassifier, set_trainable_layers
@@ -92,9 +93,18 @@ def packing_problem(need: int, trials: int, available: int, device: str) -> str 
         f"{device}: {trials} trial(s) of about {need / GIB:.1f} GiB each need {trials * need / GIB:.1f} GiB, "
         f"{available / GIB:.1f} GiB is free there"
         + (f"; {fit} fit at once" if fit else "")
-        + ". Run fewer trials per device (--parallel; on workers, prefect worker start --limit) or lower "
-        "batch_size / model.image_size"
+        + ". Run fewer trials per device (--parallel; on workers, the --limit of the GPU's worker: prefect worker "
+        "start --limit, on a docker pool that of the worker of the GPU's queue gpu-<index>) or lower batch_size / "
+        "model.image_size"
     )
+
+
+def gpu_label(device: torch.device) -> str:
+    """``device`` as this process names it, with the machine's index of its GPU where that is another (a slot
+    container pinned to GPU 1 sees it as cuda:0; so does a worker under CUDA_VISIBLE_DEVICES=1)."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    machine = machine_gpu(index)
+    return str(device) if machine == index else f"{device} (GPU {machine} of the machine)"
 
 
 def available_bytes(device: torch.device) -> int:
@@ -106,12 +116,13 @@ def available_bytes(device: torch.device) -> int:
 
 def check_trial_fits(params: Params, device: torch.device, dataset: Dataset) -> None:
     """Refuse, before it loads anything, a trial whose GPU has not the memory left for it: the trials already
-    there keep theirs. Nothing to check on a CPU."""
+    there keep theirs, be they in this process, in others or in other containers pinned to the same GPU (the free
+    memory is the whole GPU's). Nothing to check on a CPU."""
     if device.type != "cuda":
         return
     images = len(dataset.train.labels) + len(dataset.test.labels)
     need = trial_memory_bytes(params, len(dataset.classes), images, dataset.train.images.shape[1:])
-    problem = packing_problem(need, 1, available_bytes(device), str(device))
+    problem = packing_problem(need, 1, available_bytes(device), gpu_label(device))
     if problem:
         raise DeviceMemoryError(problem)
 
@@ -128,7 +139,7 @@ def check_packing(trials: list[Params], devices: list[str]) -> None:
             trial_memory_bytes(p, 10, (p.data.train_limit or 50_000) + (p.data.test_limit or 10_000), (3, 32, 32))
             for p in _distinct_shapes(trials)
         )
-        problem = packing_problem(need, devices.count(name), available_bytes(device), name)
+        problem = packing_problem(need, devices.count(name), available_bytes(device), gpu_label(device))
         if problem:
             raise DeviceMemoryError(problem)
 
