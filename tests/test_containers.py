@@ -198,7 +198,8 @@ def local_stack(tmp_path: Path, ports: dict[str, int]) -> Path:
     bucket = f"import boto3, os; boto3.client('s3', endpoint_url='{s3}', {root}).create_bucket(Bucket='mobitune')"
     services["create-bucket"] |= {"image": IMAGE, "network_mode": "host", "entrypoint": ["python", "-c", bucket]}
     services["create-bucket"].pop("command")
-    compose.pop("volumes", None)
+    for data in ("minio-data", "postgres-data"):  # the stand-ins keep theirs elsewhere; the workers' stay shared
+        compose["volumes"].pop(data)
     services["postgres"].pop("volumes", None)
     services["minio"].pop("volumes", None)
     path = tmp_path / "docker-compose.local.yml"
@@ -269,7 +270,7 @@ def test_the_compose_stack_comes_up_deploys_and_runs_a_workers_sweep(
         assert no_csrf.status_code == 403 and "CSRF" in no_csrf.text, no_csrf.text
         deployed = up("run", "--rm", "deploy")
         assert "work pool gpu: created" in deployed and "trial-slot/gpu" in deployed, deployed
-        up("up", "--detach", "worker", "sweeps")
+        up("up", "--detach", "worker-gpu0", "sweeps")  # no GPU here: one worker is enough
         sweep = run(
             ["mobitune", "sweep", "--backend", "workers", "--set", "storage.uri=s3://mobitune/results"],
             project,

@@ -12,6 +12,9 @@ from pathlib import Path
 import yaml
 from helpers import ROOT
 
+from mobitune.orchestration.pool_templates import ARTIFACTS_DIR, CACHE_DIR
+from mobitune.provenance import HOST_GPUS_ENV
+
 
 def prefect_config() -> dict:
     return yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -58,7 +61,7 @@ def test_dockerfile_copies_what_exists_and_starts_a_gpu_worker() -> None:
 def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"prefect", "minio", "worker"} <= set(services)
+    assert {"prefect", "minio", "worker-gpu0", "sweeps"} <= set(services)
     pools = {d["work_pool"]["name"] for d in prefect_config()["deployments"]}
     served = {"gpu"}  # the image's default command
     for service in services.values():
@@ -75,6 +78,29 @@ def test_compose_runs_server_minio_and_workers_for_the_deployed_pools() -> None:
     assert images and all(":" in image and not image.endswith(":latest") for image in images), images
     database = services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert database.startswith("postgresql+asyncpg://") and "postgres" in services
+
+
+def test_compose_runs_a_worker_per_gpu_each_given_its_own_and_sharing_the_caches() -> None:
+    """One GPU worker service per GPU, each given its GPU by id (a count of 1 would be GPU 0 for every one), told
+    that GPU's index for its trials' provenance, all on the same volumes: the prepared data, the warmups and
+    torch's weights are made once per machine."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    reserved = {
+        name: service["deploy"]["resources"]["reservations"]["devices"]
+        for name, service in compose["services"].items()
+        if "deploy" in service
+    }
+    assert reserved == {
+        f"worker-gpu{index}": [{"driver": "nvidia", "device_ids": [str(index)], "capabilities": ["gpu"]}]
+        for index in (0, 1)
+    }
+    workers = [compose["services"][name] for name in reserved]
+    assert [worker["environment"][HOST_GPUS_ENV] for worker in workers] == ["0", "1"]
+    assert all(worker["build"] == "." and "command" not in worker for worker in workers), "the image's GPU worker"
+    shared = [f"mobitune-artifacts:{ARTIFACTS_DIR}", f"mobitune-cache:{CACHE_DIR}"]
+    assert all(worker["volumes"] == shared for worker in workers)
+    assert {"mobitune-artifacts", "mobitune-cache"} <= set(compose["volumes"])
+    assert "copy worker-gpu1 as worker-gpu2" in (ROOT / "docker-compose.yml").read_text(), "how to add a GPU"
 
 
 def test_the_projects_own_configuration_turns_telemetry_off(tmp_path: Path) -> None:
