@@ -17,6 +17,7 @@ from mobitune.report import lab_document, lab_report
 from mobitune.report.figures import save_figure, summary_figure
 from mobitune.report.results import SweepResults
 from mobitune.report.sweep_report import report_markdown
+from mobitune.sweep import study_run
 
 # SEED-REPORT.md, Tables 1-3, as printed there (accuracies in %)
 PRINTED = {
@@ -118,6 +119,10 @@ def test_a_figure_of_the_same_results_is_copied_not_drawn_again(tmp_path: Path) 
     assert again.read_bytes() != first.read_bytes() and len(list(cache.iterdir())) == 3
 
 
+# what `mobitune study` records of a run of today's training code: its folder is current
+CURRENT_PROVENANCE = {"git_commit": None, "source_fingerprint": "", "training_fingerprint": "today"}
+
+
 def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float | tuple[float, float], str]]) -> Path:
     """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial;
     the accuracy of a trial with ``augment.test_flip`` is (single view, flips), or one figure as recorded before
@@ -134,7 +139,8 @@ def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float | tuple
         metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
         if flips is not None:
             metrics.update(test_loss_flips=1 - flips, test_accuracy_flips=flips)
-        (trial / "metrics.json").write_text(json.dumps({**metrics, "status": status, "seconds": 1.0, "error": None}))
+        metrics.update(status=status, seconds=1.0, error=None, provenance=CURRENT_PROVENANCE)
+        (trial / "metrics.json").write_text(json.dumps(metrics))
         epochs = params["warmup"]["epochs"], params["finetune"]["epochs"]
         phases = ["warmup"] * epochs[0] + ["finetune"] * epochs[1]
         pd.DataFrame({"step": range(1, len(phases) + 1), "phase": phases}).to_csv(trial / "history.csv", index=False)
@@ -146,6 +152,7 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(study_run, "code_fingerprint", lambda module: CURRENT_PROVENANCE["training_fingerprint"])
     (tmp_path / "recipes").mkdir()
     recipe = "lr: 0.001\naugment.flip: true\nseed: 0  # the protocol's\naugment.test_flip: true  # no config\n"
     (tmp_path / "recipes" / "mine.yaml").write_text(recipe)
@@ -184,14 +191,15 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     # single view on both sides; the gap to the protocol on the seeds both ran (0 and 1), beside the noise
     assert (
         "Here, 32 px, the stand-in weights: best config **86.50 ± 1.29%** (`mine`), -1.40 points against the "
-        "report; the report's protocol 75.00 ± 1.41%, `mine` against it +12.00 (2 seeds) (noise: the larger seed "
-        "std, 1.41)." in text
+        "report; the report's protocol 75.00 ± 1.41%, `mine` against it +12.00 ± 0.00 (2 seeds) (noise: the "
+        "larger seed std, 1.41)." in text
     )
-    assert "the same weights score 87.00% (1 seed): +2.00 points." in text  # flips: their own line, same weights
+    assert "the config scores 88.00 ± 1.41% (the table's flips column)." in text  # one value: the table's
     rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| 50k/10k")}
     # the trial recorded before both views counts in the flips' column only; test_flip names no config
     assert rows["`mine`"].endswith(
-        "| 86.50 ± 1.29 | 86.0, 88.0, 87.0, 85.0 | +12.00 (2 seeds) | 1.41 | 88.00 ± 1.41 | 0.1350 | 4 | 1 of 6 |"
+        "| 86.50 ± 1.29 | 86.0, 88.0, 87.0, 85.0 | +12.00 ± 0.00 (2 seeds) | 1.41 | 88.00 ± 1.41 | 0.1350 | 4 "
+        "| 1 of 6 |"
     )
     assert rows["`mine` + batch_size=64"].endswith(
         "| 80.00 (1 seed) | 80.0 | +6.00 (1 seed) | 1.41 |  | 0.2000 | 1 |  |"
@@ -199,7 +207,7 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     assert rows["lr=0.004"].endswith(
         "| 75.50 (1 seed) | 75.5 | -0.50 (1 seed), inside the noise | 1.41 |  | 0.2450 | 1 |  |"
     )
-    table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs)") :]
+    table_1 = text[text.index("### Table 1: lr (5k/1k images, 32 px, 5+5 epochs; current)") :]
     lines = {line.split(" | ")[0].strip("| "): line for line in table_1.splitlines() if line.startswith("| 0.")}
     assert lines["0.005"].startswith("| 0.005 | 57.00 | 66.41 | 2.83 | -9.41 |") and "| 2 |" in lines["0.005"]
     assert lines["0.001"].startswith("| 0.001 | 65.00 |  |  |")  # one seed; not 82% with batch 64's trial

@@ -212,7 +212,7 @@ def headline_lines(configs: pd.DataFrame) -> list[str]:
         if row["test acc, flips %"]:
             lines.append(
                 "With test-time flips (the mean of each test image and its mirror, which the report did not do), the "
-                f"same weights score {row['test acc, flips %']}%."
+                f"config scores {row['test acc, flips %']}% (the table's flips column)."
             )
     return lines
 
@@ -245,9 +245,9 @@ def study_tables(trials: pd.DataFrame) -> list[str]:
 
 
 def link(path: Path, document_dir: Path) -> str:
-    """A markdown link from the document to a file that exists: a folder's ``report.md`` (or ``results.csv``),
-    or the file itself; relative to the document, so a docs site resolves it."""
-    target = next((path / name for name in ("report.md", "results.csv") if (path / name).is_file()), path)
+    """A markdown link from the document to a file that exists (a docs site rejects a bare folder): a sweep
+    folder's ``report.md`` (or ``results.csv``, ``sweep.json``), or the file itself; relative to the document."""
+    target = next((path / name for name in ("report.md", "results.csv", "sweep.json") if (path / name).is_file()), path)
     return f"[`{path.as_posix()}`]({Path(os.path.relpath(target, document_dir)).as_posix()})"
 
 
