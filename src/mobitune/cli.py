@@ -3,7 +3,7 @@
 mobitune sweep [--recipe FILE] [--set key=value ...] [--backend local|workers] [--parallel N] [--no-cache]
 mobitune sweep --dry-run [--set key=value ...]   # the plan: trials, values, seeds, epochs, cached; nothing runs
 mobitune sweep --resume SWEEP_ID                 # continue a sweep whose process died
-mobitune setup [--pool-type docker] [--notify URL]   # work pools, zombie-run automation, word at a sweep's end
+mobitune setup [--pool-type docker [--gpus N]] [--notify URL]   # pools, zombie-run automation, word at a sweep's end
 mobitune setup --pool-type kubernetes [--s3-secret NAME] [--cache-claim NAME]   # Jobs: a fixed secret and claim
 mobitune push artifacts/sweeps/<sweep_id> [--to s3://bucket/prefix]
 mobitune report artifacts/sweeps/<sweep_id>  # rebuild results.csv, figures and report.md from trials/
@@ -97,6 +97,15 @@ def _parser() -> argparse.ArgumentParser:
         default="process",
         help="the gpu pool's type: process (workers run slots in the project root), docker (a container of the "
         "worker image per slot), kubernetes (a Job per slot); default process",
+    )
+    setup.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="docker: the GPUs of each machine of the pool (e.g. $(nvidia-smi -L | wc -l)); a sweep pins its slot "
+        "containers one per GPU, round-robin, through the pool's work queues gpu-0 ... gpu-<N-1>; 0 for machines "
+        "without a GPU; default 1",
     )
     setup.add_argument(
         "--s3-secret",
@@ -262,11 +271,19 @@ def _setup(args: argparse.Namespace) -> str:
     named = [option for option, value in kubernetes_names if value]
     if named and pool_type != "kubernetes":
         raise MobituneError(f"{' and '.join(named)}: only for --pool-type kubernetes")
+    if args.gpus is not None and pool_type != "docker":
+        raise MobituneError(
+            "--gpus: only for --pool-type docker (process workers: one per GPU under "
+            "CUDA_VISIBLE_DEVICES; kubernetes: the gpus job variable)"
+        )
+    if args.gpus is not None and args.gpus < 0:
+        raise MobituneError(f"--gpus must be 0 or more, got {args.gpus}")
     warning = open_api_warning()
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     names = {"s3_secret": args.s3_secret or S3_SECRET, "cache_claim": args.cache_claim or CACHE_CLAIM}
-    return "\n".join(setup_server(heartbeat_timeout_s, notify_url, pool_type, **names))
+    gpus = 1 if args.gpus is None else args.gpus
+    return "\n".join(setup_server(heartbeat_timeout_s, notify_url, pool_type, **names, gpus=gpus))
 
 
 def _exp_import(source: str) -> str:
