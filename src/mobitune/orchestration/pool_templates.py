@@ -77,9 +77,10 @@ def docker_template(gpus: int = 1) -> dict[str, Any]:
 class GpuPinning:
     """How a sweep pins its slot runs on a docker pool to the GPUs of their machines: each run goes to the work
     queue of one GPU index (``gpus``: those the pool has queues for) and asks Docker for that GPU by id, keeping
-    the rest of the ``container_create_kwargs`` its deployment (or else the pool) gives. A docker worker per GPU
-    of each machine, started on that GPU's queue, so runs only where its GPU is; one worker on all queues of a
-    single machine does too."""
+    the rest of the ``container_create_kwargs`` its deployment (or else the pool) gives. Each machine runs a
+    docker worker per GPU on that GPU's queue, so a run of queue gpu-2 gets GPU 2 of whichever machine takes it,
+    and each worker's ``--limit`` caps the slots on its GPU; on a single machine, one worker serving every queue
+    pins them as well."""
 
     gpus: tuple[int, ...]
     create_kwargs: dict[str, Any]
