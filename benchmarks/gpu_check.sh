@@ -12,6 +12,10 @@
 #   bash benchmarks/gpu_check.sh screen     # tuned and four changes on 5k/1k, 64 px, 3 seeds, both test views
 #   bash benchmarks/gpu_check.sh search     # one-at-a-time study vs TPE/random + ASHA; then fidelity at 64 px
 #                                           # with the time left
+#   bash benchmarks/gpu_check.sh study-gpu  # docs/fidelity/study.yaml's `run: gpu` entries that are missing or
+#                                           # stale, as the docs' sweep folders (ONLY="name ..." picks entries);
+#                                           # $OUT/study-gpu.tar.gz holds them: untar in the checkout, then
+#                                           # `mobitune study` regenerates docs/fidelity.md and docs/search.md
 set -euo pipefail
 OUT=${OUT:-benchmarks/gpu}
 INPUTS=benchmarks/out/gpu-inputs
@@ -112,8 +116,19 @@ case "${1:-bench}" in
         --recipes tuned-recalibrated --seeds 0 --deadline-s 60 --out "$OUT/fidelity" 2>&1 | tee "$OUT/fidelity.txt" || true
     fi
     ;;
+  study-gpu)
+    if [ -z "$IMAGES" ] || [ -z "$WEIGHTS" ]; then
+      echo "study-gpu needs cifar10-jpeg.tar.gz and mobilenet_v2-imagenet-standin.pth; nothing measured" | tee "$OUT/error.txt"
+      exit 1
+    fi
+    # entries in the manifest's order, each sweep kept as it finishes; a timeout keeps the folders written before
+    timeout 560 "$PY" -m mobitune.cli study --run gpu ${ONLY:+--only $ONLY} --set "data.source=$IMAGES" \
+      --set "model.pretrained=$WEIGHTS" 2>&1 | tee "$OUT/study-gpu.txt" || echo "study-gpu ended early (exit $?)"
+    written=$(find docs/fidelity docs/search -name sweep.json -newer "$OUT/gpu.txt" -printf '%h\n')
+    [ -z "$written" ] || tar -czf "$OUT/study-gpu.tar.gz" $written
+    ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|screen|fidelity-sizes|search]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|screen|fidelity-sizes|search|study-gpu]" >&2
     exit 2
     ;;
 esac

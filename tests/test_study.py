@@ -155,8 +155,11 @@ def test_the_projects_manifest_loads_and_names_each_folder_once() -> None:
     study = load_study(ROOT / "docs/fidelity/study.yaml")
     protocol = study.entry("full-data-protocol")
     assert [folder.name for folder in protocol.folders()] == [f"full-data-protocol-s{seed}" for seed in (0, 1, 2)]
-    folder, overrides = study.entry("ablation-alone").sweeps(study.common)[0]
-    assert folder == Path("docs/fidelity/ablation-alone") and "sweep.seeds=[0, 1, 2]" in overrides
+    folder, overrides = study.entry("ablation-together").sweeps(study.common, ["device=cpu"])[0]
+    assert folder == Path("docs/fidelity/ablation-together") and overrides[-2:] == [
+        "sweep.seeds=[0, 1, 2]",
+        "device=cpu",
+    ]
     assert overrides[: len(study.common)] == study.common and "data.train_limit=5000" in overrides
     with pytest.raises(ValueError, match="extra"):
         Study.model_validate({"common": [], "entries": [], "unknown": 1})

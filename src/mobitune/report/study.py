@@ -35,7 +35,9 @@ class Entry(BaseModel):
     name: str
     folder: Path  # where its sweep folder is committed (``<folder>-s<seed>`` with ``folder_per_seed``)
     document: Literal["fidelity", "search"]  # which page cites it
-    run: Literal["cpu", "gpu"]  # gpu: too slow for a CPU session (benchmarks/gpu_check.sh study-gpu runs it)
+    # gpu: too slow for a CPU session (benchmarks/gpu_check.sh study-gpu runs it); none: a historical folder kept
+    # for what it shows until an entry that runs replaces it, never run again
+    run: Literal["cpu", "gpu", "none"]
     recipe: str | None = None  # recipes/<name>.yaml, applied before the overrides
     seeds: list[int] = Field(min_length=1)
     train_limit: int | None = None  # first N training images; None: all 50k
