@@ -177,14 +177,16 @@ def test_every_folder_the_docs_cite_is_labelled_as_it_is_today(page: str, monkey
     monkeypatch.chdir(ROOT)
     study = load_study()
     document = "fidelity" if "fidelity" in page else "search"
-    states = states_now([folder for folder in study.folders(document) if folder.exists()])
+    states = states_now(study.folders(document))
     generated = _generated(ROOT / page)
-    labels = dict(re.findall(r"^\| \[`([^`]+)`\]\([^)]+\) \| ([^|]+?) \|", generated, flags=re.MULTILINE))
+    labels = dict(re.findall(r"^\| \[?`([^`]+)`(?:\]\([^)]+\))? \| ([^|]+?) \|", generated, flags=re.MULTILINE))
     for folder, state in states.items():
         assert labels.get(folder.as_posix()) == state.label, f"{page}: {folder} is {state.label} today"
     text = (ROOT / page).read_text()
     for name in set(re.findall(r"(?<![\w/])(?:docs/)?((?:fidelity|search)/[\w.=-]+(?:/[\w.=-]+)?)", text)):
         path = ROOT / "docs" / name
+        if labels.get(f"docs/{name}") == "not run yet":
+            continue
         assert path.exists(), f"{page} cites {name}, which is not there (retired?)"
         folder = path if path.is_dir() else path.parent
         if (folder / "sweep.json").exists():
@@ -208,7 +210,7 @@ def test_the_study_runs_what_is_missing_then_nothing(
             {
                 "name": "tiny",
                 "folder": "docs/fidelity/tiny",
-                "document": "fidelity",
+                "documents": ["fidelity"],
                 "run": "cpu",
                 "seeds": [0, 1],
                 "test_limit": 100,

@@ -248,6 +248,8 @@ def link(path: Path, document_dir: Path) -> str:
     """A markdown link from the document to a file that exists (a docs site rejects a bare folder): a sweep
     folder's ``report.md`` (or ``results.csv``, ``sweep.json``), or the file itself; relative to the document."""
     target = next((path / name for name in ("report.md", "results.csv", "sweep.json") if (path / name).is_file()), path)
+    if not target.is_file():  # not run yet: nothing to link to
+        return f"`{path.as_posix()}`"
     return f"[`{path.as_posix()}`]({Path(os.path.relpath(target, document_dir)).as_posix()})"
 
 

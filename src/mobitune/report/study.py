@@ -34,7 +34,7 @@ class Entry(BaseModel):
 
     name: str
     folder: Path  # where its sweep folder is committed (``<folder>-s<seed>`` with ``folder_per_seed``)
-    document: Literal["fidelity", "search"]  # which page cites it
+    documents: list[Literal["fidelity", "search"]] = Field(min_length=1)  # the pages that cite it
     # gpu: too slow for a CPU session (benchmarks/gpu_check.sh study-gpu runs it); none: a historical folder kept
     # for what it shows until an entry that runs replaces it, never run again
     run: Literal["cpu", "gpu", "none"]
@@ -66,7 +66,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: Path
-    document: Literal["fidelity", "search", "benchmarks"]
+    documents: list[Literal["fidelity", "search"]] = Field(min_length=1)
     commit: str
     why: str
 
@@ -94,7 +94,7 @@ class Study(BaseModel):
 
     def folders(self, document: str) -> list[Path]:
         """The sweep folders ``document`` cites, in the manifest's order."""
-        return [folder for entry in self.entries if entry.document == document for folder in entry.folders()]
+        return [folder for entry in self.entries if document in entry.documents for folder in entry.folders()]
 
 
 def _null(limit: int | None) -> str:
@@ -138,7 +138,7 @@ def record_states(study: Study, document: str) -> dict[Path, FolderState]:
     return {
         record.path: FolderState(record.path, False, record.commit, f"no provenance: {record.why}")
         for record in study.records
-        if record.document == document
+        if document in record.documents
     }
 
 
@@ -168,8 +168,8 @@ def regenerate(study: Study, states: dict[Path, FolderState], recipes: dict[str,
     """``docs/fidelity.md`` and ``docs/search.md``'s generated sections, from the study's folders that exist."""
     written = []
     for document, page in (("fidelity", FIDELITY_PAGE), ("search", SEARCH_PAGE)):
+        cited = {folder: states[folder] for folder in study.folders(document)} | record_states(study, document)
         folders = [folder for folder in study.folders(document) if (folder / "sweep.json").exists()]
-        cited = {folder: states[folder] for folder in folders} | record_states(study, document)
         if document == "fidelity":
             section = lab_document(folders, cited, recipes, page.parent)
         else:
