@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -238,3 +239,19 @@ def test_the_study_runs_what_is_missing_then_nothing(
     sweeps = len(list((tmp_path / "artifacts" / "sweeps").iterdir()))
     cli.main(["study", "--run", "cpu"])  # current: nothing runs again
     assert len(list((tmp_path / "artifacts" / "sweeps").iterdir())) == sweeps
+
+
+def test_every_benchmark_table_names_the_commit_it_was_measured_at() -> None:
+    """benchmarks/RESULTS.md: a section with a table names its commit in its heading (or its parent's), and that
+    commit is in this repository's history."""
+    text = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    sections = re.split(r"^(#{2,3} .*)$", text, flags=re.MULTILINE)
+    parent = ""
+    for heading, body in zip(sections[1::2], sections[2::2], strict=True):
+        parent = heading if heading.startswith("## ") else parent
+        if not re.search(r"^\| ", body, flags=re.MULTILINE):
+            continue
+        named = re.search(r"commit ([0-9a-f]{7,40})", heading) or re.search(r"commit ([0-9a-f]{7,40})", parent)
+        assert named, f"benchmarks/RESULTS.md: {heading!r} has a table and names no commit"
+        known = subprocess.run(["git", "cat-file", "-e", f"{named[1]}^{{commit}}"], cwd=ROOT, check=False)
+        assert known.returncode == 0, f"{heading!r}: commit {named[1]} is not in this repository"
