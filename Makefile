@@ -6,7 +6,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export DVC_NO_ANALYTICS := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: install constraints browser postgres run test test-fast test-containers contracts docs lint bench gpu-inputs
+.PHONY: install constraints browser postgres run test test-fast test-docs test-containers contracts docs lint bench gpu-inputs
 
 # every package at the exact version of constraints.txt: pyproject.toml pins what we use, constraints.txt all
 # that comes with it
@@ -67,6 +67,12 @@ test: install browser postgres contracts docs
 # (pytest-xdist), each with one torch thread, since their tensors are too small for threads to pay
 test-fast: install contracts
 	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto --dist worksteal -m "not e2e and not containers" $(PYTEST_ARGS); status=$$?; \
+		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
+
+# every shell block of the README, the tutorial and the how-to guides, run in a fresh clone at a tiny scale
+# (tests/test_docs_commands.py); exit status 5 (no test collected) fails it too
+test-docs: install
+	@MOBITUNE_NO_SKIPS=1 pytest -rs -m docs $(PYTEST_ARGS); status=$$?; \
 		[ $$status -ne 5 ] || echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit $$status
 
 # the worker image built and run in a Docker engine (installed and started if missing, stopped again after), from a

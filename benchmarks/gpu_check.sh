@@ -128,7 +128,7 @@ case "${1:-bench}" in
     [ -z "$written" ] || tar -czf "$OUT/study-gpu.tar.gz" $written
     ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh [speed|study|bench|fidelity|screen|fidelity-sizes|search|study-gpu]" >&2
+    echo "usage: bash benchmarks/gpu_check.sh [speed|study|nvml|bench|fidelity|screen|fidelity-sizes|search|study-gpu]" >&2
     exit 2
     ;;
 esac
