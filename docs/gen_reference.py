@@ -168,14 +168,19 @@ def params_page() -> str:
 
 
 def option_name(action: argparse.Action) -> str:
-    """An option as it is typed: ``--backend {local,workers}``, ``--set KEY=VALUE``, or a positional's name."""
+    """An option as it is typed, its value named (``--set KEY=VALUE``, ``--parallel PARALLEL``; a choice of values
+    is listed beside it, see ``option_help``), or a positional's name."""
     if not action.option_strings:
         return action.metavar or action.dest
-    argument = ""
-    if action.nargs != 0:
-        argument = " " + (action.metavar or ("{" + ",".join(action.choices) + "}" if action.choices else None) or "")
-        argument = argument.rstrip() or f" {action.dest.upper()}"
-    return ", ".join(action.option_strings) + argument
+    if action.nargs == 0 or (action.choices and not action.metavar):
+        return ", ".join(action.option_strings)
+    return ", ".join(action.option_strings) + f" {action.metavar or action.dest.upper()}"
+
+
+def option_help(action: argparse.Action) -> str:
+    """The option's help, after its choices where it has some."""
+    choices = f"one of {', '.join(f'`{choice}`' for choice in action.choices)}" if action.choices else ""
+    return cell(": ".join(filter(None, (choices, action.help or ""))))
 
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
@@ -201,7 +206,9 @@ def cli_page() -> str:
         "",
     ]
     for name, (help_line, sub) in subcommands(parser).items():
-        usage = " ".join(sub.format_usage().removeprefix("usage: ").split())
+        formatter = sub.formatter_class(prog=sub.prog, width=110)  # not the terminal's width: the page's
+        formatter.add_usage(sub.usage, sub._actions, sub._mutually_exclusive_groups)
+        usage = formatter.format_help().strip()
         lines += [f"## `mobitune {name}` {{#{name}}}", "", help_line[:1].upper() + help_line[1:] + ".", ""]
         lines += ["```text", usage, "```", ""]
         actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
@@ -211,7 +218,7 @@ def cli_page() -> str:
         for action in actions:
             unset = action.default is None or action.default == [] or action.default is argparse.SUPPRESS
             shown = "" if unset or action.nargs == 0 else f"`{action.default}`"
-            lines.append(f"| `{cell(option_name(action))}` | {shown} | {cell(action.help or '')} |")
+            lines.append(f"| `{cell(option_name(action))}` | {shown} | {option_help(action)} |")
         lines.append("")
     return "\n".join(lines)
 

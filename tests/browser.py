@@ -78,8 +78,9 @@ class Page:
         text = self.evaluate("document.body ? document.body.innerText.slice(0, 2000) : ''")
         raise AssertionError(f"never true: {expression.strip()} (last value {value!r}); the page reads:\n{text}")
 
-    def screenshot(self, path: Path) -> Path:
-        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    def screenshot(self, path: Path, full_page: bool = True) -> Path:
+        """The whole page, or with ``full_page=False`` the window as it is scrolled."""
+        shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
         path.write_bytes(base64.b64decode(shot["data"]))
         return path
 
