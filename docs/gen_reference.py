@@ -8,7 +8,8 @@ mkdocs.yml), so that none of them can drift from what mobitune does:
   a temporary folder);
 - ``explanation/benchmarks.md``: ``benchmarks/RESULTS.md`` as it is.
 
-Each params key's anchor is its dotted key (``params.md#finetune.lr``); each command's is its name (``cli.md#sweep``).
+Each params key's anchor is its dotted key (``params.md#finetune.epochs``); each command's is its name
+(``cli.md#sweep``).
 """
 
 from __future__ import annotations
@@ -244,7 +245,7 @@ def statuses_page() -> str:
 
 
 # what each column of results.csv holds, said once per group of the code's constants (a new column without a line
-# here fails the build: see column_meanings)
+# here fails the build: see column_groups)
 COLUMN_GROUPS: dict[str, tuple[list[str], str]] = {
     "seed": (["seed"], "the trial's seed"),
     "metrics": (results.METRIC_COLUMNS, "the last epoch's loss or accuracy; the test set scored once per image"),
@@ -255,7 +256,7 @@ COLUMN_GROUPS: dict[str, tuple[list[str], str]] = {
     "error": (["error"], "why it diverged, stopped or failed"),
     "cost": (
         results.COST_COLUMNS,
-        "what it cost: finetune epochs on the device, images per second; on a GPU its memory and utilisation",
+        "what it cost: its finetune epochs' seconds on the device, images per second; on a GPU, memory and utilisation",
     ),
     "cached": (["cached"], "true: answered from the artifact store, not trained (the result of an identical run)"),
     "provenance": (results.PROVENANCE_COLUMNS, "what computed it: from its [provenance block](#provenance)"),
@@ -433,5 +434,5 @@ def main() -> None:
         out.write(contracts_section())
 
 
-if __name__ in ("__main__", "<run_path>"):  # mkdocs-gen-files runs the file with runpy.run_path
+if __name__ == "<run_path>":  # run by mkdocs-gen-files (runpy.run_path) only: alone, it would write into docs/
     main()
