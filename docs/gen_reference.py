@@ -15,6 +15,7 @@ Each params key's anchor is its dotted key (``params.md#finetune.epochs``); each
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
 import json
 import re
@@ -296,6 +297,23 @@ def example_manifest() -> dict[str, Any]:
         return publish.build_manifest(sweep_dir)
 
 
+# the function that writes each stage's metrics, read from its source (the stages import torch; the build does not)
+STAGE_WRITERS = {
+    "`WARMUP_METRICS`, `FINETUNE_METRICS`, their details": ("pipeline/stages/phase_outputs.py", "write_phase_outputs"),
+    "`EVALUATE_METRICS`": ("training/evaluate.py", "Evaluation.metrics"),
+    "`EXPORT_METRICS`": ("pipeline/stages/export.py", "export_metrics"),
+}
+
+
+def source_docstring(module: str, name: str) -> str:
+    """The docstring of function or method ``name`` (``Class.method``) in ``src/mobitune/<module>``, as Markdown,
+    read with ``ast`` rather than by importing it."""
+    node: Any = ast.parse((ROOT / "src" / "mobitune" / module).read_text())
+    for part in name.split("."):
+        node = next(child for child in node.body if getattr(child, "name", None) == part)
+    return rst_to_md(ast.get_docstring(node) or "")
+
+
 def paths_table() -> list[str]:
     """The DVC pipeline's files: every path of ``mobitune.pipeline.paths``, under its constant's name."""
     rows = [(name, value) for name, value in vars(paths).items() if isinstance(value, PurePath) and name.isupper()]
@@ -318,11 +336,15 @@ def files_page() -> str:
         "",
         *paths_table(),
         "",
-        "A phase's metrics file (`WARMUP_METRICS`, `FINETUNE_METRICS`) holds, under the phase's name, its last",
-        f"epoch's {', '.join(f'`{k}`' for k in records.FINAL_METRICS)} (and",
-        f"{', '.join(f'`{k}`' for k in records.FLIP_METRICS)} with test-time flips), its epochs and",
-        "[status](statuses.md); its details file, its cost and [provenance block](#provenance). A phase's history",
-        "CSV has the columns of [`history.csv`](#history.csv).",
+        "What each stage's metrics hold, as the function that writes them says:",
+        "",
+        "| files | what they hold |",
+        "| --- | --- |",
+        *[f"| {files} | {cell(source_docstring(*where))} |" for files, where in STAGE_WRITERS.items()],
+        "",
+        f"A phase's last epoch is its {code_list(list(records.FINAL_METRICS))} (and",
+        f"{code_list(list(records.FLIP_METRICS))} with test-time flips); its history CSV has the columns of",
+        "[`history.csv`](#history.csv); its details file its cost and [provenance block](#provenance).",
         "",
         "## A sweep's folder {#sweep}",
         "",

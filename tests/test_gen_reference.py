@@ -70,3 +70,8 @@ def test_every_results_column_is_described_and_a_new_one_fails_the_build(
     monkeypatch.setattr(gen.results, "RESULTS_COLUMNS", [*RESULTS_COLUMNS, "new_column"])
     with pytest.raises(ValueError, match="new_column"):
         gen.column_groups()
+
+
+def test_each_stage_metrics_writer_is_found_and_says_what_it_writes(gen: ModuleType) -> None:
+    for files, where in gen.STAGE_WRITERS.items():
+        assert gen.source_docstring(*where), files
