@@ -2,7 +2,7 @@
 #   docker build -t mobitune-worker .                          # from the package index, on PyTorch's CUDA image
 #   bash docker/base.sh && bash docker/wheelhouse.sh           # offline: a local Debian base and a wheelhouse
 #   docker build -t mobitune-worker --build-arg BASE=mobitune-base:bookworm --build-arg WHEELHOUSE=1 .
-#   docker run --gpus device=0 --network host -e PREFECT_API_URL=http://127.0.0.1:4200/api \
+#   docker run --gpus device=0 -e MOBITUNE_HOST_GPUS=0 --network host -e PREFECT_API_URL=http://127.0.0.1:4200/api \
 #     -e AWS_ENDPOINT_URL=http://127.0.0.1:9000 -e AWS_ACCESS_KEY_ID=... -e AWS_SECRET_ACCESS_KEY=... \
 #     -v mobitune-artifacts:/opt/mobitune/artifacts -v mobitune-cache:/home/mobitune/.cache mobitune-worker
 ARG BASE=pytorch/pytorch:2.14.1-cuda13.0-cudnn9-runtime
