@@ -27,7 +27,8 @@ from mobitune.errors import MobituneError
 from mobitune.storage.stores import LOCAL_ROOT
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The `mobitune` command line (docs/reference/cli.md is generated from it)."""
     parser = argparse.ArgumentParser(prog="mobitune", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sweep = commands.add_parser("sweep", help="run the sweep of params.yaml's `sweep:` section as a Prefect flow")
@@ -179,7 +180,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     # Prefect gives its temporary server 20 s to start; on a busy machine that is too short.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "sweep":
             print(_sweep(args))
