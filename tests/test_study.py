@@ -147,6 +147,7 @@ def test_frozen_batchnorm_rows_that_diverged_show_it() -> None:
     )
     row = lab_document.config_table(trials).iloc[0]
     assert row["diverged"] == "3 of 3" and row[lab_document.ACCURACY] == "" and row["seeds"] == 0
+    assert row["per seed"] == "10.0, 10.0, 10.0 (diverged)" and row[lab_document.DELTA] == "every run diverged"
 
 
 # --- the manifest and the documents ------------------------------------------------------------------------------

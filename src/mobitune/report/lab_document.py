@@ -156,8 +156,8 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "epochs": epochs,
                 "config": config,
                 ACCURACY: spread_text(mine),
-                "per seed": ", ".join(f"{accuracy:.1f}" for accuracy in mine),
-                DELTA: _delta_cell(config, mine, paired_delta(mine, protocol), noise),
+                "per seed": _per_seed_cell(mine, every),
+                DELTA: _delta_cell(config, mine, paired_delta(mine, protocol), noise, diverged),
                 "noise (seed std)": "" if math.isnan(noise) or mine.empty else f"{noise:.2f}",
                 "test acc, flips %": spread_text(per_seed(group, "test_accuracy_flips")),
                 "test loss": group["test_loss"].mean(),
@@ -177,10 +177,20 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=["_mean", "_full", "_current"]).reset_index(drop=True)
 
 
-def _delta_cell(config: str, mine: pd.Series, delta: Delta, noise: float) -> str:
+def _delta_cell(config: str, mine: pd.Series, delta: Delta, noise: float, diverged: int) -> str:
     if config == PROTOCOL:
         return ""
-    return "no single view recorded" if mine.empty else delta_text(delta, noise)
+    if mine.empty:
+        return "every run diverged" if diverged else "no single view recorded"
+    return delta_text(delta, noise)
+
+
+def _per_seed_cell(mine: pd.Series, every: pd.DataFrame) -> str:
+    """Each seed's accuracy; for a config whose every run diverged, where each collapsed, so marked."""
+    if mine.empty and (every["status"] == Status.DIVERGED).any():
+        collapsed = per_seed(every[every["status"] == Status.DIVERGED])
+        return ", ".join(f"{accuracy:.1f}" for accuracy in collapsed) + " (diverged)"
+    return ", ".join(f"{accuracy:.1f}" for accuracy in mine)
 
 
 def headline_lines(configs: pd.DataFrame) -> list[str]:
