@@ -20,7 +20,7 @@ import pandas as pd
 from mobitune.params import EXECUTION_KEYS, Params, get_dotted, parse_override, recipe_overrides
 from mobitune.report import lab_report
 from mobitune.report.results import METRIC_COLUMNS, load_results, read_sweep_record
-from mobitune.report.seed_stats import Delta, delta_text, noise_floor, paired_delta, per_seed, spread_text
+from mobitune.report.seed_stats import delta_text, noise_floor, paired_delta, per_seed, spread_text
 from mobitune.report.staleness import FolderState
 from mobitune.report.sweep_report import markdown_table
 from mobitune.storage.records import Status
@@ -157,7 +157,7 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
                 "config": config,
                 ACCURACY: spread_text(mine),
                 "per seed": _per_seed_cell(mine, every),
-                DELTA: _delta_cell(config, mine, paired_delta(mine, protocol), noise, diverged),
+                DELTA: _delta_cell(config, mine, protocol, noise, diverged),
                 "noise (seed std)": "" if math.isnan(noise) or mine.empty else f"{noise:.2f}",
                 "test acc, flips %": spread_text(per_seed(group, "test_accuracy_flips")),
                 "test loss": group["test_loss"].mean(),
@@ -177,12 +177,14 @@ def config_table(trials: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=["_mean", "_full", "_current"]).reset_index(drop=True)
 
 
-def _delta_cell(config: str, mine: pd.Series, delta: Delta, noise: float, diverged: int) -> str:
+def _delta_cell(config: str, mine: pd.Series, protocol: pd.Series, noise: float, diverged: int) -> str:
     if config == PROTOCOL:
         return ""
     if mine.empty:
         return "every run diverged" if diverged else "no single view recorded"
-    return delta_text(delta, noise)
+    if protocol.empty:
+        return "no protocol run in this era and setting"
+    return delta_text(paired_delta(mine, protocol), noise)
 
 
 def _per_seed_cell(mine: pd.Series, every: pd.DataFrame) -> str:
