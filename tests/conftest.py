@@ -47,6 +47,7 @@ os.environ.pop("PREFECT_API_URL", None)  # sweeps without --backend workers use 
 os.environ.pop("PREFECT_API_KEY", None)  # Prefect Cloud's: a client sends it instead of the auth string
 os.environ.pop("PREFECT_SERVER_API_AUTH_STRING", None)  # the test servers' own, given to them alone
 
+from browser import CHROMIUM, NOT_INSTALLED, Browser  # noqa: E402
 from datasets import write_cifar_archive  # noqa: E402
 from helpers import (  # noqa: E402
     ROOT,
@@ -71,11 +72,23 @@ SERVER_FIXTURES = {
 }
 
 
+# `make test` runs the end-to-end tier on two pytest-xdist workers (`--dist loadgroup`), a module's tests on one
+# worker, so each session fixture is built where its tests are: the fleet's module spends two of its five minutes
+# waiting out the outages it causes, beside the DVC project's modules (`dvc_experiments`); the sweeps' modules share
+# the session's Prefect server and local sweep on the other.
+E2E_WORKER = {
+    **dict.fromkeys(("test_fleet", "test_dvc_pipeline", "test_browser", "test_faults", "test_data"), "fleet-dvc"),
+    **dict.fromkeys(("test_sweep_flows", "test_security"), "sweeps"),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out."""
+    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out,
+    and grouped by the worker that runs them under ``--dist loadgroup``."""
     for item in items:
         if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group(E2E_WORKER.get(item.module.__name__, "sweeps")))
 
 
 @pytest.hookimpl(trylast=True)
@@ -261,6 +274,16 @@ def local_sweep(tmp_path_factory: pytest.TempPathFactory, cifar_archive: Path, s
         "sweep_dirs": sweep_dirs,
         "bucket": bucket,
     }
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Headless Chromium (Debian's package), closed when the test ends; a test fails if it is not installed."""
+    if CHROMIUM is None:
+        pytest.fail(NOT_INSTALLED)
+    chromium = Browser()
+    yield chromium
+    chromium.close()
 
 
 @pytest.fixture

@@ -6,24 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, EMBEDDED_IMAGES, NOT_INSTALLED, PAINTED_PIXELS, Browser, Page
+from browser import EMBEDDED_IMAGES, PAINTED_PIXELS, Browser, Page
 from helpers import DvcExperiments, PrefectServer, run, sweep_project
 
 from mobitune.orchestration.form import KEYS
 from mobitune.orchestration.sweep_flow import artifact_key
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail(NOT_INSTALLED)
-    chromium = Browser()
-    yield chromium
-    chromium.close()
 
 
 @pytest.fixture

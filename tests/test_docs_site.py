@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import CHROMIUM, NOT_INSTALLED, Browser, Page
+from browser import Browser, Page
 from helpers import ROOT, run
 
 pytestmark = pytest.mark.e2e
@@ -46,15 +46,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    if CHROMIUM is None:
-        pytest.fail(NOT_INSTALLED)
-    chromium = Browser()
-    yield chromium
-    chromium.close()
 
 
 def rendered(page: Page) -> list[str]:
