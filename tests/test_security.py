@@ -453,6 +453,13 @@ def test_the_compose_file_requires_every_secret_and_has_no_default_one() -> None
     assert "openssl rand -hex 24" in (ROOT / ".env.example").read_text()
 
 
+def _clients(services: dict) -> list[str]:
+    """The compose services that talk to Prefect and S3: a worker per GPU, the sweeps' worker, the deployment."""
+    gpu_workers = [name for name in services if name.startswith("worker-gpu")]
+    assert len(gpu_workers) >= 2, "a worker per GPU"
+    return [*gpu_workers, "sweeps", "deploy"]
+
+
 def test_the_compose_server_requires_auth_and_csrf_and_every_client_sends_the_credential() -> None:
     _, compose = _compose()
     services = compose["services"]
@@ -461,7 +468,7 @@ def test_the_compose_server_requires_auth_and_csrf_and_every_client_sends_the_cr
     assert server["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] == "true"
     assert "*" not in server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"]
     assert server["PREFECT_UI_API_URL"] == server["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] + "/api", "the UI's origin"
-    for name in ("worker", "sweeps", "deploy"):
+    for name in _clients(services):
         client = services[name]["environment"]
         assert client["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_API_AUTH_STRING:?"), name
 
@@ -472,7 +479,7 @@ def test_minios_root_account_makes_the_bucket_and_the_project_user_and_nothing_e
     for name, service in services.items():
         if name not in ("minio", "create-bucket"):
             assert "MINIO_ROOT" not in json.dumps(service), f"{name} has MinIO's root account"
-    for name in ("worker", "sweeps", "deploy"):
+    for name in _clients(services):
         assert services[name]["environment"]["AWS_ACCESS_KEY_ID"].startswith("${AWS_ACCESS_KEY_ID:?"), name
     script = services["create-bucket"]["command"][0]
     for step in ("mc mb --ignore-existing root/mobitune", "mc admin policy create root mobitune-bucket"):
