@@ -213,7 +213,7 @@ def headline_lines(configs: pd.DataFrame) -> list[str]:
         row = at_size.iloc[0]  # the best: config_table sorts each setting best first
         best = row["config"]
         gap = float(row[ACCURACY].split()[0]) - lab_report.HEADLINE_TEST_ACCURACY * 100
-        where = "" if era == CURRENT else f", {era},"
+        where = "" if era == CURRENT else f", {era}"
         line = f"Here{where}, {px} px, the stand-in weights: best config **{row[ACCURACY]}%** ({best}), "
         line += f"{gap:+.2f} points against the report"
         protocol = at_size[at_size["config"] == PROTOCOL]
