@@ -150,6 +150,12 @@ def test_frozen_batchnorm_rows_that_diverged_show_it() -> None:
     assert row["per seed"] == "10.0, 10.0, 10.0 (diverged)" and row[lab_document.DELTA] == "every run diverged"
 
 
+def test_a_document_of_folders_whose_every_trial_diverged_says_so(tmp_path: Path) -> None:
+    folder = _folder(tmp_path / "collapsed", [([], 0, 0.1, "diverged"), (["lr=0.05"], 0, 0.1, "diverged")])
+    section = lab_document.lab_document([folder], {folder: folder_state(folder, TODAY, _never)}, document_dir=tmp_path)
+    assert "every run diverged" in section
+
+
 # --- the manifest and the documents ------------------------------------------------------------------------------
 
 

@@ -235,7 +235,8 @@ def study_tables(trials: pd.DataFrame) -> list[str]:
     ok = trials[trials["status"] == Status.OK]
     lines: list[str] = []
     for axis in lab_report.TABLES:
-        around = ok[ok["changed"].map(lambda changed, axis=axis: set(changed) <= {axis})]
+        # a bool mask even with no trial: an empty float mask would select columns, not rows
+        around = ok[ok["changed"].map(lambda changed, axis=axis: set(changed) <= {axis}).astype(bool)]
         for (era, data, px, epochs), rows in around.groupby(GROUP, sort=False):
             if rows[axis].nunique() < 2:
                 continue
