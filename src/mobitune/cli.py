@@ -131,18 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "beside those of several folders",
     )
     report.add_argument("sweep_dirs", type=Path, nargs="+", metavar="sweep_dir")
-    report.add_argument(
-        "--into",
-        type=Path,
-        default=None,
-        help="write the lab report's headline and Tables 1-3 beside these folders' trials (seeds pooled) into "
-        "this markdown file, replacing its generated section: docs/fidelity.md",
-    )
+    into = "put the lab report's headline and Tables 1-3 beside these folders' trials in this file's generated section"
+    report.add_argument("--into", type=Path, default=None, help=into)
     study = commands.add_parser("study", help="run the study's missing or stale sweeps (--run), regenerate the docs")
     study.add_argument("manifest", type=Path, nargs="?", default=Path("docs/fidelity/study.yaml"))
     study.add_argument("--run", choices=["cpu", "gpu"], help="first run that kind's missing or stale entries")
     study.add_argument("--only", nargs="+", default=[], metavar="NAME", help="run only these entries")
-    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    study.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="to every run")
     exp_import = commands.add_parser(
         "exp-import", help="save a sweep's trials as DVC experiments (then: dvc exp show, dvc plots diff T1 T2)"
     )
