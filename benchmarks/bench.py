@@ -323,7 +323,7 @@ def bench_orchestration(work: Path, trials: int, log: Callable) -> dict[str, Any
     params_file = work / "params.yaml"
     params_file.write_text(json.dumps(Params().override(overrides).to_dict()))
     env = quiet_env(work)
-    script = f"""
+    script = """
 import json, time, sys
 from pathlib import Path
 from mobitune.params import load_params
@@ -333,22 +333,23 @@ from mobitune.sweep.trial_files import TrialRequest
 from mobitune.orchestration.sweep_flow import sweep
 import mobitune.sweep.trial_training  # torch and torchvision, imported by the first trial that trains: not timed
 from prefect import flow
-params = load_params({str(params_file)!r})
+params = load_params("params.yaml")
 @flow
 def start_server(): pass
 started = time.perf_counter(); start_server(); server = time.perf_counter() - started
 started = time.perf_counter()
-sweep(params_file={str(params_file)!r}, local_root={str(work / "flow")!r})
+sweep(params_file="params.yaml", local_root="flow")
 flow_seconds = time.perf_counter() - started
 sweep_id = new_sweep_id()
 started = time.perf_counter()
 for spec in expand(params):
     run_trial(TrialRequest(sweep_id=sweep_id, trial_id=spec.trial_id, params=spec.params, varied=spec.varied,
-                           local_root={str(work / "direct")!r}))
+                           local_root="direct"))
 direct = time.perf_counter() - started
-print(json.dumps({{"server_start_s": server, "sweep_s": flow_seconds, "direct_s": direct}}))
+print(json.dumps({"server_start_s": server, "sweep_s": flow_seconds, "direct_s": direct}))
 """
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    # the flow takes paths inside the project it runs in (a flow parameter never names a folder outside it)
+    out = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, check=True)
     timing = json.loads(out.stdout.strip().splitlines()[-1])
     timing["trials"] = trials
     timing["overhead_per_trial_s"] = (timing["sweep_s"] - timing["direct_s"]) / trials
