@@ -28,8 +28,7 @@ from mobitune.provenance import provenance
 from mobitune.report.results import best_trial
 from mobitune.sweep.plan import expand
 from mobitune.sweep.run import SweepRun
-from mobitune.sweep.trial import run_trial_recorded
-from mobitune.sweep.trial_files import TrialRequest
+from mobitune.sweep.study_run import InlineRunner
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_SPACE = [  # the report's axes; lr as the range its Table 1 spans, sampled on a log scale
@@ -37,18 +36,6 @@ SEARCH_SPACE = [  # the report's axes; lr as the range its Table 1 spans, sample
     "sweep.batch_size=[32, 64, 128, 192]",
     "sweep.trainable_layers=[2, 5, 10]",
 ]
-
-
-class InlineRunner:
-    """Runs each trial segment to completion inside :meth:`start` (one device, one segment at a time)."""
-
-    poll_seconds = 0.0
-
-    def start(self, request: TrialRequest) -> dict[str, Any]:
-        return run_trial_recorded(request)
-
-    def outcome(self, handle: dict[str, Any]) -> str:
-        return ""
 
 
 def studies(trials: int, seeds: list[int]) -> list[tuple[str, list[str]]]:
