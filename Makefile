@@ -86,8 +86,8 @@ bench: install
 	python benchmarks/bench.py
 
 lint: install
-	ruff check src flows tests benchmarks
-	ruff format --check src flows tests benchmarks
+	ruff check src flows tests benchmarks docs
+	ruff format --check src flows tests benchmarks docs
 
 # what benchmarks/gpu_check.sh needs on a GPU machine that cannot fetch anything: the data and stand-in
 # weights of ../shared/data, and wheels for Python 3.12 of what its image lacks; carry benchmarks/out/gpu-inputs

@@ -29,7 +29,8 @@ COST_COLUMNS = [
     "gpu_utilization_percent",
     "gpu_memory_used_bytes",
 ]
-PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "device_index", "threads"]  # of the run that computed a result
+# of the run that computed a result
+PROVENANCE_COLUMNS = ["git_commit", "source_fingerprint", "device", "device_index", "threads"]
 # results.csv: trial_id, a column per swept key, then these (docs/reference/files.md is generated from them)
 RESULTS_COLUMNS = [
     "seed",
