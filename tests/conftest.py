@@ -72,11 +72,23 @@ SERVER_FIXTURES = {
 }
 
 
+# `make test` runs the end-to-end tier on two pytest-xdist workers (`--dist loadgroup`), a module's tests on one
+# worker, so each session fixture is built where its tests are: the fleet's module spends two of its five minutes
+# waiting out the outages it causes, beside the DVC project's modules (`dvc_experiments`); the sweeps' modules share
+# the session's Prefect server and local sweep on the other.
+E2E_WORKER = {
+    **dict.fromkeys(("test_fleet", "test_dvc_pipeline", "test_browser", "test_faults", "test_data"), "fleet-dvc"),
+    **dict.fromkeys(("test_sweep_flows", "test_security"), "sweeps"),
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out."""
+    """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out,
+    and grouped by the worker that runs them under ``--dist loadgroup``."""
     for item in items:
         if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.xdist_group(E2E_WORKER.get(item.module.__name__, "sweeps")))
 
 
 @pytest.hookimpl(trylast=True)
