@@ -82,14 +82,14 @@ def test_a_docker_pool_runs_the_trials_in_containers_and_a_killed_one_is_a_lost_
     try:
         server.wait_healthy(timeout=120)
         env = {"PREFECT_API_URL": server.api, "AWS_ENDPOINT_URL": s3_server.endpoint}
-        out = run(["mobitune", "setup", "--pool-type", "docker"], project, env_extra=env).stdout
+        # no GPU here: containers ask for no device (a slot run of a --gpus N pool asks Docker for GPU k by id)
+        out = run(["mobitune", "setup", "--pool-type", "docker", "--gpus", "0"], project, env_extra=env).stdout
         assert "work pool gpu: created (docker)" in out and "work pool sweeps: created (process)" in out
         template = json.loads(
             run(["prefect", "work-pool", "inspect", "gpu", "--output", "json"], project, env_extra=env).stdout
         )["base_job_template"]
         variables = template["variables"]["properties"]
         variables["image"]["default"] = IMAGE
-        variables["container_create_kwargs"]["default"] = {}  # no GPU here: no device request
         variables["volumes"]["default"] = [
             f"{VOLUMES[0]}:/opt/mobitune/artifacts",
             f"{VOLUMES[1]}:/home/mobitune/.cache",
