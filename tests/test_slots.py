@@ -12,6 +12,7 @@ test_fleet.py.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import uuid
@@ -353,3 +354,36 @@ def test_mailboxes_are_removed_once_their_slots_end_and_stale_ones_by_the_next_s
     os.utime(fleet.root / "slots/dead/slot-1/job-0.json", (old, old))
     assert remove_stale_mailboxes(None, fleet.root) == ["slots/dead/slot-1"]
     assert stale.receive("job-0") is None and fresh.receive("job-0") == {"stop": True}
+
+
+def test_an_outage_met_launching_the_first_slot_ends_when_the_server_answers_or_stops_the_sweep(
+    fleet: Fleet, caplog
+) -> None:
+    """No slot yet to read the states of: the runner still asks the server, to see the outage end (or last)."""
+    busy = httpx.Request("POST", "http://127.0.0.1:4200/api/task_runs/")
+    locked = httpx.HTTPStatusError("database is locked", request=busy, response=httpx.Response(503, request=busy))
+    refusals = iter([locked])
+
+    def launch_after_a_refusal(*args: Any, **kwargs: Any) -> Any:
+        if (refusal := next(refusals, None)) is not None:
+            raise refusal
+        return fleet.launch(*args, **kwargs)
+
+    runner = runner_for(fleet, server_outage_s=0.3)
+    runner.launch = launch_after_a_refusal
+    runner.checked_at = -math.inf
+    job = runner.start(request("t0"))
+    assert runner.outcome(job) is None and not fleet.queued()
+    assert "503 Service Unavailable to POST /api/task_runs/" in caplog.text
+    runner.checked_at = -math.inf  # the pool's next look is due
+    assert runner.outcome(job) is None and "answers again" in caplog.text
+    assert len(fleet.queued()) == 1, "the slot is asked for once the server answers"
+
+    runner = runner_for(fleet, server_outage_s=0.3)
+    fleet.down = True
+    job = runner.start(request("t1"))
+    runner.outcome(job)
+    time.sleep(0.35)
+    runner.checked_at = -math.inf
+    with pytest.raises(ServiceUnavailable, match=r"did not answer for 0.3 s"):
+        runner.outcome(job)

@@ -193,9 +193,9 @@ class SlotRunner:
             elif slot.state.is_final():
                 self._ended(slot)  # ended between jobs: nothing is lost
         self._assign()
+        self._check_workers(now)  # also the look that sees an outage end, or outlast the limit, with no slot yet
         if self._server.answering:
             self.unmarked = [(run_id, why) for run_id, why in self.unmarked if not self._mark_crashed(run_id, why)]
-            self._check_workers(now)
             queued = sum(not slot.started for slot in self.slots)
             while len(self.pending) > queued and queued < max(1, self.online) and len(self.slots) < self.max_slots:
                 if not self._launch():
