@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
-from mobitune.params import set_dotted
+from mobitune.params import Params, set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -409,3 +410,35 @@ COMPOSE_SECRETS = (
     "MINIO_ROOT_PASSWORD",
     "POSTGRES_PASSWORD",
 )
+
+
+def write_sweep_folder(
+    folder: Path, trials: list[tuple[list[str], int, float | tuple[float, float], str]], provenance: dict | None
+) -> Path:
+    """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial.
+    The accuracy of a trial with ``augment.test_flip`` is (single view, flips), or one figure as recorded before
+    both views were (the flipped one). ``provenance``: every trial's block (None: the bare ``git_rev`` that folders
+    recorded before issue 27)."""
+    record: dict = {"sweep_id": folder.name, "axes": ["lr"], "base": {"lr": 0.005}, "mode": "grid", "trials": []}
+    for index, (overrides, seed, accuracy, status) in enumerate(trials):
+        trial_id = f"t{index:03d}-s{seed}"
+        record["trials"].append({"trial_id": trial_id, "varied": {"seed": seed}})
+        params = Params().override([*overrides, f"seed={seed}"]).to_dict()
+        trial = folder / "trials" / trial_id
+        trial.mkdir(parents=True)
+        (trial / "params.json").write_text(json.dumps({"params": params}))
+        accuracy, flips = accuracy if isinstance(accuracy, tuple) else (accuracy, None)
+        metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
+        if flips is not None:
+            metrics.update(test_loss_flips=1 - flips, test_accuracy_flips=flips)
+        metrics.update(status=status, seconds=1.0, error=None)
+        if provenance is None:
+            metrics["git_rev"] = "a3da2d4d65cb-dirty"
+        else:
+            metrics["provenance"] = provenance
+        (trial / "metrics.json").write_text(json.dumps(metrics))
+        phases = ["warmup"] * params["warmup"]["epochs"] + ["finetune"] * params["finetune"]["epochs"]
+        pd.DataFrame({"step": range(1, len(phases) + 1), "phase": phases}).to_csv(trial / "history.csv", index=False)
+    (folder / "sweep.json").write_text(json.dumps(record))
+    (folder / "report.md").write_text("# a sweep\n")
+    return folder

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import write_sweep_folder
 from matplotlib.figure import Figure
 
 from mobitune import cli
-from mobitune.params import Params
 from mobitune.report import lab_document, lab_report
 from mobitune.report.figures import save_figure, summary_figure
 from mobitune.report.results import SweepResults
@@ -123,31 +122,6 @@ def test_a_figure_of_the_same_results_is_copied_not_drawn_again(tmp_path: Path) 
 CURRENT_PROVENANCE = {"git_commit": None, "source_fingerprint": "", "training_fingerprint": "today"}
 
 
-def _sweep_folder(folder: Path, trials: list[tuple[list[str], int, float | tuple[float, float], str]]) -> Path:
-    """A finished sweep's folder as `mobitune sweep` writes it: (overrides, seed, test accuracy, status) a trial;
-    the accuracy of a trial with ``augment.test_flip`` is (single view, flips), or one figure as recorded before
-    both views were (the flipped one)."""
-    record: dict = {"sweep_id": folder.name, "axes": ["lr"], "base": {"lr": 0.005}, "mode": "grid", "trials": []}
-    for index, (overrides, seed, accuracy, status) in enumerate(trials):
-        trial_id = f"t{index:03d}-s{seed}"
-        record["trials"].append({"trial_id": trial_id, "varied": {"seed": seed}})
-        params = Params().override([*overrides, f"seed={seed}"]).to_dict()
-        trial = folder / "trials" / trial_id
-        trial.mkdir(parents=True)
-        (trial / "params.json").write_text(json.dumps({"params": params}))
-        accuracy, flips = accuracy if isinstance(accuracy, tuple) else (accuracy, None)
-        metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
-        if flips is not None:
-            metrics.update(test_loss_flips=1 - flips, test_accuracy_flips=flips)
-        metrics.update(status=status, seconds=1.0, error=None, provenance=CURRENT_PROVENANCE)
-        (trial / "metrics.json").write_text(json.dumps(metrics))
-        epochs = params["warmup"]["epochs"], params["finetune"]["epochs"]
-        phases = ["warmup"] * epochs[0] + ["finetune"] * epochs[1]
-        pd.DataFrame({"step": range(1, len(phases) + 1), "phase": phases}).to_csv(trial / "history.csv", index=False)
-    (folder / "sweep.json").write_text(json.dumps(record))
-    return folder
-
-
 def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_section(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -158,11 +132,12 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
     (tmp_path / "recipes" / "mine.yaml").write_text(recipe)
     tuned = ["lr=0.001", "augment.flip=true"]
     subset = ["data.train_limit=5000", "data.test_limit=1000"]
-    full_data = _sweep_folder(
+    full_data = write_sweep_folder(
         tmp_path / "full",
         [([], 0, 0.74, "ok"), ([], 1, 0.76, "ok"), (tuned, 0, 0.86, "ok"), (tuned, 1, 0.88, "ok")],
+        CURRENT_PROVENANCE,
     )
-    more_seeds = _sweep_folder(
+    more_seeds = write_sweep_folder(
         tmp_path / "more",
         [
             (tuned, 2, 0.87, "ok"),
@@ -172,8 +147,9 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
             ([*tuned, "augment.test_flip=true"], 5, 0.89, "ok"),  # flips only, recorded before both views were
             (["lr=0.004"], 1, 0.755, "ok"),
         ],
+        CURRENT_PROVENANCE,
     )
-    study = _sweep_folder(
+    study = write_sweep_folder(
         tmp_path / "study",
         [
             (subset, 0, 0.55, "ok"),
@@ -181,6 +157,7 @@ def test_the_lab_document_pools_seeds_and_sweeps_and_replaces_only_its_own_secti
             ([*subset, "lr=0.001"], 0, 0.65, "ok"),
             ([*subset, "lr=0.001", "batch_size=64"], 0, 0.99, "ok"),  # two changes: in no table
         ],
+        CURRENT_PROVENANCE,
     )
     document = tmp_path / "fidelity.md"
     document.write_text("# Fidelity\n\nWritten by hand.\n")

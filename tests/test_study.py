@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from helpers import tiny_params, write_params
+from helpers import tiny_params, write_params, write_sweep_folder
 
 from mobitune import cli
-from mobitune.params import Params
 from mobitune.report import lab_document
 from mobitune.report.seed_stats import Delta, delta_text, inside_noise, noise_floor, paired_delta, per_seed, spread_text
 from mobitune.report.staleness import FolderState, folder_state
@@ -22,6 +21,7 @@ from mobitune.sweep.study_run import states_now
 
 ROOT = Path(__file__).resolve().parents[1]
 TODAY = "today-fingerprint"
+COMMIT = "96824f3c8168d003a7dd242990f9ec7a15537fc4"
 
 
 # --- statistics over seeds ---------------------------------------------------------------------------------------
@@ -53,32 +53,11 @@ def test_a_delta_is_paired_by_seed_with_its_spread_and_inside_the_noise_when_und
 # --- hand-made sweep folders -------------------------------------------------------------------------------------
 
 
-def _folder(path: Path, trials: list[tuple[list[str], int, float, str]], training: str | None = TODAY) -> Path:
-    """A sweep folder: (overrides, seed, test accuracy, status) a trial; its trials' provenance records the
-    training closure ``training`` (None: no provenance block, as before issue 27)."""
-    record: dict = {"sweep_id": path.name, "axes": ["lr"], "base": {"lr": 0.005}, "mode": "grid", "trials": []}
-    for index, (overrides, seed, accuracy, status) in enumerate(trials):
-        trial_id = f"t{index:03d}-s{seed}"
-        record["trials"].append({"trial_id": trial_id, "varied": {"seed": seed}})
-        params = Params().override([*overrides, f"seed={seed}"]).to_dict()
-        trial = path / "trials" / trial_id
-        trial.mkdir(parents=True)
-        (trial / "params.json").write_text(json.dumps({"params": params}))
-        metrics = {"train_loss": 0.5, "test_loss": 1 - accuracy, "train_accuracy": 0.9, "test_accuracy": accuracy}
-        if "augment.test_flip=true" in overrides:
-            metrics.update(test_loss_flips=0.1, test_accuracy_flips=accuracy + 0.01)
-        metrics.update(status=status, seconds=1.0, error=None)
-        if training is None:
-            metrics["git_rev"] = "a3da2d4d65cb-dirty"
-        else:
-            commit = "96824f3c8168d003a7dd242990f9ec7a15537fc4"
-            metrics["provenance"] = {"git_commit": commit, "source_fingerprint": "s", "training_fingerprint": training}
-        (trial / "metrics.json").write_text(json.dumps(metrics))
-        phases = ["warmup"] * 5 + ["finetune"] * 5
-        pd.DataFrame({"step": range(1, 11), "phase": phases}).to_csv(trial / "history.csv", index=False)
-    (path / "sweep.json").write_text(json.dumps(record))
-    (path / "report.md").write_text("# a sweep\n")
-    return path
+def _folder(path: Path, trials: list, training: str | None = TODAY) -> Path:
+    """A sweep folder whose trials' provenance records the training closure ``training`` (None: no provenance
+    block, as before issue 27)."""
+    provenance = {"git_commit": COMMIT, "source_fingerprint": "s", "training_fingerprint": training}
+    return write_sweep_folder(path, trials, None if training is None else provenance)
 
 
 def _never(commit: str) -> tuple[str, str] | None:
@@ -110,9 +89,14 @@ def test_a_folder_without_its_training_closure_is_checked_through_its_commit(tmp
 
 def test_the_tables_keep_current_and_historical_apart_with_one_value_per_quantity(tmp_path: Path) -> None:
     tuned = ["lr=0.001", "augment.test_flip=true"]
-    new = _folder(tmp_path / "new", [([], 0, 0.60, "ok"), ([], 1, 0.56, "ok"), (tuned, 0, 0.70, "ok")])
-    again = _folder(tmp_path / "again", [(tuned, 0, 0.72, "ok"), (tuned, 1, 0.69, "ok"), (tuned, 2, 0.10, "diverged")])
-    old = _folder(tmp_path / "old", [([], 0, 0.50, "ok"), (tuned, 0, 0.80, "ok")], training=None)
+    new = _folder(tmp_path / "new", [([], 0, 0.60, "ok"), ([], 1, 0.56, "ok"), (tuned, 0, (0.70, 0.71), "ok")])
+    again_trials = [
+        (tuned, 0, (0.72, 0.73), "ok"),
+        (tuned, 1, (0.69, 0.70), "ok"),
+        (tuned, 2, (0.10, 0.10), "diverged"),
+    ]
+    again = _folder(tmp_path / "again", again_trials)
+    old = _folder(tmp_path / "old", [([], 0, 0.50, "ok"), (tuned, 0, (0.80, 0.81), "ok")], training=None)
     states = {folder: folder_state(folder, TODAY, _never) for folder in (new, again, old)}
     trials = lab_document.trial_table([new, again, old], {}, states)
     table = lab_document.config_table(trials).set_index(["era", "config"])
