@@ -55,13 +55,13 @@ docs: install
 
 # every test runs: a skipped test fails the run (MOBITUNE_NO_SKIPS, tests/conftest.py; -rs lists why), and so
 # does pytest's exit status 5 when neither tier collected a test. The unit tier runs as make test-fast does (one
-# process per core), then the end-to-end tier on two workers, each a fixed set of modules (tests/conftest.py's
-# E2E_WORKER): one waits out the fleet's outages while the other runs the sweeps'. The docs' commands: test-docs
+# process per core), then the end-to-end tier on two workers, the tests of an expensive shared fixture together
+# (tests/conftest.py's E2E_GROUPS), one torch thread each: two trainings on two cores. The docs' commands: test-docs
 test: install browser postgres contracts docs
 	@OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs -n auto --dist worksteal -m "not e2e and not containers" \
 		$(PYTEST_ARGS); unit=$$?; \
-	MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -n 2 --dist loadgroup -m "e2e and not containers and not docs" \
-		$(PYTEST_ARGS); e2e=$$?; \
+	OMP_NUM_THREADS=1 MOBITUNE_NO_SKIPS=1 pytest -rs --durations=20 -n 2 --dist loadgroup \
+		-m "e2e and not containers and not docs" $(PYTEST_ARGS); e2e=$$?; \
 	for status in $$unit $$e2e; do [ $$status -eq 0 ] || [ $$status -eq 5 ] || exit $$status; done; \
 	[ $$unit -eq 5 ] && [ $$e2e -eq 5 ] && { echo "error: pytest collected no test ($(PYTEST_ARGS))" >&2; exit 5; }; exit 0
 

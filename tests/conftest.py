@@ -72,23 +72,33 @@ SERVER_FIXTURES = {
 }
 
 
-# `make test` runs the end-to-end tier on two pytest-xdist workers (`--dist loadgroup`), a module's tests on one
-# worker, so each session fixture is built where its tests are: the fleet's module spends two of its five minutes
-# waiting out the outages it causes, beside the DVC project's modules (`dvc_experiments`); the sweeps' modules share
-# the session's Prefect server and local sweep on the other.
-E2E_WORKER = {
-    **dict.fromkeys(("test_fleet", "test_dvc_pipeline", "test_browser", "test_faults", "test_data"), "fleet-dvc"),
-    **dict.fromkeys(("test_sweep_flows", "test_security"), "sweeps"),
-}
+# `make test` runs the end-to-end tier on two pytest-xdist workers (`--dist loadgroup`), each building its own
+# session fixtures. The tests of an expensive shared fixture form one group, run on one worker, so it is built once:
+# the fleet's module (its fleet is the module's) with the local sweep, which its S3 test runs while it waits out the
+# outage it causes; the DVC project after `dvc repro` and `dvc exp run`. Every other test goes on its own to the
+# worker that is free (the largest groups go first: pytest-xdist's --loadscope-reorder).
+E2E_GROUPS = {"test_fleet": "fleet", "local_sweep": "fleet", "dvc_experiments": "dvc"}  # module or fixture -> group
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups into the tests' ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end tests (real servers, subprocesses) are marked ``e2e``, so ``make test-fast`` can leave them out,
-    and grouped by the worker that runs them under ``--dist loadgroup``."""
+    and those of a shared expensive fixture grouped (:data:`E2E_GROUPS`)."""
     for item in items:
         if item.module.__name__ in E2E_MODULES or SERVER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.xdist_group(E2E_WORKER.get(item.module.__name__, "sweeps")))
+            groups = [E2E_GROUPS[key] for key in (item.module.__name__, *item.fixturenames) if key in E2E_GROUPS]
+            if groups:
+                item.add_marker(pytest.mark.xdist_group(groups[0]))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under ``--dist loadgroup``, a grouped test reached its worker with its group (pytest-xdist marks it in the
+    test's id; with pytest 9.2 that stopped working, silently: pytest-xdist#1386), or its group's fixtures would
+    be built on every worker."""
+    if getattr(item.config.option, "loadgroup", False) and item.get_closest_marker("xdist_group"):
+        if "@" not in item.nodeid:
+            pytest.fail("pytest-xdist lost this test's xdist_group: keep pytest at pyproject.toml's pin (#1386)")
 
 
 @pytest.hookimpl(trylast=True)
