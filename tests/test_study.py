@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -202,6 +203,7 @@ def test_the_study_runs_what_is_missing_then_nothing(
             {
                 "name": "tiny",
                 "folder": "docs/fidelity/tiny",
+                "folder_per_seed": True,
                 "documents": ["fidelity"],
                 "run": "cpu",
                 "seeds": [0, 1],
@@ -218,18 +220,24 @@ def test_the_study_runs_what_is_missing_then_nothing(
     }
     (tmp_path / "docs/fidelity/study.yaml").write_text(json.dumps(manifest))
     cli.main(["study", "--run", "cpu", "--set", "data.train_limit=300"])
-    folder = tmp_path / "docs/fidelity/tiny"
-    kept = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+    first, second = tmp_path / "docs/fidelity/tiny-s0", tmp_path / "docs/fidelity/tiny-s1"
+    kept = sorted(path.relative_to(first).as_posix() for path in first.rglob("*") if path.is_file())
     assert "sweep.json" in kept and "report.md" in kept and not [name for name in kept if name.endswith(".pt")]
-    metrics = [json.loads(path.read_text()) for path in sorted(folder.glob("trials/*/metrics.json"))]
-    assert len(metrics) == 2 and all(m["provenance"]["training_fingerprint"] for m in metrics)
-    params = json.loads(next(folder.glob("trials/*/params.json")).read_text())["params"]
-    assert params["data"]["train_limit"] == 300  # --set follows the common overrides
+    metrics = [json.loads(path.read_text()) for path in sorted(first.glob("trials/*/metrics.json"))]
+    assert len(metrics) == 1 and metrics[0]["provenance"]["training_fingerprint"]
+    params = json.loads(next(first.glob("trials/*/params.json")).read_text())["params"]
+    assert params["data"]["train_limit"] == 300 and params["seed"] == 0  # --set follows the common overrides
     written = (tmp_path / "docs/fidelity.md").read_text()
-    assert "docs/fidelity/tiny`](fidelity/tiny/report.md) | current |" in written
+    assert "docs/fidelity/tiny-s1`](fidelity/tiny-s1/report.md) | current |" in written
     sweeps = len(list((tmp_path / "artifacts" / "sweeps").iterdir()))
     cli.main(["study", "--run", "cpu"])  # current: nothing runs again
     assert len(list((tmp_path / "artifacts" / "sweeps").iterdir())) == sweeps
+    shutil.rmtree(second)
+    untouched = {path: path.read_bytes() for path in first.rglob("*") if path.is_file()}
+    cli.main(["study", "--run", "cpu", "--set", "data.train_limit=300"])
+    assert len(list((tmp_path / "artifacts" / "sweeps").iterdir())) == sweeps + 1, "the missing seed alone runs"
+    assert {path: path.read_bytes() for path in first.rglob("*") if path.is_file()} == untouched
+    assert len(list(second.glob("trials/*/metrics.json"))) == 1
 
 
 def test_every_benchmark_table_names_the_commit_it_was_measured_at() -> None:

@@ -87,10 +87,22 @@ def _record_code(metrics_file: Path, training: str) -> None:
     write_json(metrics_file, metrics)
 
 
-def run_entry(entry: Entry, study: Study, last: list[str], local_root: Path, logger: logging.Logger) -> list[Path]:
-    """Every sweep of ``entry`` (``last``: overrides after all others), each kept in its folder; the folders."""
+def run_entry(
+    entry: Entry,
+    study: Study,
+    states: dict[Path, FolderState],
+    last: list[str],
+    local_root: Path,
+    logger: logging.Logger,
+) -> list[Path]:
+    """Every sweep of ``entry`` whose folder is missing or not current (``last``: overrides after all others), each
+    kept in its folder; the folders written. A current seed's folder is kept as it is: the trial cache that would
+    make it free lives in one checkout's artifacts, not in the folder."""
     written = []
     for folder, overrides in entry.sweeps(study.common, last):
+        if states[folder].current:
+            logger.info("study %s: %s is current, kept as it is", entry.name, folder)
+            continue
         logger.info("study %s: sweep into %s", entry.name, folder)
         keep(run_sweep(entry.recipe, overrides, local_root, logger), folder)
         written.append(folder)
@@ -118,8 +130,9 @@ def run_study(manifest: Path, where: str | None, only: list[str], extra: list[st
         committed = git_fingerprints(TRAINING_MODULE, "HEAD")
         if committed is None or committed[0] != code_fingerprint(TRAINING_MODULE):
             logger.warning("the training code is not the commit's: what runs is current while that code stays")
-        for entry in to_run(study, study_states(study), where, only):
-            written = run_entry(entry, study, extra, local_root, logger)
+        states = study_states(study)
+        for entry in to_run(study, states, where, only):
+            written = run_entry(entry, study, states, extra, local_root, logger)
             lines += [f"ran {entry.name}: {', '.join(str(folder) for folder in written)}"]
     states = study_states(study)
     lines += plan_lines(study, states)
