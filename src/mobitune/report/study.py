@@ -3,8 +3,8 @@ folder it writes; and which of them are missing or stale today.
 
 ``mobitune study docs/fidelity/study.yaml --run cpu`` runs the CPU entries that are missing or not current
 (:mod:`mobitune.report.staleness`), keeping the current folders as they are, and regenerates the documents from
-the folders; within a sweep, the trial cache makes a trial already computed by today's code free. Entries marked ``run: gpu`` are run by
-``bash benchmarks/gpu_check.sh study-gpu`` when a device is lent.
+the folders; within a sweep, the trial cache makes a trial already computed by today's code free. Entries
+marked ``run: gpu`` are run by ``bash benchmarks/gpu_check.sh study-gpu`` when a device is lent.
 """
 
 from __future__ import annotations
