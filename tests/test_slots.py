@@ -371,7 +371,6 @@ def test_an_outage_met_launching_the_first_slot_ends_when_the_server_answers_or_
 
     runner = runner_for(fleet, server_outage_s=0.3)
     runner.launch = launch_after_a_refusal
-    runner.checked_at = -math.inf
     job = runner.start(request("t0"))
     assert runner.outcome(job) is None and not fleet.queued()
     assert "503 Service Unavailable to POST /api/task_runs/" in caplog.text
